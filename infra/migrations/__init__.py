@@ -1,0 +1,1 @@
+"""Versioned DuckDB migrations: NNNN_name.sql, applied in order, recorded in schema_migrations."""

@@ -1,0 +1,1 @@
+"""Event contracts, Kafka source, validation, PII scrubbing and the DuckDB sink."""

@@ -1,0 +1,1 @@
+"""FastAPI app factory, OpenAI-compatible routes, feedback, auth, generator and pages."""

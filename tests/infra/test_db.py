@@ -1,0 +1,55 @@
+import duckdb
+import pytest
+
+from infra import db
+from infra.errors import FlywheelError
+
+CONTRACT_TABLES = {
+    "chats", "feedback", "pii_findings", "dead_letters", "quarantine", "kafka_offsets", "samples", "reviews",
+    "audit_log", "snapshots", "adapters", "adapter_events", "experiments", "decisions",
+}
+
+
+def test_migrations_create_the_contract_tables_once(tmp_path):
+    con = db.connect(tmp_path / "f.duckdb")
+    applied = db.migrate(con)
+    assert [m.version for m in applied] == [m.version for m in db.available_migrations()]
+    info = db.describe(con)
+    assert CONTRACT_TABLES <= set(info["tables"])
+    assert info["schema_version"] == applied[-1].version
+    assert db.migrate(con) == []  # idempotent
+    recorded = con.execute("SELECT version, checksum FROM schema_migrations ORDER BY version").fetchall()
+    assert recorded == [(m.version, m.checksum) for m in applied]
+
+
+def test_an_edited_migration_is_refused(tmp_path):
+    con = db.connect(tmp_path / "f.duckdb")
+    db.migrate(con)
+    first = db.available_migrations()[0]
+    edited = db.Migration(first.version, first.name, first.sql + "\n-- edited")
+    with pytest.raises(FlywheelError, match="edited after it was applied"):
+        db.migrate(con, [edited])
+
+
+def test_a_failing_migration_leaves_nothing_behind(tmp_path):
+    con = db.connect(tmp_path / "f.duckdb")
+    bad = db.Migration(1, "bad", "CREATE TABLE half (x INTEGER); CREATE TABLE broken (;")
+    with pytest.raises(duckdb.Error):
+        db.migrate(con, [bad])
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert "half" not in tables
+    assert con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 0
+
+
+def test_event_id_is_the_idempotency_key(db):
+    row = "(?, 1, 'r1', 'app', 'u1', NULL, '[]', 'hi', 'base', NULL, 1.0, now(), now(), NULL, NULL, NULL)"
+    db.execute(f"INSERT INTO chats VALUES {row}", ["7b0c5a8e-0d0a-4ac8-9d0e-1d6f1a1b2c3d"])
+    db.execute(
+        f"INSERT INTO chats VALUES {row} ON CONFLICT DO NOTHING", ["7b0c5a8e-0d0a-4ac8-9d0e-1d6f1a1b2c3d"]
+    )
+    assert db.execute("SELECT count(*) FROM chats").fetchone()[0] == 1
+
+
+def test_read_only_open_of_a_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(FlywheelError, match="flywheel db init"):
+        db.connect(tmp_path / "none.duckdb", read_only=True)
