@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -128,9 +129,13 @@ class EmbeddedBroker:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.cfg.host}:{self.port}"
+        # A fresh cluster id per start: the log is in memory, so offsets stored against an earlier
+        # broker must not be trusted by a consumer of this one.
+        cluster_id = f"flywheel-{uuid.uuid4().hex[:12]}"
         with open(logs / "broker.log", "ab") as out:
             self.proc = subprocess.Popen(
-                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                [str(binary), "broker", "--cluster-id", cluster_id, "--listener-url", url,
+                 "--advertised-listener-url", url],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

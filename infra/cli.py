@@ -143,11 +143,37 @@ def build_app() -> typer.Typer:
             stack.callback(con.close)
             info = db.describe(con)
             typer.echo(f"database  {cfg.db_path}  schema v{info['schema_version']}, {len(info['tables'])} tables")
+            from infra.services import build_ingest, start_ingest_thread
+
+            ingest = build_ingest(cfg, bootstrap, con.cursor())
+            thread = start_ingest_thread(ingest, stop.event)
+            stack.callback(thread.join)
+            typer.echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
             until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
             typer.echo(f"flywheel is up {until}")
             why = stop.wait(duration)
+            stop.event.set()
             typer.echo(f"stopping ({why})")
         typer.echo("stopped cleanly")
+
+    @app.command()
+    def ingest(ctx: typer.Context) -> None:
+        """Consume chats and feedback from Kafka, scrub PII, store in DuckDB; SIGTERM finishes the batch."""
+        from infra import broker, db
+        from infra.services import build_ingest, run_ingest
+
+        cfg = _state(ctx).config()
+        ensure_data_dir(cfg.data_dir)
+        bootstrap = broker.resolve_bootstrap(cfg.kafka, cfg.data_dir)
+        with StopSignal() as stop:
+            con = db.open_store(cfg.db_path, cfg.db.threads)
+            try:
+                consumer = build_ingest(cfg, bootstrap, con)
+                typer.echo(f"ingesting from {bootstrap} into {cfg.db_path}", err=True)
+                run_ingest(consumer, stop.event.is_set)
+                typer.echo(f"stopped ({stop.why}): {consumer.totals}", err=True)
+            finally:
+                con.close()
 
     broker_app = typer.Typer(help="Run the bundled Kafka broker (Tansu) in the background.", no_args_is_help=True)
     app.add_typer(broker_app, name="broker")

@@ -15,6 +15,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from abtest.config import AbtestConfig
+from curation.config import CurationConfig
+from ingest.config import IngestConfig
+from retrain.config import RetrainConfig
+from serving.config import ServingConfig
+
 ENV_PREFIX = "FLYWHEEL_"
 ENV_CONFIG_FILE = "FLYWHEEL_CONFIG"
 
@@ -67,59 +73,6 @@ class KafkaConfig(Section):
 class DbConfig(Section):
     path: Path | None = Field(None, description="DuckDB file; unset: DATA_DIR/flywheel.duckdb.")
     threads: int | None = Field(None, ge=1, description="DuckDB worker threads; unset: all cores.")
-
-
-class IngestConfig(Section):
-    group_id: str = Field("flywheel-ingest", description="Kafka consumer group of the ingest process.")
-    batch_max_events: int = Field(2_000, ge=1, description="Largest batch written in one transaction.")
-    batch_max_ms: int = Field(500, ge=1, description="Longest wait to fill a batch before writing it.")
-
-
-class CurationConfig(Section):
-    review_policy: Literal["required", "sample", "auto"] = Field(
-        "required", description="Who approves samples: a reviewer, a sampled share, or nobody (demos)."
-    )
-    max_user_share: float = Field(
-        0.02, gt=0, le=1, description="Most of a snapshot that one user's samples may make up."
-    )
-    seed: int = Field(0, description="Seed for splits and sampling; same data + seed = same snapshot.")
-
-
-class LoraConfig(Section):
-    r: int = Field(16, ge=1, description="LoRA rank: capacity of the adapter (and its size).")
-    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (effective scale alpha/r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: str | list[str] = Field(
-        "all-linear", description="Modules that get adapters: 'all-linear' or a list of names."
-    )
-
-
-class RetrainConfig(Section):
-    base_model: str = Field(
-        "bundled:SmolLM2-135M-Instruct",
-        description="Base model: 'bundled:SmolLM2-135M-Instruct' (the packaged GGUF) or a HF model path.",
-    )
-    quantization: Literal["auto", "nf4", "none"] = Field(
-        "auto", description="auto: nf4 (QLoRA) on CUDA, none on CPU, where nf4 is ~20x slower."
-    )
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter shape.")
-    schedule: str = Field("0 2 * * *", description="Cron expression of the nightly run (local time).")
-    min_new_samples: int = Field(50, ge=1, description="Skip a scheduled run with fewer new samples.")
-    seed: int = Field(0, description="Training seed.")
-
-
-class AbtestConfig(Section):
-    challenger_share: float = Field(0.1, gt=0, lt=1, description="Canary traffic share of a challenger.")
-    alpha: float = Field(0.05, gt=0, lt=1, description="False-promotion rate under continuous peeking.")
-    srm_p: float = Field(0.001, gt=0, lt=1, description="Sample-ratio mismatch p below which we stop.")
-    min_users_per_arm: int = Field(50, ge=1, description="No decision before this many users per arm.")
-
-
-class ServingConfig(Section):
-    host: str = Field("127.0.0.1", description="Address the API listens on.")
-    port: int = Field(8000, ge=0, le=65535, description="Port the API listens on; 0 picks a free one.")
-    max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger request bodies get 413.")
-    queue_depth: int = Field(64, ge=1, description="Generation requests waiting beyond this get 503.")
 
 
 class Config(Section):

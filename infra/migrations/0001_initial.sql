@@ -75,11 +75,13 @@ CREATE TABLE quarantine (
 );
 
 -- The next offset to read per partition, written in the same transaction as the rows it covers.
+-- cluster_id tells offsets of a restarted in-memory broker (a new, empty log) from those of a live one.
 CREATE TABLE kafka_offsets (
     consumer_group VARCHAR NOT NULL,
     topic          VARCHAR NOT NULL,
     partition      INTEGER NOT NULL,
     next_offset    BIGINT NOT NULL,
+    cluster_id     VARCHAR,
     updated_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, topic, partition)
 );

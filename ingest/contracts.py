@@ -1,0 +1,104 @@
+"""Event contracts: what serving produces to Kafka and ingest accepts. Validated on both sides.
+
+Every event carries a client-generated `event_id` (the idempotency key) and `schema_version`. Limits here
+are the hard ceiling of what ingest stores; serving refuses larger requests earlier with 400/413.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+MAX_MESSAGES = 64
+MAX_FIELD_CHARS = 16_000
+MAX_ID_CHARS = 128
+MAX_EVENT_BYTES = 512 * 1024
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Text = Annotated[str, Field(max_length=MAX_FIELD_CHARS)]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Message(Contract):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Text
+
+
+class ChatLog(Contract):
+    """One answered chat request, as logged by serving."""
+
+    kind: Literal["chat"] = "chat"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: UUID = Field(default_factory=uuid4)
+    response_id: Id
+    app_id: Id
+    user_id: Id  # pseudonymous; the Kafka key
+    conversation_id: Id | None = None
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    response: Text
+    variant: Id  # adapter version that answered, or "base"
+    experiment_id: Id | None = None
+    latency_ms: float = Field(ge=0)
+    created_at: datetime = Field(default_factory=_now)
+
+
+class Feedback(Contract):
+    """A thumbs-up/down on one response, with an optional comment and corrected answer."""
+
+    kind: Literal["feedback"] = "feedback"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: UUID = Field(default_factory=uuid4)
+    response_id: Id
+    app_id: Id
+    user_id: Id
+    rating: Literal[1, -1]
+    comment: Text | None = None
+    correction: Text | None = None
+    created_at: datetime = Field(default_factory=_now)
+
+
+Event = ChatLog | Feedback
+KINDS: dict[str, type[ChatLog] | type[Feedback]] = {"chat": ChatLog, "feedback": Feedback}
+
+
+class Rejected(Exception):
+    """Why a Kafka value is not a valid event: the reason stored with its dead letter."""
+
+
+def parse_event(value: bytes | None, expected_kind: str) -> Event:
+    """Bytes from Kafka to a validated event, or `Rejected` with a short reason."""
+    if value is None:
+        raise Rejected("empty value")
+    if len(value) > MAX_EVENT_BYTES:
+        raise Rejected(f"oversize: {len(value)} bytes > {MAX_EVENT_BYTES}")
+    try:
+        data = json.loads(value)
+    except (UnicodeDecodeError, ValueError):
+        raise Rejected("not JSON") from None
+    if not isinstance(data, dict):
+        raise Rejected("not a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise Rejected(f"unknown schema version {version!r}")
+    data.setdefault("kind", expected_kind)
+    model = KINDS.get(data["kind"]) if isinstance(data["kind"], str) else None
+    if model is None or data["kind"] != expected_kind:
+        raise Rejected(f"kind {data['kind']!r} on the {expected_kind} topic")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "event"
+        raise Rejected(f"schema: {where}: {first['msg']}"[:300]) from None

@@ -1,0 +1,85 @@
+"""DuckDB sink: one transaction writes a prepared batch and the next offset of every partition in it.
+
+Rows go in through Arrow (DuckDB's executemany is slow). Inserts are idempotent on event_id via the primary
+key; `RETURNING` tells which events are new, so findings of a re-sent event are not stored twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from ingest.batch import Prepared
+
+CHAT_COLUMNS = (
+    "event_id", "schema_version", "response_id", "app_id", "user_id", "conversation_id", "messages", "response",
+    "variant", "experiment_id", "latency_ms", "created_at", "kafka_topic", "kafka_partition", "kafka_offset",
+)
+FEEDBACK_COLUMNS = (
+    "event_id", "schema_version", "response_id", "app_id", "user_id", "rating", "comment", "correction",
+    "created_at", "kafka_topic", "kafka_partition", "kafka_offset",
+)
+FINDING_COLUMNS = ("event_id", "field", "entity_type", "start_pos", "end_pos", "score", "scrubber_version")
+DEAD_COLUMNS = ("topic", "partition", "offset", "reason", "length", "sha256", "excerpt")
+QUARANTINE_COLUMNS = ("topic", "partition", "offset", "event_id", "reason", "length", "sha256")
+
+
+@dataclass(frozen=True)
+class Written:
+    chats: int
+    feedback: int
+    duplicates: int
+    dead_letters: int
+    quarantined: int
+    findings: int
+
+
+def _insert(con, table: str, columns: tuple[str, ...], rows: list[dict], suffix: str = "") -> list:
+    if not rows:
+        return []
+    arrow = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
+    con.register("_batch", arrow)
+    try:
+        cols = ", ".join(f'"{c}"' for c in columns)
+        return con.execute(f'INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch {suffix}').fetchall()
+    finally:
+        con.unregister("_batch")
+
+
+def stored_offsets(con: duckdb.DuckDBPyConnection, group: str) -> dict[tuple[str, int], tuple[int, str | None]]:
+    rows = con.execute(
+        "SELECT topic, partition, next_offset, cluster_id FROM kafka_offsets WHERE consumer_group = ?", [group]
+    ).fetchall()
+    return {(t, p): (o, c) for t, p, o, c in rows}
+
+
+def write(con: duckdb.DuckDBPyConnection, group: str, cluster_id: str | None, batch: Prepared) -> Written:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        new_chats = _insert(con, "chats", CHAT_COLUMNS, batch.chats, "ON CONFLICT DO NOTHING RETURNING event_id")
+        new_fb = _insert(con, "feedback", FEEDBACK_COLUMNS, batch.feedback, "ON CONFLICT DO NOTHING RETURNING event_id")
+        new_ids = {str(r[0]) for r in new_chats + new_fb}
+        findings = [f for f in batch.findings if f["event_id"] in new_ids]
+        _insert(con, "pii_findings", FINDING_COLUMNS, findings)
+        dead = _insert(con, "dead_letters", DEAD_COLUMNS, batch.dead_letters, "ON CONFLICT DO NOTHING RETURNING 1")
+        quarantined = _insert(
+            con, "quarantine", QUARANTINE_COLUMNS, batch.quarantine, "ON CONFLICT DO NOTHING RETURNING 1"
+        )
+        if batch.next_offsets:
+            con.executemany(
+                "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset, cluster_id) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+                "next_offset = excluded.next_offset, cluster_id = excluded.cluster_id, updated_at = now()",
+                [[group, t, p, o, cluster_id] for (t, p), o in batch.next_offsets.items()],
+            )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    offered = len(batch.chats) + len(batch.feedback)
+    return Written(
+        chats=len(new_chats), feedback=len(new_fb), duplicates=batch.duplicates + offered - len(new_ids),
+        dead_letters=len(dead), quarantined=len(quarantined), findings=len(findings),
+    )
