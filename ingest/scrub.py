@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
+import signal
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ingest.config import PiiConfig
@@ -79,13 +81,45 @@ class _DigitGate:
         return self.inner.analyze(text, entities, nlp_artifacts)
 
 
+class _RegexTimeoutAlarm(logging.Handler):
+    """Presidio catches a regex timeout, logs a warning and returns no match: that would store the text
+    unscrubbed. This handler notices the warning so that the scrubber fails closed instead."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.fired = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "timed out" in record.getMessage():
+            self.fired = True
+
+
+@contextmanager
+def _without_torch():
+    """presidio_analyzer imports transformers and torch at import time when they are installed (for its
+    transformers NLP engine and device detection): 10 s and 600 MB per scrub worker for nothing we use.
+    Hide them while it imports; they import normally afterwards (serving needs them)."""
+    hidden = [m for m in ("torch", "transformers") if m not in sys.modules]
+    for m in hidden:
+        sys.modules[m] = None  # makes `import m` raise ImportError, which presidio and thinc handle
+    try:
+        yield
+    finally:
+        for m in hidden:
+            sys.modules.pop(m, None)
+
+
 def _build_analyzer(cfg: PiiConfig):
     import spacy
-    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
+    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry, pattern_recognizer
+    from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
 
     offline_tldextract()
+    pattern_recognizer.REGEX_TIMEOUT_SECONDS = cfg.regex_timeout_s  # read at each match; default 60 s
     nlp = spacy.load(cfg.spacy_model, exclude=["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer"])
+    ner_config = NerModelConfiguration()
+    unmapped = set(nlp.get_pipe("ner").labels) - set(ner_config.model_to_presidio_entity_mapping)
+    ner_config = NerModelConfiguration(labels_to_ignore=sorted(unmapped | set(ner_config.labels_to_ignore)))
 
     class NerOnlyEngine(SpacyNlpEngine):
         def _doc_to_nlp_artifact(self, doc, language):
@@ -100,10 +134,17 @@ def _build_analyzer(cfg: PiiConfig):
             artifacts.nlp_engine = self
             return artifacts
 
-    engine = NerOnlyEngine(models=[{"lang_code": "en", "model_name": cfg.spacy_model}])
+    engine = NerOnlyEngine(
+        models=[{"lang_code": "en", "model_name": cfg.spacy_model}], ner_model_configuration=ner_config
+    )
     engine.nlp = {"en": nlp}
     registry = RecognizerRegistry(supported_languages=["en"])
-    registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
+    presidio_log = logging.getLogger("presidio-analyzer")
+    level, _ = presidio_log.level, presidio_log.setLevel(logging.ERROR)  # one warning per foreign recognizer
+    try:
+        registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
+    finally:
+        presidio_log.setLevel(level)
     registry.add_recognizer(
         PatternRecognizer(
             supported_entity="STREET_ADDRESS",
@@ -128,15 +169,22 @@ def _build_analyzer(cfg: PiiConfig):
     return nlp, engine, analyzer, sorted(wanted)
 
 
+class ScrubFailed(Exception):
+    """Scrubbing raised or ran past its time budget: the texts must not be stored."""
+
+
 class Scrubber:
     """Scrubs lists of texts in this process."""
 
     def __init__(self, cfg: PiiConfig):
         self.cfg = cfg
-        from presidio_anonymizer import AnonymizerEngine
+        with _without_torch():
+            from presidio_anonymizer import AnonymizerEngine
 
-        self.nlp, self.engine, self.analyzer, self.entities = _build_analyzer(cfg)
-        self.anonymizer = AnonymizerEngine()  # default operator: replace with <ENTITY_TYPE>
+            self.nlp, self.engine, self.analyzer, self.entities = _build_analyzer(cfg)
+            self.anonymizer = AnonymizerEngine()  # default operator: replace with <ENTITY_TYPE>
+        self.alarm = _RegexTimeoutAlarm()
+        logging.getLogger("presidio-analyzer").addHandler(self.alarm)
 
     def scrub(self, texts: list[str]) -> list[Scrubbed]:
         out = []
@@ -149,46 +197,72 @@ class Scrubber:
                 text, language="en", entities=self.entities, score_threshold=self.cfg.score_threshold,
                 allow_list=self.cfg.allow_list or None, nlp_artifacts=self.engine._doc_to_nlp_artifact(doc, "en"),
             )
+            if self.alarm.fired:
+                self.alarm.fired = False
+                raise ScrubFailed(f"a recognizer's regex timed out after {self.cfg.regex_timeout_s:g} s")
             scrubbed = self.anonymizer.anonymize(text=text, analyzer_results=results).text if results else text
             findings = tuple(sorted(Finding(r.start, r.end, r.entity_type, round(float(r.score), 4)) for r in results))
             out.append(Scrubbed(scrubbed, findings))
         return out
 
 
-class ScrubFailed(Exception):
-    """Scrubbing raised or ran past its time budget: the texts must not be stored."""
+def _worker_main(cfg_json: str, conn) -> None:
+    """A scrub worker: texts in, Scrubbed out, over its own pipe, until the pipe closes.
+
+    It ignores SIGINT/SIGTERM: Ctrl-C and `kill` of a process group reach the workers too, and a worker that
+    died mid-batch would turn a clean shutdown into quarantined events. The parent stops it instead.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    scrubber = Scrubber(PiiConfig.model_validate_json(cfg_json))
+    conn.send("ready")
+    while True:
+        try:
+            texts = conn.recv()
+        except (EOFError, OSError):  # the parent is gone (even by kill -9): so are we
+            return
+        try:
+            conn.send(("ok", scrubber.scrub(texts)))
+        except Exception as e:
+            conn.send(("error", f"{type(e).__name__}: {e}"[:200]))
 
 
-_worker: Scrubber | None = None
+class _Worker:
+    def __init__(self, cfg_json: str):
+        ctx = multiprocessing.get_context("spawn")  # no fork: the parent runs Kafka client threads
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(cfg_json, child), daemon=True, name="flywheel-scrub")
+        self.proc.start()
+        child.close()
 
+    def wait_ready(self, timeout: float) -> None:
+        try:
+            if self.conn.poll(timeout) and self.conn.recv() == "ready":
+                return
+        except (EOFError, OSError):
+            pass
+        self.kill()
+        raise ScrubFailed(f"scrub worker did not start (exit code {self.proc.exitcode}); see the log above")
 
-def _init_worker(cfg_json: str) -> None:
-    global _worker
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _worker = Scrubber(PiiConfig.model_validate_json(cfg_json))
-
-
-def _scrub_in_worker(texts: list[str]) -> list[Scrubbed]:
-    return _worker.scrub(texts)
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
 
 
 class ScrubPool:
     """Scrubs across `cfg.workers` processes (or in-process when 0), with a time budget per call.
 
-    A call that raises or runs past the budget raises ScrubFailed; a worker stuck past the budget is
-    killed and the pool rebuilt, so one pathological text cannot stall ingest.
+    A call that raises, loses its worker, or runs past the budget raises ScrubFailed; a worker that is
+    stuck or dead is replaced, so one pathological text cannot stall ingest.
     """
 
     def __init__(self, cfg: PiiConfig):
         self.cfg = cfg
         self._local = Scrubber(cfg) if cfg.workers == 0 else None
-        self._pool = None if self._local else self._start()
-
-    def _start(self):
-        ctx = multiprocessing.get_context("spawn")  # no fork: the parent runs Kafka client threads
-        pool = ctx.Pool(self.cfg.workers, initializer=_init_worker, initargs=(self.cfg.model_dump_json(),))
-        pool.apply(os.getpid)  # wait until a worker is up, so start-up cost is paid here
-        return pool
+        self._workers = [_Worker(cfg.model_dump_json()) for _ in range(cfg.workers)]
+        for w in self._workers:  # start together, wait together: start-up cost is paid here, once
+            w.wait_ready(120)
 
     def scrub(self, texts: list[str]) -> list[Scrubbed]:
         if not texts:
@@ -196,26 +270,46 @@ class ScrubPool:
         if self._local is not None:
             try:
                 return self._local.scrub(texts)
+            except ScrubFailed:
+                raise
             except Exception as e:
                 raise ScrubFailed(f"{type(e).__name__}: {e}"[:200]) from e
-        n = self.cfg.workers
-        size = -(-len(texts) // n)
+        size = -(-len(texts) // len(self._workers))
         chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-        pending = [self._pool.apply_async(_scrub_in_worker, (chunk,)) for chunk in chunks]
+        busy = self._workers[: len(chunks)]
+        for worker, chunk in zip(busy, chunks):
+            worker.conn.send(chunk)
         budget = max(5.0, size * self.cfg.time_budget_ms_per_text / 1000)
         deadline = time.monotonic() + budget
-        try:
-            return [s for p in pending for s in p.get(timeout=max(deadline - time.monotonic(), 0.01))]
-        except multiprocessing.TimeoutError:
-            log.error("scrubbing %d texts ran past its %.1f s budget; restarting the scrub workers", len(texts), budget)
-            self._pool.terminate()
-            self._pool = self._start()
-            raise ScrubFailed(f"time budget of {budget:.1f} s exceeded") from None
-        except Exception as e:
-            raise ScrubFailed(f"{type(e).__name__}: {e}"[:200]) from e
+        results, failures, broken = [], [], []
+        for i, worker in enumerate(busy):
+            try:
+                if not worker.conn.poll(max(deadline - time.monotonic(), 0)):
+                    failures.append(f"time budget of {budget:.1f} s exceeded")
+                    broken.append(i)
+                    continue
+                status, payload = worker.conn.recv()
+            except (EOFError, OSError):
+                failures.append("scrub worker died")
+                broken.append(i)
+                continue
+            if status == "ok":
+                results += payload
+            else:
+                failures.append(payload)
+        for i in broken:
+            self._replace(i)
+        if failures:
+            raise ScrubFailed(failures[0])
+        return results
+
+    def _replace(self, i: int) -> None:
+        log.error("scrub worker %d stuck or dead; replacing it", i)
+        self._workers[i].kill()
+        self._workers[i] = _Worker(self.cfg.model_dump_json())
+        self._workers[i].wait_ready(120)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        for w in self._workers:
+            w.kill()
+        self._workers = []

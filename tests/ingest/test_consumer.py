@@ -1,0 +1,206 @@
+"""Ingest through the real bundled broker into a real DuckDB file."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+
+from infra.config import load_config
+from infra.db import open_store
+from infra.kafka import admin, client_settings, end_offsets, ensure_topics
+from infra.services import build_ingest, run_ingest
+from ingest import sink
+from ingest.contracts import ChatLog, Feedback, Message
+from ingest.producer import EventProducer
+from ingest.synthetic import events
+
+CANARIES = {
+    "email": "quigley.canary7@example.com",
+    "phone": "+1 212 555 0147",
+    "card": "4111 1111 1111 1111",
+    "ssn": "536-22-8741",
+    "iban": "GB82WEST12345698765432",
+    "ip": "203.0.113.77",
+}
+
+
+def topic_config(broker, tmp_path, **extra):
+    name = uuid.uuid4().hex[:8]
+    overrides = [
+        f"data_dir={tmp_path}", f"kafka.bootstrap_servers={broker.bootstrap}",
+        f"kafka.chats_topic=chats-{name}", f"kafka.feedback_topic=feedback-{name}",
+        f"ingest.group_id=ingest-{name}", "ingest.batch_max_ms=200", "ingest.pii.workers=0",
+        "kafka.session_timeout_ms=6000",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    cfg = load_config(overrides=overrides, env={})
+    ensure_topics(cfg.kafka, broker.bootstrap)
+    return cfg, overrides
+
+
+def producer(cfg, broker):
+    return EventProducer.connect(client_settings(cfg.kafka, broker.bootstrap), cfg.kafka.chats_topic,
+                                 cfg.kafka.feedback_topic)
+
+
+def stored_all(con, cfg, broker) -> bool:
+    ends = {}
+    for topic in (cfg.kafka.chats_topic, cfg.kafka.feedback_topic):
+        ends |= {(topic, p): o for p, o in end_offsets(cfg.kafka, broker.bootstrap, topic).items()}
+    stored = {k: v[0] for k, v in sink.stored_offsets(con, cfg.ingest.group_id).items()}
+    return all(stored.get(k, 0) == v for k, v in ends.items()), stored, ends
+
+
+def ingest_until_caught_up(cfg, broker, con, timeout=90):
+    ingest = build_ingest(cfg, broker.bootstrap, con.cursor())
+    stop = threading.Event()
+    thread = threading.Thread(target=run_ingest, args=(ingest, stop.is_set))
+    thread.start()
+    reader = con.cursor()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            done, stored, ends = stored_all(reader, cfg, broker)
+            if done:
+                return stored, ends
+            time.sleep(0.5)
+        raise AssertionError(f"ingest did not catch up: stored {stored}, ends {ends}")
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_valid_duplicated_and_malformed_events(broker, tmp_path):
+    cfg, _ = topic_config(broker, tmp_path)
+    evs = events(400, seed=7)
+    p = producer(cfg, broker)
+    for e in evs:
+        p.send(e)
+    for e in random.Random(1).sample(evs, 40):  # client retries re-send the same event
+        p.send(e)
+    malformed = [b"{oops", b'{"schema_version": 3}', b"[]", b'{"schema_version": 1, "kind": "chat"}']
+    for value in malformed:
+        p.send_raw(cfg.kafka.chats_topic, b"u", value)
+    p.flush()
+
+    con = open_store(cfg.db_path)
+    stored, ends = ingest_until_caught_up(cfg, broker, con)
+    n_chats = sum(isinstance(e, ChatLog) for e in evs)
+    assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM chats").fetchone() == (n_chats, n_chats)
+    n_fb = len(evs) - n_chats
+    assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM feedback").fetchone() == (n_fb, n_fb)
+    assert con.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == len(malformed)
+    assert stored == ends and sum(ends.values()) == len(evs) + 40 + len(malformed)
+    ids = {str(e.event_id) for e in evs}
+    assert {str(r[0]) for r in con.execute("SELECT event_id FROM chats UNION ALL SELECT event_id FROM feedback").fetchall()} == ids
+    con.close()
+
+
+def canary_events() -> list:
+    c = CANARIES
+    chat = ChatLog(
+        response_id="resp-canary", app_id="app", user_id="user-canary", variant="base", latency_ms=5,
+        messages=[
+            Message(role="system", content=f"Escalate to {c['email']} if needed."),
+            Message(role="user", content=f"My card {c['card']} and SSN {c['ssn']}; call {c['phone']}."),
+            Message(role="assistant", content=f"Refund sent to IBAN {c['iban']}."),
+            Message(role="user", content=f"I logged in from {c['ip']}, email {c['email']}."),
+        ],
+        response=f"I will call you at {c['phone']} and write to {c['email']}.",
+    )
+    fb = Feedback(response_id="resp-canary", app_id="app", user_id="user-canary", rating=-1,
+                  comment=f"Wrong! Use {c['email']} or {c['phone']}.",
+                  correction=f"We refunded card {c['card']} and IBAN {c['iban']}.")
+    return [chat, fb]
+
+
+def test_canary_pii_reaches_no_table_and_no_byte_of_the_file(broker, tmp_path):
+    cfg, _ = topic_config(broker, tmp_path)
+    p = producer(cfg, broker)
+    for e in canary_events():
+        p.send(e)
+    p.send_raw(cfg.kafka.chats_topic, b"u", f'{{"broken": "{CANARIES["email"]} {CANARIES["card"]}'.encode())
+    p.flush()
+    con = open_store(cfg.db_path)
+    ingest_until_caught_up(cfg, broker, con)
+    assert con.execute("SELECT count(*) FROM chats").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM feedback").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 1
+    found = {r[0] for r in con.execute("SELECT DISTINCT entity_type FROM pii_findings").fetchall()}
+    assert {"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS"} <= found
+    tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+    for table in tables:
+        dump = str(con.execute(f'SELECT CAST(COLUMNS(*) AS VARCHAR) FROM "{table}"').fetchall())
+        for name, value in CANARIES.items():
+            assert value not in dump, (table, name)
+    con.execute("CHECKPOINT")
+    con.close()
+    raw = cfg.db_path.read_bytes()
+    for name, value in CANARIES.items():
+        assert value.encode() not in raw, name
+
+
+def test_kill_9_at_random_points_loses_and_doubles_nothing(broker, tmp_path):
+    cfg, overrides = topic_config(broker, tmp_path, **{"ingest.pii.workers": 1, "ingest.batch_max_events": 200})
+    env = {**os.environ, **{f"FLYWHEEL_{k.upper().replace('.', '__')}": v for k, v in (o.split("=", 1) for o in overrides)}}
+    evs = events(3000, seed=11)
+    resent = random.Random(2).sample(evs, 150)
+    done = threading.Event()
+
+    def produce():
+        p = producer(cfg, broker)
+        for i, e in enumerate(evs):  # ~20 s of traffic, so that the kills land while events flow
+            p.send(e)
+            if i % 50 == 49:
+                p.flush()
+                time.sleep(0.35)
+        for e in resent:
+            p.send(e)
+        p.flush()
+        done.set()
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "infra.cli", "ingest"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    threading.Thread(target=produce, daemon=True).start()
+    rng = random.Random(5)
+    progress = []
+    for _ in range(3):
+        proc = start()
+        time.sleep(rng.uniform(7, 12))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        con = open_store(cfg.db_path)  # the file reopens after kill -9; what was committed is whole
+        progress.append(con.execute("SELECT (SELECT count(*) FROM chats) + (SELECT count(*) FROM feedback)").fetchone()[0])
+        con.close()
+    assert done.wait(60)
+    proc = start()
+    # The writer holds the DuckDB file; its informative Kafka commits show when it has caught up.
+    wanted = {}
+    for topic in (cfg.kafka.chats_topic, cfg.kafka.feedback_topic):
+        wanted |= {(topic, p): o for p, o in end_offsets(cfg.kafka, broker.bootstrap, topic).items()}
+    client = admin(cfg.kafka, broker.bootstrap)
+    deadline, committed = time.monotonic() + 120, {}
+    while time.monotonic() < deadline and committed != wanted:
+        time.sleep(1)
+        offsets = client.list_group_offsets(cfg.ingest.group_id)[cfg.ingest.group_id]
+        committed = {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()}
+        committed = {k: committed.get(k, 0) for k in wanted}
+    client.close()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    con = open_store(cfg.db_path)
+    n_chats = sum(isinstance(e, ChatLog) for e in evs)
+    caught_up, stored, ends = stored_all(con, cfg, broker)
+    assert caught_up, (stored, ends)
+    assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM chats").fetchone() == (n_chats, n_chats)
+    n_fb = len(evs) - n_chats
+    assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM feedback").fetchone() == (n_fb, n_fb)
+    assert progress == sorted(progress) and any(0 < n < len(evs) for n in progress), progress
+    con.close()
