@@ -13,7 +13,7 @@ DEMO_SECONDS ?= 20
 .PHONY: demo test install clean
 
 demo: $(STAMP)
-	$(VENV)/bin/flywheel up --duration $(DEMO_SECONDS)
+	$(VENV)/bin/flywheel up --duration $(DEMO_SECONDS) --simulate 2000
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -102,6 +102,11 @@ class StopSignal:
         return self.why
 
 
+def _totals(totals: dict) -> str:
+    names = {"findings": "PII findings"}
+    return ", ".join(f"{v:,} {names.get(k, k.replace('_', ' '))}" for k, v in totals.items())
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(
         name="flywheel",
@@ -130,8 +135,11 @@ def build_app() -> typer.Typer:
         duration: Annotated[
             Optional[float], typer.Option(help="Stop after this many seconds (for scripted runs).")
         ] = None,
+        simulate: Annotated[
+            int, typer.Option(help="Once up, produce this many synthetic chats and ratings to the topics.")
+        ] = 0,
     ) -> None:
-        """Start everything: the broker (when embedded) and the database; Ctrl-C or SIGTERM stops all."""
+        """Start everything: broker (when embedded), database, ingest; Ctrl-C or SIGTERM stops all."""
         from infra import db
 
         cfg = _state(ctx).config()
@@ -149,15 +157,41 @@ def build_app() -> typer.Typer:
             thread = start_ingest_thread(ingest, stop.event)
             stack.callback(thread.join)
             typer.echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
+            if simulate:
+                from infra.services import produce_synthetic
+
+                produce_synthetic(cfg, bootstrap, simulate)
+                typer.echo(f"simulate  produced {simulate} synthetic events")
             until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
             typer.echo(f"flywheel is up {until}")
             why = stop.wait(duration)
             stop.event.set()
             typer.echo(f"stopping ({why})")
+            thread.join()
+            typer.echo(f"ingested  {_totals(ingest.totals)}")
         typer.echo("stopped cleanly")
 
     @app.command()
-    def ingest(ctx: typer.Context) -> None:
+    def simulate(
+        ctx: typer.Context,
+        events: Annotated[int, typer.Option(help="How many events (chats, and ratings of ~30% of them).")] = 1000,
+        malformed: Annotated[int, typer.Option(help="Also send this many broken events.")] = 0,
+        seed: Annotated[int, typer.Option(help="Same seed, same events.")] = 0,
+    ) -> None:
+        """Produce synthetic store-support chats and ratings (with names, emails, phones) to the topics."""
+        from infra import broker
+        from infra.services import produce_synthetic
+
+        cfg = _state(ctx).config()
+        bootstrap = broker.resolve_bootstrap(cfg.kafka, cfg.data_dir)
+        sent = produce_synthetic(cfg, bootstrap, events, seed, malformed)
+        typer.echo(f"produced {sent} events to {cfg.kafka.chats_topic} and {cfg.kafka.feedback_topic} at {bootstrap}")
+
+    @app.command()
+    def ingest(
+        ctx: typer.Context,
+        duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    ) -> None:
         """Consume chats and feedback from Kafka, scrub PII, store in DuckDB; SIGTERM finishes the batch."""
         from infra import broker, db
         from infra.services import build_ingest, run_ingest
@@ -169,9 +203,10 @@ def build_app() -> typer.Typer:
             con = db.open_store(cfg.db_path, cfg.db.threads)
             try:
                 consumer = build_ingest(cfg, bootstrap, con)
-                typer.echo(f"ingesting from {bootstrap} into {cfg.db_path}", err=True)
-                run_ingest(consumer, stop.event.is_set)
-                typer.echo(f"stopped ({stop.why}): {consumer.totals}", err=True)
+                typer.echo(f"ingesting from {bootstrap} into {cfg.db_path}")
+                deadline = None if duration is None else time.monotonic() + duration
+                run_ingest(consumer, lambda: stop.event.is_set() or (deadline is not None and time.monotonic() > deadline))
+                typer.echo(f"stopped ({stop.why if stop.event.is_set() else 'duration elapsed'}): {_totals(consumer.totals)}")
             finally:
                 con.close()
 

@@ -54,3 +54,22 @@ def start_ingest_thread(ingest, stop: threading.Event) -> threading.Thread:
     thread = threading.Thread(target=target, name="ingest", daemon=True)
     thread.start()
     return thread
+
+
+def produce_synthetic(cfg: Config, bootstrap: str, n: int, seed: int = 0, malformed: int = 0) -> int:
+    """Produce n synthetic store-support events (chats and feedback) and `malformed` broken ones."""
+    from infra.kafka import client_settings
+    from ingest.producer import EventProducer
+    from ingest.synthetic import events
+
+    producer = EventProducer.connect(client_settings(cfg.kafka, bootstrap), cfg.kafka.chats_topic,
+                                     cfg.kafka.feedback_topic)
+    try:
+        for event in events(n, seed=seed):
+            producer.send(event)
+        for i in range(malformed):
+            producer.send_raw(cfg.kafka.chats_topic, b"simulated", b'{"schema_version": 1, "broken": ' + str(i).encode())
+        producer.flush(timeout=cfg.kafka.connect_timeout_s * 3)
+    finally:
+        producer.close()
+    return n + malformed

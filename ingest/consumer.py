@@ -54,7 +54,7 @@ class IngestConsumer:
         self.batch_max_events, self.batch_max_ms = batch_max_events, batch_max_ms
         self.metrics = IngestMetrics(registry or CollectorRegistry())
         self.pending: list[Record] = []
-        self.totals = {"chats": 0, "feedback": 0, "duplicates": 0, "dead_letters": 0, "quarantined": 0}
+        self.totals = {"chats": 0, "feedback": 0, "duplicates": 0, "dead_letters": 0, "quarantined": 0, "findings": 0}
 
     # -- rebalance ---------------------------------------------------------------------------------
     def _cluster_id(self) -> str | None:
@@ -125,9 +125,9 @@ class IngestConsumer:
             return
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         for outcome in self.totals:
-            n = getattr(written, outcome)
-            self.totals[outcome] += n
-            self.metrics.events.labels(outcome).inc(n)
+            self.totals[outcome] += getattr(written, outcome)
+            if outcome != "findings":
+                self.metrics.events.labels(outcome).inc(getattr(written, outcome))
         self.metrics.findings.inc(written.findings)
         self._commit_informative(batch.next_offsets)
 

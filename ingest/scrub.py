@@ -33,6 +33,12 @@ MIN_DIGITS = {
     "US_PASSPORT": 6, "US_ITIN": 9, "US_DRIVER_LICENSE": 4, "MEDICAL_LICENSE": 4, "UK_NHS": 10,
     "STREET_ADDRESS": 1,
 }
+# Validated, narrow types win over broad ones when two findings cover the same span.
+SPECIFICITY = {"CREDIT_CARD": 5, "IBAN_CODE": 5, "EMAIL_ADDRESS": 5, "US_SSN": 4, "IP_ADDRESS": 4,
+               "STREET_ADDRESS": 3, "PHONE_NUMBER": 2, "PERSON": 2, "URL": 1}
+# libphonenumber only matches numbers it considers valid for a region; a mistyped or unassigned number
+# still identifies someone, so the usual North American shapes are caught by pattern too.
+PHONE_FALLBACK_REGEX = r"(?<![\w-])(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-])"
 STREET_ADDRESS_REGEX = (
     r"\b\d{1,6}[A-Za-z]?\s+(?:[A-Z][A-Za-z]+\.?\s+){1,4}"
     r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
@@ -152,6 +158,11 @@ def _build_analyzer(cfg: PiiConfig):
             context=["address", "live", "ship", "deliver", "street"],
         )
     )
+    registry.add_recognizer(
+        PatternRecognizer(supported_entity="PHONE_NUMBER", name="PhoneShapeRecognizer",
+                          patterns=[Pattern("north american phone", PHONE_FALLBACK_REGEX, 0.5)],
+                          context=["phone", "call", "text", "number", "mobile", "cell"])
+    )
     for deny in cfg.deny_patterns:
         registry.add_recognizer(
             PatternRecognizer(supported_entity=deny.entity, patterns=[Pattern(deny.entity, deny.regex, deny.score)])
@@ -167,6 +178,17 @@ def _build_analyzer(cfg: PiiConfig):
     registry.recognizers = kept
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
     return nlp, engine, analyzer, sorted(wanted)
+
+
+def drop_contained(results: list) -> list:
+    """Findings inside a larger (or equal, more specific) finding add nothing but noise: a URL inside an
+    email, a PERSON inside a street name, a PHONE_NUMBER that is an SSN. The larger one is kept."""
+    ranked = sorted(results, key=lambda r: (-(r.end - r.start), -SPECIFICITY.get(r.entity_type, 0), -r.score))
+    kept: list = []
+    for r in ranked:
+        if not any(k.start <= r.start and r.end <= k.end for k in kept):
+            kept.append(r)
+    return kept
 
 
 class ScrubFailed(Exception):
@@ -200,6 +222,7 @@ class Scrubber:
             if self.alarm.fired:
                 self.alarm.fired = False
                 raise ScrubFailed(f"a recognizer's regex timed out after {self.cfg.regex_timeout_s:g} s")
+            results = drop_contained(results)
             scrubbed = self.anonymizer.anonymize(text=text, analyzer_results=results).text if results else text
             findings = tuple(sorted(Finding(r.start, r.end, r.entity_type, round(float(r.score), 4)) for r in results))
             out.append(Scrubbed(scrubbed, findings))
@@ -265,6 +288,14 @@ class ScrubPool:
             w.wait_ready(120)
 
     def scrub(self, texts: list[str]) -> list[Scrubbed]:
+        """Scrub each distinct text once (system prompts and canned answers repeat in every chat)."""
+        unique = list(dict.fromkeys(texts))
+        if len(unique) < len(texts):
+            done = dict(zip(unique, self._scrub_unique(unique)))
+            return [done[t] for t in texts]
+        return self._scrub_unique(texts)
+
+    def _scrub_unique(self, texts: list[str]) -> list[Scrubbed]:
         if not texts:
             return []
         if self._local is not None:

@@ -29,12 +29,17 @@ QUESTIONS = [
     "Is it possible to pay with PayPal or only with a card?",
     "My name is {name} and my phone number is {phone}; my order {order} arrived damaged.",
 ]
+OPENERS = ["Thanks for reaching out, {first}.", "I'm sorry to hear that, {first}.", "Happy to help!",
+           "Thank you for your patience.", "Good question.", "I understand how frustrating that is."]
 ANSWERS = [
-    "I'm sorry to hear that. Could you share your order number so I can check its status?",
+    "Could you share your order number so I can check its status?",
     "Orders usually ship within 2 business days and arrive in 3 to 5 days.",
     "You can return unworn items within 30 days for a full refund.",
     "Our headphones come with a one-year limited warranty covering manufacturing defects.",
-    "I have forwarded your request to our billing team, who will contact you shortly.",
+    "I have forwarded your request about {order} to our billing team, who will contact you shortly.",
+    "I can see that order {order} left our warehouse yesterday; tracking updates within 24 hours.",
+    "We accept all major cards and PayPal at checkout.",
+    "You can change the delivery address in your account until the order ships.",
 ]
 
 
@@ -49,14 +54,16 @@ def person(rng: random.Random) -> dict:
 
 
 def chat(rng: random.Random, user_id: str, app_id: str = "store-support", variant: str = "base") -> ChatLog:
-    question = rng.choice(QUESTIONS).format(**person(rng))
+    who = person(rng)
+    question = rng.choice(QUESTIONS).format(**who)
+    answer = f"{rng.choice(OPENERS)} {rng.choice(ANSWERS)}".format(first=who["name"].split()[0], order=who["order"])
     return ChatLog(
         event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
         response_id=f"resp-{rng.getrandbits(64):016x}", app_id=app_id, user_id=user_id,
         conversation_id=f"conv-{rng.getrandbits(32):08x}",
         messages=[Message(role="system", content="You are the support assistant of an online store."),
                   Message(role="user", content=question)],
-        response=rng.choice(ANSWERS), variant=variant, latency_ms=round(rng.uniform(80, 900), 1),
+        response=answer, variant=variant, latency_ms=round(rng.uniform(80, 900), 1),
         created_at=datetime.now(timezone.utc),
     )
 

@@ -97,6 +97,18 @@ def test_up_starts_broker_and_database_then_stops_cleanly(tmp_path):
     assert not (data / "broker.json").exists()
 
 
+def test_up_ingests_what_is_produced_to_the_topics(tmp_path):
+    data = tmp_path / "var"
+    result = flywheel("up", "--duration", "30", "--simulate", "300", env={"FLYWHEEL_DATA_DIR": str(data)})
+    assert result.returncode == 0, result.stderr
+    con = duckdb.connect(str(data / "flywheel.duckdb"), read_only=True)
+    chats, feedback = con.execute("SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback)").fetchone()
+    findings = con.execute("SELECT count(*) FROM pii_findings").fetchone()[0]
+    con.close()
+    assert chats + feedback == 300 and findings > 0
+    assert f"ingested  {chats:,} chats, {feedback:,} feedback" in result.stdout
+
+
 def test_sigterm_stops_up_cleanly(tmp_path):
     env = {**os.environ, "FLYWHEEL_DATA_DIR": str(tmp_path / "var")}
     proc = subprocess.Popen(

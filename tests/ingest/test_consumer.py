@@ -193,7 +193,10 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(broker, tmp_path):
         committed = {k: committed.get(k, 0) for k in wanted}
     client.close()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave a writer behind, even when SIGTERM did not work
     assert proc.returncode == 0, err[-2000:]
     con = open_store(cfg.db_path)
     n_chats = sum(isinstance(e, ChatLog) for e in evs)
