@@ -36,37 +36,34 @@ class Message(Contract):
     content: Text
 
 
-class ChatLog(Contract):
-    """One answered chat request, as logged by serving."""
-
-    kind: Literal["chat"] = "chat"
+class _EventFields(Contract):
     schema_version: Literal[1] = SCHEMA_VERSION
-    event_id: UUID = Field(default_factory=uuid4)
+    event_id: UUID = Field(default_factory=uuid4)  # client-generated idempotency key
     response_id: Id
     app_id: Id
     user_id: Id  # pseudonymous; the Kafka key
+    created_at: datetime = Field(default_factory=_now)
+
+
+class ChatLog(_EventFields):
+    """One answered chat request, as logged by serving."""
+
+    kind: Literal["chat"] = "chat"
     conversation_id: Id | None = None
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     response: Text
     variant: Id  # adapter version that answered, or "base"
     experiment_id: Id | None = None
     latency_ms: float = Field(ge=0)
-    created_at: datetime = Field(default_factory=_now)
 
 
-class Feedback(Contract):
+class Feedback(_EventFields):
     """A thumbs-up/down on one response, with an optional comment and corrected answer."""
 
     kind: Literal["feedback"] = "feedback"
-    schema_version: Literal[1] = SCHEMA_VERSION
-    event_id: UUID = Field(default_factory=uuid4)
-    response_id: Id
-    app_id: Id
-    user_id: Id
     rating: Literal[1, -1]
     comment: Text | None = None
     correction: Text | None = None
-    created_at: datetime = Field(default_factory=_now)
 
 
 Event = ChatLog | Feedback

@@ -207,3 +207,24 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(broker, tmp_path):
     assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM feedback").fetchone() == (n_fb, n_fb)
     assert progress == sorted(progress) and any(0 < n < len(evs) for n in progress), progress
     con.close()
+
+
+def test_a_failing_kafka_commit_never_stops_ingest(broker, tmp_path, monkeypatch):
+    from kafka import KafkaConsumer
+    from kafka.errors import CommitFailedError
+
+    def refuse(self, offsets=None):
+        raise CommitFailedError("injected: the group rebalanced")
+
+    monkeypatch.setattr(KafkaConsumer, "commit", refuse)
+    cfg, _ = topic_config(broker, tmp_path)
+    p = producer(cfg, broker)
+    evs = events(120, seed=5)
+    for e in evs:
+        p.send(e)
+    p.flush()
+    con = open_store(cfg.db_path)
+    stored, ends = ingest_until_caught_up(cfg, broker, con)  # DuckDB's offsets are the truth
+    assert stored == ends
+    assert con.execute("SELECT (SELECT count(*) FROM chats) + (SELECT count(*) FROM feedback)").fetchone()[0] == 120
+    con.close()
