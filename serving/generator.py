@@ -1,0 +1,186 @@
+"""Batched generation: requests that arrive together share one forward pass per token.
+
+One thread owns the model. It takes the waiting requests (up to `max_batch`, waiting at most `max_wait_ms`
+for company), left-pads them into one batch and decodes token by token with a KV cache. Each row keeps its
+own sampling settings (temperature, top_p, seed), token budget, stop strings and adapter: rows routed to
+different LoRA adapters run in the same batch through peft's per-row `adapter_names`. A row that finishes
+resolves its future at once; the batch ends when its last row does.
+
+On 2 CPU cores one stream of the 135M model makes ~13 tokens/s and a batch of 16 ~87: concurrent users
+must share the batch, not queue behind each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger(__name__)
+BASE = "base"  # the variant name of the base model without adapter
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the configured depth: answer 503 with Retry-After."""
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list[int]
+    max_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    adapter: str = BASE
+    on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
+    future: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class GenResult:
+    text: str
+    finish_reason: str  # stop | length
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _Row:
+    def __init__(self, req: GenRequest, torch):
+        self.req, self.ids, self.sent, self.done = req, [], 0, False
+        self.rng = torch.Generator().manual_seed(req.seed if req.seed is not None else int(time.time_ns() % 2**63))
+
+
+class BatchGenerator:
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_wait_ms: float = 10, queue_depth: int = 64):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        self.queue: queue.Queue[GenRequest] = queue.Queue(maxsize=queue_depth)
+        self.eos = {t for t in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
+                    for t in (t if isinstance(t, list) else [t]) if t is not None}
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos), 0)
+        self.tokens_generated = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="generator", daemon=True)
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    def start(self) -> BatchGenerator:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def submit(self, req: GenRequest) -> Future:
+        try:
+            self.queue.put_nowait(req)
+        except queue.Full:
+            raise QueueFull from None
+        return req.future
+
+    # -- the model thread --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch, deadline = [first], time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)))
+                except queue.Empty:
+                    break
+            try:
+                self.generate(batch)
+            except Exception as e:  # a broken batch fails its requests, never the thread
+                log.exception("generation failed for a batch of %d", len(batch))
+                for req in batch:
+                    if not req.future.done():
+                        req.future.set_exception(e)
+
+    def generate(self, batch: list[GenRequest]) -> None:
+        import torch
+
+        rows = [_Row(r, torch) for r in batch]
+        width = max(len(r.prompt_ids) for r in batch)
+        input_ids = torch.tensor([[self.pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in batch])
+        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in batch])
+        extra = {}
+        if hasattr(self.model, "peft_config"):
+            extra["adapter_names"] = [r.adapter if r.adapter != BASE else "__base__" for r in batch]
+        past = None
+        with torch.inference_mode():
+            for _ in range(max(r.max_tokens for r in batch)):
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                if past is not None:
+                    positions = positions[:, -1:]
+                out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                 past_key_values=past, use_cache=True, **extra)
+                past = out.past_key_values
+                next_ids = [self._sample(out.logits[i, -1], row) for i, row in enumerate(rows)]
+                for row, token in zip(rows, next_ids):
+                    if not row.done:
+                        self._advance(row, token)
+                if all(row.done for row in rows):
+                    break
+                input_ids = torch.tensor([[t if not row.done else self.pad] for t, row in zip(next_ids, rows)])
+                mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
+        for row in rows:
+            if not row.done:
+                self._finish(row, "length")
+
+    def _sample(self, logits, row: _Row) -> int:
+        import torch
+
+        req = row.req
+        if row.done or req.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / req.temperature, dim=-1)
+        if req.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(-1) - sorted_probs < req.top_p  # always keeps the top token
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        return int(torch.multinomial(probs, 1, generator=row.rng))
+
+    def _advance(self, row: _Row, token: int) -> None:
+        self.tokens_generated += 1
+        if token in self.eos:
+            self._finish(row, "stop")
+            return
+        row.ids.append(token)
+        text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        for s in row.req.stop:
+            if s and s in text:
+                self._finish(row, "stop", text[: text.index(s)])
+                return
+        if len(row.ids) >= row.req.max_tokens:
+            self._finish(row, "length", text)
+            return
+        if row.req.on_text is not None:
+            # Hold back what could still become a stop string or an incomplete character.
+            hold = max((len(s) - 1 for s in row.req.stop), default=0)
+            safe = len(text) - hold
+            if text.endswith("\ufffd"):
+                safe = min(safe, len(text) - 1)
+            if safe > row.sent:
+                row.req.on_text(text[row.sent : safe])
+                row.sent = safe
+
+    def _finish(self, row: _Row, reason: str, text: str | None = None) -> None:
+        row.done = True
+        if text is None:
+            text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        if row.req.on_text is not None and len(text) > row.sent:
+            row.req.on_text(text[row.sent :])
+            row.sent = len(text)
+        if not row.req.future.done():
+            row.req.future.set_result(GenResult(text, reason, len(row.req.prompt_ids), len(row.ids)))
