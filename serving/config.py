@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -12,5 +11,20 @@ class Section(BaseModel):
 class ServingConfig(Section):
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port the API listens on; 0 picks a free one.")
+    api_keys: dict[str, str] = Field(
+        {"demo": "8ff997078e837bdd667c3e354ec4dc40fd7b81fb89eed9ec5413bb25c512edc8"},
+        description="App id -> SHA-256 hex of its API key (`flywheel keys hash KEY`). The default holds "
+        "the demo app's key 'flywheel-demo-key': replace it outside a laptop.",
+    )
+    response_secret: SecretStr | None = Field(
+        None, description="HMAC key of response ids; unset: generated once into DATA_DIR/response.secret."
+    )
     max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger request bodies get 413.")
+    max_messages: int = Field(64, ge=1, description="More messages in one chat request get 400.")
+    max_message_chars: int = Field(16_000, ge=1, description="A longer message gets 400.")
+    max_tokens: int = Field(128, ge=1, description="Default and ceiling of max_tokens per answer.")
     queue_depth: int = Field(64, ge=1, description="Generation requests waiting beyond this get 503.")
+    max_batch: int = Field(16, ge=1, description="Most requests decoded together in one batch.")
+    max_wait_ms: float = Field(10, ge=0, description="How long a request waits for others to batch with.")
+    rate_limit_per_s: float = Field(200, gt=0, description="Requests per second per API key (429 beyond).")
+    rate_burst: int = Field(400, ge=1, description="Requests a key may send at once before the rate applies.")

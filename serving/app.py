@@ -1,0 +1,282 @@
+"""The HTTP API: OpenAI-compatible chat completions, feedback, models, health and metrics.
+
+`create_app` receives everything it uses (config section, generator, tokenizer, outbox, router, secret);
+there is no module-level app. Every answer is logged as a ChatLog event through the outbox before the
+client sees it, with the variant that produced it; feedback is accepted (2xx) once it is in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from ingest.contracts import ChatLog, Feedback, Message
+from serving import ids
+from serving.config import ServingConfig
+from serving.generator import BASE, GenRequest, QueueFull
+from serving.outbox import Outbox
+
+FEEDBACK_NAMESPACE = uuid.UUID("5b0e9c1e-8d6f-4c38-9a57-0c1f3f0e7b21")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | None = ""
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (n=1, logprobs=...)
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    user: str | None = Field(None, max_length=128)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    response_id: str = Field(max_length=512)
+    rating: str | int = Field(description="up | down (or 1 | -1)")
+    comment: str | None = Field(None, max_length=16_000)
+    correction: str | None = Field(None, max_length=16_000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.requests = Counter("flywheel_http_requests", "Requests", ["route", "status"], registry=registry)
+        self.latency = Histogram("flywheel_http_seconds", "Latency", ["route", "variant"], registry=registry)
+        self.tokens = Counter("flywheel_generated_tokens", "Tokens generated", ["variant"], registry=registry)
+        self.queue = Gauge("flywheel_generation_queue_depth", "Requests waiting for the model", registry=registry)
+        self.outbox = Gauge("flywheel_outbox_events", "Events not yet acknowledged by Kafka", registry=registry)
+
+
+class RateLimiter:
+    """A token bucket per app: `rate` per second, up to `burst` at once."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst, self.buckets = rate, burst, {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self.buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self.buckets[key] = (tokens, now)
+            return False
+        self.buckets[key] = (tokens - 1, now)
+        return True
+
+
+def _body_limit(app, limit: int):
+    """ASGI middleware: a body over `limit` bytes gets 413 before anything parses it."""
+
+    async def middleware(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _send_error(send, 413, f"request body over {limit} bytes (serving.max_body_bytes)")
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise ApiError(413, f"request body over {limit} bytes (serving.max_body_bytes)")
+            return message
+
+        return await app(scope, limited, send)
+
+    return middleware
+
+
+async def _send_error(send, status: int, message: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": status}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    cfg: ServingConfig,
+    *,
+    generator,
+    tokenizer,
+    outbox: Outbox,
+    chats_topic: str,
+    feedback_topic: str,
+    secret: bytes,
+    route: Callable[[str], tuple[str, str | None]],
+    variants: Callable[[], list[str]],
+    ready: Callable[[], bool] = lambda: True,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
+    limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst)
+    app = FastAPI(title="Flywheel", version="0.1.0")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, e: ApiError):
+        return JSONResponse({"error": {"message": e.message, "type": e.kind, "code": e.status}}, e.status, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request, e: RequestValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return JSONResponse({"error": {"message": f"{where}: {first['msg']}", "type": "invalid_request_error",
+                                       "code": 400}}, 400)
+
+    def authenticate(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer "):
+            raise ApiError(401, "missing API key: send Authorization: Bearer <key>", "authentication_error")
+        app_id = ids.app_for_key(header[7:].strip(), cfg.api_keys)
+        if app_id is None:
+            raise ApiError(401, "invalid API key", "authentication_error")
+        if not limiter.allow(app_id):
+            raise ApiError(429, f"rate limit of {cfg.rate_limit_per_s:g} requests/s exceeded", "rate_limit_error",
+                           {"Retry-After": "1"})
+        return app_id
+
+    def log_event(topic: str, event) -> None:
+        outbox.append(topic, event.user_id.encode(), event.model_dump_json().encode())
+        metrics.outbox.set(outbox.size())
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        ok = ready()
+        return JSONResponse({"ready": ok}, 200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        metrics.queue.set(generator.depth)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authenticate(request)
+        return {"object": "list", "data": [{"id": v, "object": "model", "created": 0, "owned_by": "flywheel"}
+                                           for v in variants()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        started = time.perf_counter()
+        app_id = authenticate(request)
+        if len(body.messages) > cfg.max_messages:
+            raise ApiError(400, f"{len(body.messages)} messages: at most {cfg.max_messages} (serving.max_messages)")
+        for m in body.messages:
+            if len(m.content or "") > cfg.max_message_chars:
+                raise ApiError(400, f"a message of {len(m.content)} characters: at most {cfg.max_message_chars} "
+                                    "(serving.max_message_chars)")
+            if m.role not in ("system", "user", "assistant", "tool"):
+                raise ApiError(400, f"unknown role {m.role!r}")
+        user_id = body.user or request.headers.get("x-flywheel-user") or "anonymous"
+        variant, experiment = route(user_id)
+        max_tokens = min(body.max_completion_tokens or body.max_tokens or cfg.max_tokens, cfg.max_tokens)
+        messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        response_id = ids.issue(secret, ids.ResponseClaims(app_id, user_id, variant, experiment, ids.now()))
+        headers = {"X-Flywheel-Variant": variant, "X-Flywheel-Response-Id": response_id}
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        req = GenRequest(prompt, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                         stop=stops, seed=body.seed, adapter=variant if variant != BASE else BASE,
+                         on_text=(lambda t: loop.call_soon_threadsafe(pieces.put_nowait, t)) if body.stream else None)
+        try:
+            future = generator.submit(req)
+        except QueueFull:
+            raise ApiError(503, "the model is busy: try again shortly", "server_error", {"Retry-After": "1"}) from None
+        created = int(time.time())
+
+        def finish(result) -> None:
+            latency = (time.perf_counter() - started) * 1000
+            log_event(chats_topic, ChatLog(
+                response_id=response_id, app_id=app_id, user_id=user_id, variant=variant, experiment_id=experiment,
+                messages=[Message(**m) for m in messages], response=result.text, latency_ms=round(latency, 2)))
+            metrics.tokens.labels(variant).inc(result.completion_tokens)
+            metrics.latency.labels("chat", variant).observe(latency / 1000)
+
+        if not body.stream:
+            result = await asyncio.wrap_future(future)
+            finish(result)
+            return JSONResponse({
+                "id": response_id, "object": "chat.completion", "created": created, "model": variant,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                             "finish_reason": result.finish_reason}],
+                "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                          "total_tokens": result.prompt_tokens + result.completion_tokens},
+            }, headers=headers)
+
+        def chunk(delta: dict, reason: str | None = None) -> str:
+            return "data: " + json.dumps({"id": response_id, "object": "chat.completion.chunk", "created": created,
+                                          "model": variant, "choices": [{"index": 0, "delta": delta,
+                                                                         "finish_reason": reason}]}) + "\n\n"
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""})
+            waiter = asyncio.wrap_future(future)
+            while True:
+                getter = asyncio.ensure_future(pieces.get())
+                done, _ = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield chunk({"content": getter.result()})
+                    continue
+                getter.cancel()
+                while not pieces.empty():
+                    yield chunk({"content": pieces.get_nowait()})
+                result = waiter.result()
+                finish(result)
+                yield chunk({}, result.finish_reason)
+                yield "data: [DONE]\n\n"
+                return
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest, request: Request):
+        app_id = authenticate(request)
+        claims = ids.verify(secret, body.response_id)
+        if claims is None:
+            raise ApiError(404, "unknown response_id", "not_found_error")
+        if claims.app_id != app_id:
+            raise ApiError(403, "this response_id was issued to another app", "permission_error")
+        rating = {"up": 1, "down": -1, "1": 1, "-1": -1, "+1": 1}.get(str(body.rating).lower())
+        if rating is None:
+            raise ApiError(400, "rating: 'up' or 'down'")
+        # The same rating sent twice is one event: the id is derived from what it says.
+        key = json.dumps([body.response_id, rating, body.comment, body.correction])
+        event = Feedback(event_id=uuid.uuid5(FEEDBACK_NAMESPACE, key), response_id=body.response_id, app_id=app_id,
+                         user_id=claims.user_id, rating=rating, comment=body.comment, correction=body.correction)
+        log_event(feedback_topic, event)
+        return JSONResponse({"id": str(event.event_id), "object": "feedback", "accepted": True}, 202)
+
+    app.add_middleware(lambda inner: _body_limit(inner, cfg.max_body_bytes))
+    return app

@@ -1,0 +1,108 @@
+"""A durable local outbox: events are committed to SQLite first, then shipped to Kafka in order.
+
+An API answer that depends on an event (a logged chat, an accepted rating) waits only for the SQLite commit,
+so a broker outage never fails a request and never loses an event: the sender keeps retrying and deletes a
+row only after the broker acknowledged it (acks=all). Rows go out in insertion order, so per-user order holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    def __init__(self, path: Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
+            " key BLOB, value BLOB NOT NULL)"
+        )
+        self._lock = threading.Lock()
+
+    def append(self, topic: str, key: bytes | None, value: bytes) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO outbox (topic, key, value) VALUES (?, ?, ?)", (topic, key, value))
+
+    def size(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def oldest(self, n: int) -> list[tuple[int, str, bytes | None, bytes]]:
+        with self._lock:
+            return self._db.execute("SELECT seq, topic, key, value FROM outbox ORDER BY seq LIMIT ?", (n,)).fetchall()
+
+    def delete_through(self, seq: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class OutboxSender:
+    """Ships the outbox to Kafka from a thread; reconnects and retries until the broker takes the events."""
+
+    def __init__(self, outbox: Outbox, make_producer: Callable[[], object], batch: int = 500):
+        self.outbox, self.make_producer, self.batch = outbox, make_producer, batch
+        self.sent = 0
+        self.failures = 0
+        self.wakeup = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="outbox-sender", daemon=True)
+        self._producer = None
+
+    def start(self) -> OutboxSender:
+        self._thread.start()
+        return self
+
+    def close(self, drain_s: float = 5.0) -> None:
+        deadline = time.monotonic() + drain_s
+        while self.outbox.size() and time.monotonic() < deadline:
+            self.wakeup.set()
+            time.sleep(0.05)
+        self._stop.set()
+        self.wakeup.set()
+        self._thread.join(10)
+        if self._producer is not None:
+            self._producer.close(timeout=2)
+
+    def _loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            rows = self.outbox.oldest(self.batch)
+            if not rows:
+                self.wakeup.wait(0.2)
+                self.wakeup.clear()
+                continue
+            try:
+                if self._producer is None:
+                    self._producer = self.make_producer()
+                futures = [self._producer.send(topic, key=key, value=value) for _, topic, key, value in rows]
+                self._producer.flush(timeout=10)
+                for f in futures:
+                    f.get(timeout=0)
+                self.outbox.delete_through(rows[-1][0])
+                self.sent += len(rows)
+                backoff = 0.1
+            except Exception as e:  # broker down or unreachable: keep the rows, retry later
+                self.failures += 1
+                log.warning("outbox: Kafka did not take %d events (%s); retrying in %.1f s", len(rows), e, backoff)
+                if self._producer is not None:
+                    try:
+                        self._producer.close(timeout=1)
+                    except Exception:
+                        pass
+                    self._producer = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,124 @@
+"""The API as apps use it: the official openai client against a running server (tiny model)."""
+
+import json
+import socket
+import threading
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+from kafka import KafkaConsumer, KafkaProducer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from infra.config import KafkaConfig
+from infra.kafka import client_settings, ensure_topics
+from ingest.contracts import parse_event
+from serving import ids
+from serving.app import create_app
+from serving.config import ServingConfig
+from serving.generator import BatchGenerator
+from serving.outbox import Outbox, OutboxSender
+
+KEY_A, KEY_B = "key-of-app-a", "key-of-app-b"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_lm, broker, tmp_path_factory):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval()
+    generator = BatchGenerator(model, tokenizer, queue_depth=8).start()
+    kafka = KafkaConfig(chats_topic=f"chats-{uuid.uuid4().hex[:6]}", feedback_topic=f"fb-{uuid.uuid4().hex[:6]}")
+    ensure_topics(kafka, broker.bootstrap)
+    outbox = Outbox(tmp_path_factory.mktemp("outbox") / "outbox.sqlite")
+    sender = OutboxSender(outbox, lambda: KafkaProducer(**client_settings(kafka, broker.bootstrap), acks="all")).start()
+    cfg = ServingConfig(api_keys={"app-a": ids.hash_key(KEY_A), "app-b": ids.hash_key(KEY_B)}, max_tokens=16,
+                        max_messages=4, max_body_bytes=20_000, rate_limit_per_s=1000, rate_burst=1000)
+    app = create_app(cfg, generator=generator, tokenizer=tokenizer, outbox=outbox, chats_topic=kafka.chats_topic,
+                     feedback_topic=kafka.feedback_topic, secret=b"test-secret", route=lambda user: ("base", None),
+                     variants=lambda: ["base"])
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "kafka": kafka, "broker": broker, "outbox": outbox}
+    uv.should_exit = True
+    thread.join(10)
+    sender.close()
+    generator.close()
+
+
+def client(server, key=KEY_A) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=key, max_retries=0)
+
+
+def test_chat_models_and_stream_with_the_openai_client(server):
+    c = client(server)
+    reply = c.chat.completions.create(model="anything", messages=[{"role": "user", "content": "Where is my order?"}],
+                                      max_tokens=8, temperature=0, user="user-1")
+    assert reply.id.startswith("chatcmpl-") and reply.model == "base"
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens <= 8
+    assert [m.id for m in c.models.list().data] == ["base"]
+    stream = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Where is my order?"}],
+                                       max_tokens=8, temperature=0, user="user-1", stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == reply.choices[0].message.content  # greedy: the same answer, streamed
+
+
+def test_auth_limits_and_errors(server):
+    with pytest.raises(openai.AuthenticationError):
+        client(server, "wrong").chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
+    assert httpx.get(server["url"] + "/v1/models").status_code == 401
+    with pytest.raises(openai.BadRequestError, match="at most 4"):
+        client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}] * 5)
+    big = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}"},
+                     content=b"{" + b" " * 30_000 + b"}")
+    assert big.status_code == 413 and "max_body_bytes" in big.json()["error"]["message"]
+    broken = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}"},
+                        content=b"{not json")
+    assert broken.status_code == 400
+
+
+def post_feedback(server, key, response_id, rating="up", **extra):
+    return httpx.post(server["url"] + "/v1/feedback", headers={"Authorization": f"Bearer {key}"},
+                      json={"response_id": response_id, "rating": rating, **extra})
+
+
+def test_feedback_is_checked_idempotent_and_lands_in_kafka(server):
+    reply = client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "Returns?"}],
+                                                   max_tokens=4, user="user-7")
+    first = post_feedback(server, KEY_A, reply.id, "down", correction="Returns are free within 30 days.")
+    again = post_feedback(server, KEY_A, reply.id, "down", correction="Returns are free within 30 days.")
+    assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
+    assert post_feedback(server, KEY_B, reply.id).status_code == 403
+    forged = reply.id[:-4] + ("AAAA" if not reply.id.endswith("AAAA") else "BBBB")
+    assert post_feedback(server, KEY_A, forged).status_code == 404
+    assert post_feedback(server, KEY_A, "chatcmpl-made-up").status_code == 404
+
+    kafka, broker = server["kafka"], server["broker"]
+    consumer = KafkaConsumer(kafka.chats_topic, kafka.feedback_topic, **client_settings(kafka, broker.bootstrap),
+                             auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=10_000)
+    seen = {"chat": [], "feedback": []}
+    deadline = time.monotonic() + 30
+    for record in consumer:
+        kind = "chat" if record.topic == kafka.chats_topic else "feedback"
+        seen[kind].append(parse_event(record.value, kind))
+        found = [any(e.response_id == reply.id for e in seen[k]) for k in seen]
+        if all(found) or time.monotonic() > deadline:
+            break
+    consumer.close()
+    [chat] = [e for e in seen["chat"] if e.response_id == reply.id]
+    assert chat.user_id == "user-7" and chat.variant == "base" and chat.response == reply.choices[0].message.content
+    fb = [e for e in seen["feedback"] if e.response_id == reply.id]
+    assert fb and fb[0].rating == -1 and fb[0].user_id == "user-7" and fb[0].correction.startswith("Returns")
