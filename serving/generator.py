@@ -49,6 +49,13 @@ class GenResult:
     completion_tokens: int
 
 
+def _run_into(fn: Callable[[], object], future: Future) -> None:
+    try:
+        future.set_result(fn())
+    except Exception as e:
+        future.set_exception(e)
+
+
 class _Row:
     def __init__(self, req: GenRequest, torch):
         self.req, self.ids, self.sent, self.done = req, [], 0, False
@@ -66,6 +73,7 @@ class BatchGenerator:
         self.tokens_generated = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="generator", daemon=True)
+        self._tasks: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()
 
     @property
     def depth(self) -> int:
@@ -79,6 +87,15 @@ class BatchGenerator:
         self._stop.set()
         self._thread.join(10)
 
+    def call_between_batches(self, fn: Callable[[], object]) -> Future:
+        """Run fn on the model thread between two batches (adapter loads must not race a forward pass)."""
+        future: Future = Future()
+        if not self._thread.is_alive():
+            _run_into(fn, future)
+        else:
+            self._tasks.put((fn, future))
+        return future
+
     def submit(self, req: GenRequest) -> Future:
         try:
             self.queue.put_nowait(req)
@@ -89,6 +106,8 @@ class BatchGenerator:
     # -- the model thread --------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.is_set():
+            while not self._tasks.empty():
+                _run_into(*self._tasks.get())
             try:
                 first = self.queue.get(timeout=0.1)
             except queue.Empty:
@@ -110,6 +129,12 @@ class BatchGenerator:
     def generate(self, batch: list[GenRequest]) -> None:
         import torch
 
+        loaded = set(getattr(self.model, "peft_config", {})) | {BASE}
+        for r in [r for r in batch if r.adapter not in loaded]:  # retired while it waited
+            r.future.set_exception(QueueFull(f"adapter {r.adapter} is no longer served"))
+        batch = [r for r in batch if r.adapter in loaded]
+        if not batch:
+            return
         rows = [_Row(r, torch) for r in batch]
         width = max(len(r.prompt_ids) for r in batch)
         input_ids = torch.tensor([[self.pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in batch])

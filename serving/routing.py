@@ -1,0 +1,132 @@
+"""The live split and the adapters that serve it, followed without restart.
+
+The registry (retrain/abtest, in the control process) publishes the live state as `routing.json` in the
+data dir, written atomically: the experiment id and salt, the split (variant → share) and the adapter
+folder of every variant. `Router.refresh()` reads it when it changed, loads new adapters under their
+immutable version name (never reloaded in place) and unloads retired ones, then swaps the split at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from abtest.assignment import assign
+from serving.generator import BASE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Routing:
+    experiment_id: str | None = None
+    salt: str = "flywheel"
+    split: tuple[tuple[str, float], ...] = ((BASE, 1.0),)
+    adapters: dict[str, str] = field(default_factory=dict)  # version -> folder
+
+    @classmethod
+    def parse(cls, data: dict) -> Routing:
+        split = tuple((str(v), float(s)) for v, s in data.get("split", [[BASE, 1.0]]))
+        if not split or abs(sum(s for _, s in split) - 1) > 1e-6 or any(s < 0 for _, s in split):
+            raise ValueError(f"split shares must be >= 0 and add up to 1: {split}")
+        adapters = {str(k): str(v) for k, v in data.get("adapters", {}).items()}
+        missing = [v for v, _ in split if v != BASE and v not in adapters]
+        if missing:
+            raise ValueError(f"no adapter folder for {missing}")
+        return cls(data.get("experiment_id"), str(data.get("salt", "flywheel")), split, adapters)
+
+
+def publish(data_dir: Path, routing: dict) -> None:
+    """Write routing.json atomically (what the registry calls when the live state changes)."""
+    Routing.parse(routing)
+    path = Path(data_dir) / "routing.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(routing, indent=2))
+    os.replace(tmp, path)
+
+
+class Router:
+    """Holds the current Routing and the model's adapters; `route(user)` is lock-free for requests."""
+
+    def __init__(self, path: Path, model_holder):
+        self.path, self.holder = Path(path), model_holder
+        self.current = Routing()
+        self._mtime: int | None = None
+        self._lock = threading.Lock()
+
+    def route(self, user_id: str) -> tuple[str, str | None]:
+        r = self.current
+        return assign(user_id, r.salt, list(r.split)), r.experiment_id
+
+    def variants(self) -> list[str]:
+        return [BASE, *sorted(self.current.adapters)]
+
+    def refresh(self) -> bool:
+        """Apply routing.json if it changed; a bad file is logged and the current state kept."""
+        with self._lock:
+            try:
+                mtime = self.path.stat().st_mtime_ns
+            except FileNotFoundError:
+                mtime = None
+            if mtime == self._mtime:
+                return False
+            try:
+                new = Routing.parse(json.loads(self.path.read_text())) if mtime else Routing()
+                # Load first, switch the split, then unload what the new split no longer uses.
+                self.holder.sync_adapters({**self.current.adapters, **new.adapters})
+                self.current = new
+                self.holder.sync_adapters(new.adapters)
+            except (OSError, ValueError) as e:
+                log.error("routing.json not applied, keeping the current split: %s", e)
+                self._mtime = mtime
+                return False
+            self._mtime = mtime
+            log.info("routing: experiment %s, split %s", new.experiment_id, list(new.split))
+            return True
+
+
+class ModelHolder:
+    """The generator's model plus the LoRA adapters loaded into it, by immutable version name.
+
+    Changes run on the generator's thread between batches, never during a forward pass.
+    """
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.loaded: dict[str, str] = {}
+
+    def sync_adapters(self, wanted: dict[str, str]) -> None:
+        self.generator.call_between_batches(lambda: self._sync(dict(wanted))).result(timeout=300)
+
+    def _sync(self, wanted: dict[str, str]) -> None:
+        from peft import PeftModel
+
+        model = self.generator.model
+        for version, folder in wanted.items():
+            if version in self.loaded:
+                if self.loaded[version] != folder:
+                    raise ValueError(f"adapter {version} points at a new folder: versions are immutable")
+                continue
+            if not (Path(folder) / "adapter_config.json").exists():
+                raise ValueError(f"adapter {version}: no adapter_config.json in {folder}")
+            if isinstance(model, PeftModel):
+                model.load_adapter(folder, adapter_name=version)
+            else:
+                model = PeftModel.from_pretrained(model, folder, adapter_name=version)
+            model.eval()
+            self.loaded[version] = folder
+            log.info("loaded adapter %s from %s", version, folder)
+        retired = [v for v in self.loaded if v not in wanted]
+        if retired and not wanted:
+            model = model.unload()  # the last adapter goes: back to the plain base model
+        else:
+            for version in retired:
+                model.delete_adapter(version)
+        for version in retired:
+            del self.loaded[version]
+            log.info("unloaded adapter %s", version)
+        self.generator.model = model
