@@ -157,6 +157,11 @@ def build_app() -> typer.Typer:
             thread = start_ingest_thread(ingest, stop.event)
             stack.callback(thread.join)
             typer.echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
+            from infra.services import Api
+
+            api = Api(cfg, bootstrap)
+            stack.callback(api.close)
+            typer.echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
             if simulate:
                 from infra.services import produce_synthetic
 
@@ -170,6 +175,37 @@ def build_app() -> typer.Typer:
             thread.join()
             typer.echo(f"ingested  {_totals(ingest.totals)}")
         typer.echo("stopped cleanly")
+
+    @app.command()
+    def serve(
+        ctx: typer.Context,
+        duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    ) -> None:
+        """Run the API alone (chat completions, feedback); events go through the outbox to Kafka."""
+        from infra import broker
+        from infra.services import Api
+
+        cfg = _state(ctx).config()
+        ensure_data_dir(cfg.data_dir)
+        bootstrap = cfg.kafka.bootstrap_servers or broker.resolve_bootstrap(cfg.kafka, cfg.data_dir)
+        with StopSignal() as stop:
+            api = Api(cfg, bootstrap)
+            try:
+                typer.echo(f"api {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
+                why = stop.wait(duration)
+                typer.echo(f"stopping ({why})")
+            finally:
+                api.close()
+
+    keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+    app.add_typer(keys_app, name="keys")
+
+    @keys_app.command("hash")
+    def keys_hash(key: Annotated[str, typer.Argument(help="The API key an app will send.")]) -> None:
+        """Print the SHA-256 to put in serving.api_keys (the key itself is never stored)."""
+        from serving.ids import hash_key
+
+        typer.echo(hash_key(key))
 
     @app.command()
     def simulate(

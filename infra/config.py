@@ -78,6 +78,11 @@ class DbConfig(Section):
 class Config(Section):
     data_dir: Path = Field(Path("var"), description="Where the database, adapters, logs and state live.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    base_model: str = Field(
+        "bundled:SmolLM2-135M-Instruct",
+        description="Base model of serving and training: 'bundled:SmolLM2-135M-Instruct' (the packaged GGUF, "
+        "converted once into DATA_DIR/models) or a local Hugging Face model folder.",
+    )
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka: bundled or a cluster.")
     db: DbConfig = Field(default_factory=DbConfig, description="DuckDB store.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Kafka to DuckDB.")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 
 import duckdb
@@ -73,3 +75,85 @@ def produce_synthetic(cfg: Config, bootstrap: str, n: int, seed: int = 0, malfor
     finally:
         producer.close()
     return n + malformed
+
+
+def response_secret(cfg: Config) -> bytes:
+    """The HMAC key of response ids: configured, or generated once and kept in the data dir (0600)."""
+    import secrets
+
+    if cfg.serving.response_secret is not None:
+        return cfg.serving.response_secret.get_secret_value().encode()
+    path = cfg.data_dir / "response.secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+class Api:
+    """The API with everything it needs, started in threads of this process."""
+
+    def __init__(self, cfg: Config, bootstrap: str, registry=None):
+        import torch
+        import uvicorn
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from infra.broker import check_port_free
+        from infra.kafka import client_settings
+        from infra.models import resolve_base_model
+        from serving.app import create_app
+        from serving.generator import BatchGenerator
+        from serving.outbox import Outbox, OutboxRelay
+        from serving.routing import ModelHolder, Router
+
+        s = cfg.serving
+        if s.port:
+            check_port_free(s.host, s.port)
+        path = resolve_base_model(cfg.base_model, cfg.data_dir / "models")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # fp32: faster on CPU
+        self.generator = BatchGenerator(model, tokenizer, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
+                                        queue_depth=s.queue_depth).start()
+        self.outbox = Outbox(cfg.data_dir / "outbox.sqlite")
+        self.sender = OutboxRelay(cfg.data_dir / "outbox.sqlite", client_settings(cfg.kafka, bootstrap))
+        self.router = Router(cfg.data_dir / "routing.json", ModelHolder(self.generator))
+        self.router.refresh()
+        app = create_app(
+            s, generator=self.generator, tokenizer=tokenizer, outbox=self.outbox,
+            chats_topic=cfg.kafka.chats_topic, feedback_topic=cfg.kafka.feedback_topic,
+            secret=response_secret(cfg), route=self.router.route, variants=self.router.variants,
+            ready=lambda: self.sender.healthy, registry=registry,
+        )
+        self.server = uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",
+                                                    access_log=False))
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self.server.run, name="api", daemon=True),
+                         threading.Thread(target=self._follow_routing, name="routing", daemon=True)]
+        for t in self._threads:
+            t.start()
+        while not self.server.started:
+            if not self._threads[0].is_alive():
+                raise RuntimeError("the API server did not start; see the log above")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        sock = self.server.servers[0].sockets[0].getsockname()
+        return f"http://{sock[0]}:{sock[1]}"
+
+    def _follow_routing(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                self.router.refresh()
+            except Exception:
+                log.exception("routing refresh failed; keeping the current split")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.should_exit = True
+        for t in self._threads:
+            t.join(10)
+        self.generator.close()
+        self.sender.close()
+        self.outbox.close()

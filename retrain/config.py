@@ -20,10 +20,6 @@ class LoraConfig(Section):
 
 
 class RetrainConfig(Section):
-    base_model: str = Field(
-        "bundled:SmolLM2-135M-Instruct",
-        description="Base model: 'bundled:SmolLM2-135M-Instruct' (the packaged GGUF) or a HF model path.",
-    )
     quantization: Literal["auto", "nf4", "none"] = Field(
         "auto", description="auto: nf4 (QLoRA) on CUDA, none on CPU, where nf4 is ~20x slower."
     )

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingest.contracts import ChatLog, Feedback, Message
 from serving import ids
@@ -87,6 +87,35 @@ class RateLimiter:
         return True
 
 
+class GroupCommit:
+    """Events of concurrent requests go to the outbox together: one thread hop and one fsync per group,
+    instead of one per request. Each request still returns only after its own event is on disk."""
+
+    def __init__(self, outbox: Outbox):
+        self.outbox, self.pending, self.task = outbox, [], None
+
+    async def put(self, row: tuple[str, bytes, bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self.pending.append((row, done))
+        if self.task is None or self.task.done():
+            self.task = loop.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            group, self.pending = self.pending, []
+            try:
+                await loop.run_in_executor(None, self.outbox.append_many, [row for row, _ in group])
+            except Exception as e:
+                for _, done in group:
+                    done.set_exception(e)
+                continue
+            for _, done in group:
+                done.set_result(None)
+
+
 def _body_limit(app, limit: int):
     """ASGI middleware: a body over `limit` bytes gets 413 before anything parses it."""
 
@@ -135,6 +164,7 @@ def create_app(
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst)
+    commits = GroupCommit(outbox)
     app = FastAPI(title="Flywheel", version="0.1.0")
 
     @app.exception_handler(ApiError)
@@ -160,9 +190,9 @@ def create_app(
                            {"Retry-After": "1"})
         return app_id
 
-    def log_event(topic: str, event) -> None:
-        outbox.append(topic, event.user_id.encode(), event.model_dump_json().encode())
-        metrics.outbox.set(outbox.size())
+    async def log_event(topic: str, event) -> None:
+        """Returns once the event is durable (committed to the outbox)."""
+        await commits.put((topic, event.user_id.encode(), event.model_dump_json().encode()))
 
     @app.get("/healthz")
     async def healthz():
@@ -176,6 +206,7 @@ def create_app(
     @app.get("/metrics")
     async def prometheus():
         metrics.queue.set(generator.depth)
+        metrics.outbox.set(outbox.size())
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
@@ -216,9 +247,9 @@ def create_app(
             raise ApiError(503, "the model is busy: try again shortly", "server_error", {"Retry-After": "1"}) from None
         created = int(time.time())
 
-        def finish(result) -> None:
+        async def finish(result) -> None:
             latency = (time.perf_counter() - started) * 1000
-            log_event(chats_topic, ChatLog(
+            await log_event(chats_topic, ChatLog(
                 response_id=response_id, app_id=app_id, user_id=user_id, variant=variant, experiment_id=experiment,
                 messages=[Message(**m) for m in messages], response=result.text, latency_ms=round(latency, 2)))
             metrics.tokens.labels(variant).inc(result.completion_tokens)
@@ -226,7 +257,7 @@ def create_app(
 
         if not body.stream:
             result = await asyncio.wrap_future(future)
-            finish(result)
+            await finish(result)
             return JSONResponse({
                 "id": response_id, "object": "chat.completion", "created": created, "model": variant,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
@@ -253,16 +284,23 @@ def create_app(
                 while not pieces.empty():
                     yield chunk({"content": pieces.get_nowait()})
                 result = waiter.result()
-                finish(result)
+                await finish(result)
                 yield chunk({}, result.finish_reason)
                 yield "data: [DONE]\n\n"
                 return
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    @app.post("/v1/feedback")
-    async def feedback(body: FeedbackRequest, request: Request):
+    @app.post("/v1/feedback", status_code=202, openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": FeedbackRequest.model_json_schema()}}}})
+    async def feedback(request: Request):
         app_id = authenticate(request)
+        # Parsed here rather than by FastAPI's dependency machinery: this is the hottest route.
+        try:
+            body = FeedbackRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise ApiError(400, f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
         claims = ids.verify(secret, body.response_id)
         if claims is None:
             raise ApiError(404, "unknown response_id", "not_found_error")
@@ -275,7 +313,7 @@ def create_app(
         key = json.dumps([body.response_id, rating, body.comment, body.correction])
         event = Feedback(event_id=uuid.uuid5(FEEDBACK_NAMESPACE, key), response_id=body.response_id, app_id=app_id,
                          user_id=claims.user_id, rating=rating, comment=body.comment, correction=body.correction)
-        log_event(feedback_topic, event)
+        await log_event(feedback_topic, event)
         return JSONResponse({"id": str(event.event_id), "object": "feedback", "accepted": True}, 202)
 
     app.add_middleware(lambda inner: _body_limit(inner, cfg.max_body_bytes))

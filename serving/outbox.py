@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
+    """SQLite outbox. `append_many` commits many events in one transaction (one fsync): the API groups
+    the events of concurrent requests into one call."""
+
     def __init__(self, path: Path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -29,9 +32,19 @@ class Outbox:
         )
         self._lock = threading.Lock()
 
-    def append(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def append_many(self, rows: list[tuple[str, bytes | None, bytes]]) -> None:
+        """Commit (topic, key, value) rows; returns once they are on disk."""
         with self._lock:
-            self._db.execute("INSERT INTO outbox (topic, key, value) VALUES (?, ?, ?)", (topic, key, value))
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT INTO outbox (topic, key, value) VALUES (?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def append(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.append_many([(topic, key, value)])
 
     def size(self) -> int:
         with self._lock:
@@ -57,6 +70,7 @@ class OutboxSender:
         self.outbox, self.make_producer, self.batch = outbox, make_producer, batch
         self.sent = 0
         self.failures = 0
+        self.healthy = True  # the last attempt to reach Kafka succeeded
         self.wakeup = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="outbox-sender", daemon=True)
@@ -94,9 +108,10 @@ class OutboxSender:
                     f.get(timeout=0)
                 self.outbox.delete_through(rows[-1][0])
                 self.sent += len(rows)
-                backoff = 0.1
+                self.healthy, backoff = True, 0.1
             except Exception as e:  # broker down or unreachable: keep the rows, retry later
                 self.failures += 1
+                self.healthy = False
                 log.warning("outbox: Kafka did not take %d events (%s); retrying in %.1f s", len(rows), e, backoff)
                 if self._producer is not None:
                     try:
@@ -106,3 +121,41 @@ class OutboxSender:
                     self._producer = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+
+def _relay_main(path: str, settings: dict, healthy, stop) -> None:
+    """The relay process: ships the outbox to Kafka, so the API process spends no time in the producer."""
+    import signal
+
+    from kafka import KafkaProducer
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through `stop`, after draining
+    outbox = Outbox(Path(path))
+    sender = OutboxSender(outbox, lambda: KafkaProducer(**settings, acks="all", linger_ms=5)).start()
+    while not stop.wait(0.2):
+        healthy.value = sender.healthy
+    sender.close()
+    outbox.close()
+
+
+class OutboxRelay:
+    """Runs OutboxSender in a process of its own (the GIL of the API process stays with HTTP)."""
+
+    def __init__(self, path: Path, producer_settings: dict):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._healthy, self._stop = ctx.Value("b", 1), ctx.Event()
+        self.process = ctx.Process(target=_relay_main, name="flywheel-outbox-relay", daemon=True,
+                                   args=(str(path), producer_settings, self._healthy, self._stop))
+        self.process.start()
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self._healthy.value) and self.process.is_alive()
+
+    def close(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()

@@ -87,19 +87,25 @@ def test_port_in_use_from_the_cli(tmp_path, broker):
     one_line_error(result, f"port {port}", "in use")
 
 
-def test_up_starts_broker_and_database_then_stops_cleanly(tmp_path):
+def up_env(data, tiny_lm) -> dict:
+    """`flywheel up` on the tiny model and a free port: the real 135M model is for the end-to-end tests."""
+    return {"FLYWHEEL_DATA_DIR": str(data), "FLYWHEEL_BASE_MODEL": str(tiny_lm), "FLYWHEEL_SERVING__PORT": "0"}
+
+
+def test_up_starts_broker_database_ingest_and_api_then_stops_cleanly(tmp_path, tiny_lm):
     data = tmp_path / "var"
-    result = flywheel("up", "--duration", "1", env={"FLYWHEEL_DATA_DIR": str(data)})
+    result = flywheel("up", "--duration", "1", env=up_env(data, tiny_lm))
     assert result.returncode == 0, result.stderr
     assert "bundled broker" in result.stdout and "schema v1" in result.stdout
+    assert "api       http://127.0.0.1:" in result.stdout
     assert result.stdout.rstrip().endswith("stopped cleanly")
     assert (data / "flywheel.duckdb").exists()
     assert not (data / "broker.json").exists()
 
 
-def test_up_ingests_what_is_produced_to_the_topics(tmp_path):
+def test_up_ingests_what_is_produced_to_the_topics(tmp_path, tiny_lm):
     data = tmp_path / "var"
-    result = flywheel("up", "--duration", "30", "--simulate", "300", env={"FLYWHEEL_DATA_DIR": str(data)})
+    result = flywheel("up", "--duration", "30", "--simulate", "300", env=up_env(data, tiny_lm))
     assert result.returncode == 0, result.stderr
     con = duckdb.connect(str(data / "flywheel.duckdb"), read_only=True)
     chats, feedback = con.execute("SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback)").fetchone()
@@ -109,8 +115,8 @@ def test_up_ingests_what_is_produced_to_the_topics(tmp_path):
     assert f"ingested  {chats:,} chats, {feedback:,} feedback" in result.stdout
 
 
-def test_sigterm_stops_up_cleanly(tmp_path):
-    env = {**os.environ, "FLYWHEEL_DATA_DIR": str(tmp_path / "var")}
+def test_sigterm_stops_up_cleanly(tmp_path, tiny_lm):
+    env = {**os.environ, **up_env(tmp_path / "var", tiny_lm)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
