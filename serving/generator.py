@@ -103,65 +103,137 @@ class BatchGenerator:
             raise QueueFull from None
         return req.future
 
-    # -- the model thread --------------------------------------------------------------------------
+    # -- the model thread: continuous batching -----------------------------------------------------
     def _loop(self) -> None:
+        rows: list[_Row] = []
+        state = None  # (KV cache, attention mask, the token each row feeds next)
         while not self._stop.is_set():
-            while not self._tasks.empty():
-                _run_into(*self._tasks.get())
             try:
-                first = self.queue.get(timeout=0.1)
+                if not self._tasks.empty():
+                    if not rows:  # adapter changes wait until no row is mid-answer
+                        while not self._tasks.empty():
+                            _run_into(*self._tasks.get())
+                        continue
+                    admitted = []  # drain: admit nobody until the change has run
+                else:
+                    admitted = self._take(block=not rows, room=self.max_batch - len(rows))
+                if admitted:
+                    rows, state = self._join(rows, state, admitted)
+                if rows:
+                    rows, state = self._step(rows, state)
+            except Exception as e:  # a broken batch fails its requests, never the thread
+                log.exception("generation failed for %d rows", len(rows))
+                for row in rows:
+                    if not row.req.future.done():
+                        row.req.future.set_exception(e)
+                rows, state = [], None
+
+    def _take(self, block: bool, room: int) -> list[GenRequest]:
+        """Waiting requests: when idle, wait for one and then up to max_wait for company."""
+        taken: list[GenRequest] = []
+        if room <= 0:
+            return taken
+        if block:
+            try:
+                taken.append(self.queue.get(timeout=0.1))
             except queue.Empty:
-                continue
-            batch, deadline = [first], time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch:
+                return taken
+            deadline = time.monotonic() + self.max_wait
+            while len(taken) < room:
                 try:
-                    batch.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)))
+                    taken.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)))
                 except queue.Empty:
                     break
+            return taken
+        while len(taken) < room:
             try:
-                self.generate(batch)
-            except Exception as e:  # a broken batch fails its requests, never the thread
-                log.exception("generation failed for a batch of %d", len(batch))
-                for req in batch:
-                    if not req.future.done():
-                        req.future.set_exception(e)
+                taken.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return taken
 
     def generate(self, batch: list[GenRequest]) -> None:
+        """Run a batch to completion in the calling thread (tests and benchmarks)."""
+        rows, state = self._join([], None, batch)
+        while rows:
+            rows, state = self._step(rows, state)
+
+    def _adapter_args(self, rows: list[_Row]) -> dict:
+        if not hasattr(self.model, "peft_config"):
+            return {}
+        return {"adapter_names": [r.req.adapter if r.req.adapter != BASE else "__base__" for r in rows]}
+
+    def _join(self, rows: list[_Row], state, batch: list[GenRequest]):
+        """Prefill the new requests, sample their first token, and merge them into the running batch."""
         import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
 
         loaded = set(getattr(self.model, "peft_config", {})) | {BASE}
         for r in [r for r in batch if r.adapter not in loaded]:  # retired while it waited
             r.future.set_exception(QueueFull(f"adapter {r.adapter} is no longer served"))
-        batch = [r for r in batch if r.adapter in loaded]
-        if not batch:
-            return
-        rows = [_Row(r, torch) for r in batch]
-        width = max(len(r.prompt_ids) for r in batch)
-        input_ids = torch.tensor([[self.pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in batch])
-        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in batch])
-        extra = {}
-        if hasattr(self.model, "peft_config"):
-            extra["adapter_names"] = [r.adapter if r.adapter != BASE else "__base__" for r in batch]
-        past = None
+        new = [_Row(r, torch) for r in batch if r.adapter in loaded]
+        if not new:
+            return rows, state
+        width = max(len(r.req.prompt_ids) for r in new)
+        ids = torch.tensor([[self.pad] * (width - len(r.req.prompt_ids)) + r.req.prompt_ids for r in new])
+        mask = torch.tensor([[0] * (width - len(r.req.prompt_ids)) + [1] * len(r.req.prompt_ids) for r in new])
         with torch.inference_mode():
-            for _ in range(max(r.max_tokens for r in batch)):
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                if past is not None:
-                    positions = positions[:, -1:]
-                out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=past, use_cache=True, **extra)
-                past = out.past_key_values
-                next_ids = [self._sample(out.logits[i, -1], row) for i, row in enumerate(rows)]
-                for row, token in zip(rows, next_ids):
-                    if not row.done:
-                        self._advance(row, token)
-                if all(row.done for row in rows):
-                    break
-                input_ids = torch.tensor([[t if not row.done else self.pad] for t, row in zip(next_ids, rows)])
-                mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
-        for row in rows:
-            if not row.done:
-                self._finish(row, "length")
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                             use_cache=True, **self._adapter_args(new))
+        tokens = [self._sample(out.logits[i, -1], row) for i, row in enumerate(new)]
+        for row, token in zip(new, tokens):
+            self._advance(row, token)
+        new_state = (out.past_key_values, mask, torch.tensor(tokens))
+        if state is None:
+            return self._compact(new, new_state)
+        (old_past, old_mask, old_last), (new_past, _, new_last) = state, new_state
+        length = max(old_mask.shape[1], mask.shape[1])
+
+        def left_pad(t, n):  # pad the sequence dimension (-2 for K/V, -1 for masks) on the left
+            return F.pad(t, (0, 0, n, 0)) if t.dim() == 4 else F.pad(t, (n, 0))
+
+        layers = []
+        for old_layer, new_layer in zip(old_past.layers, new_past.layers):
+            a, b = length - old_mask.shape[1], length - mask.shape[1]
+            layers.append((torch.cat([left_pad(old_layer.keys, a), left_pad(new_layer.keys, b)]),
+                           torch.cat([left_pad(old_layer.values, a), left_pad(new_layer.values, b)])))
+        merged = (DynamicCache(layers),
+                  torch.cat([left_pad(old_mask, length - old_mask.shape[1]), left_pad(mask, length - mask.shape[1])]),
+                  torch.cat([old_last, new_last]))
+        return self._compact(rows + new, merged)
+
+    def _step(self, rows: list[_Row], state):
+        """One token for every running row."""
+        import torch
+
+        past, mask, last = state
+        mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
+        with torch.inference_mode():
+            out = self.model(input_ids=last[:, None], attention_mask=mask,
+                             position_ids=(mask.cumsum(-1) - 1)[:, -1:], past_key_values=past, use_cache=True,
+                             **self._adapter_args(rows))
+        tokens = [self._sample(out.logits[i, -1], row) for i, row in enumerate(rows)]
+        for row, token in zip(rows, tokens):
+            self._advance(row, token)
+        return self._compact(rows, (out.past_key_values, mask, torch.tensor(tokens)))
+
+    def _compact(self, rows: list[_Row], state):
+        """Drop finished rows (and the padding columns nobody needs any more) from the batch."""
+        import torch
+        from transformers import DynamicCache
+
+        keep = [i for i, row in enumerate(rows) if not row.done]
+        if len(keep) == len(rows):
+            return rows, state
+        if not keep:
+            return [], None
+        past, mask, last = state
+        index = torch.tensor(keep)
+        mask = mask[index]
+        start = int((mask.sum(0) > 0).nonzero()[0])  # first column some remaining row attends to
+        layers = [(layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in past.layers]
+        return [rows[i] for i in keep], (DynamicCache(layers), mask[:, start:], last[index])
 
     def _sample(self, logits, row: _Row) -> int:
         import torch

@@ -17,6 +17,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+# acks=all; short waits and a capped reconnect backoff, so that a broker that comes back is used at once.
+PRODUCER_OPTIONS = {"acks": "all", "linger_ms": 5, "max_block_ms": 5000, "request_timeout_ms": 5000,
+                    "reconnect_backoff_max_ms": 1000}
+
+
 class Outbox:
     """SQLite outbox. `append_many` commits many events in one transaction (one fsync): the API groups
     the events of concurrent requests into one call."""
@@ -131,7 +136,7 @@ def _relay_main(path: str, settings: dict, healthy, stop) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through `stop`, after draining
     outbox = Outbox(Path(path))
-    sender = OutboxSender(outbox, lambda: KafkaProducer(**settings, acks="all", linger_ms=5)).start()
+    sender = OutboxSender(outbox, lambda: KafkaProducer(**settings, **PRODUCER_OPTIONS)).start()
     while not stop.wait(0.2):
         healthy.value = sender.healthy
     sender.close()

@@ -102,8 +102,8 @@ def test_concurrent_submissions_are_batched_together(lm):
     model, tokenizer = lm
     gen = BatchGenerator(model, tokenizer, max_batch=8, max_wait_ms=200)
     sizes = []
-    real = gen.generate
-    gen.generate = lambda batch: (sizes.append(len(batch)), real(batch))
+    real = gen._join
+    gen._join = lambda rows, state, batch: (sizes.append(len(batch)), real(rows, state, batch))[1]
     gen.start()
     try:
         futures = []
@@ -118,3 +118,27 @@ def test_concurrent_submissions_are_batched_together(lm):
         gen.close()
     assert len(results) == 8 and len({r.text for r in results}) == 1
     assert max(sizes) > 1, sizes
+
+
+def test_a_request_joins_a_running_batch_and_answers_as_if_alone(lm):
+    model, tokenizer = lm
+    gen = BatchGenerator(model, tokenizer, max_batch=4, max_wait_ms=0)
+    gen.eos = set()
+    first_tokens = threading.Event()
+    long_req = GenRequest(ids(tokenizer, PROMPTS[2]), max_tokens=40, temperature=0,
+                          on_text=lambda _text: first_tokens.set())
+    gen.start()
+    try:
+        gen.submit(long_req)
+        assert first_tokens.wait(30)  # the long answer is under way
+        late = [GenRequest(ids(tokenizer, p), max_tokens=6, temperature=0) for p in PROMPTS[:2]]
+        for r in late:
+            gen.submit(r)
+        late_results = [r.future.result(timeout=60) for r in late]
+        assert not long_req.future.done()  # the late ones finished while the long one still runs
+        long_result = long_req.future.result(timeout=60)
+    finally:
+        gen.close()
+    for p, r in zip(PROMPTS[:2], late_results):
+        assert r.text == reference(model, tokenizer, ids(tokenizer, p), 6)
+    assert long_result.text == reference(model, tokenizer, ids(tokenizer, PROMPTS[2]), 40)
