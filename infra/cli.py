@@ -151,15 +151,18 @@ def build_app() -> typer.Typer:
             stack.callback(con.close)
             info = db.describe(con)
             typer.echo(f"database  {cfg.db_path}  schema v{info['schema_version']}, {len(info['tables'])} tables")
+            from prometheus_client import CollectorRegistry
+
             from infra.services import build_ingest, start_ingest_thread
 
-            ingest = build_ingest(cfg, bootstrap, con.cursor())
+            registry = CollectorRegistry()  # one /metrics for ingest and the API
+            ingest = build_ingest(cfg, bootstrap, con.cursor(), registry)
             thread = start_ingest_thread(ingest, stop.event)
             stack.callback(thread.join)
             typer.echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
             from infra.services import Api
 
-            api = Api(cfg, bootstrap)
+            api = Api(cfg, bootstrap, registry)
             stack.callback(api.close)
             typer.echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
             if simulate:
