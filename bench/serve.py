@@ -225,33 +225,33 @@ def make_adapters(tmp: Path, model) -> dict:
     return out
 
 
+def api_tokens_per_s(folder: Path, tokenizer, model, routing: dict | None, max_tokens: int, rounds: int) -> float:
+    """16 concurrent clients against a fresh API on `model`, with `routing` published first."""
+    folder.mkdir()
+    server, gen, url = start_api(folder, tokenizer, model, routing)
+    try:
+        return concurrent_clients(url, 16, rounds, max_tokens)
+    finally:
+        server.should_exit = True
+        gen.close()
+
+
 def bench_generation(parts: set[str], max_tokens: int = 48, rounds: int = 2) -> None:
     tokenizer, model = load_model()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "generation" in parts:
             baseline = static_batch(model, tokenizer, 16, max_tokens)
-            server, gen, url = start_api(tmp / "a", tokenizer, model, None)
-            ours = concurrent_clients(url, 16, rounds, max_tokens)
-            server.should_exit = True
-            gen.close()
+            ours = api_tokens_per_s(tmp / "a", tokenizer, model, None, max_tokens, rounds)
             print(f"static batch of 16 through generate: {baseline:,.1f} tokens/s")
             print(f"16 concurrent clients through the API: {ours:,.1f} tokens/s")
             print(f"ratio: {ours / baseline:.2f} (target >= 0.8)")
         if "adapters" in parts:
             adapters = make_adapters(tmp, model)
-            (tmp / "b").mkdir()
-            server, gen, url = start_api(tmp / "b", tokenizer, model, None)
-            base = concurrent_clients(url, 16, rounds, max_tokens)
-            server.should_exit = True
-            gen.close()
-            (tmp / "c").mkdir()
+            base = api_tokens_per_s(tmp / "b", tokenizer, model, None, max_tokens, rounds)
             routing = {"experiment_id": "bench", "salt": "b", "split": [["v0001", 0.5], ["v0002", 0.5]],
                        "adapters": adapters}
-            server, gen, url = start_api(tmp / "c", tokenizer, model, routing)
-            mixed = concurrent_clients(url, 16, rounds, max_tokens)
-            server.should_exit = True
-            gen.close()
+            mixed = api_tokens_per_s(tmp / "c", tokenizer, model, routing, max_tokens, rounds)
             print(f"base model only: {base:,.1f} tokens/s")
             print(f"users split across two adapters: {mixed:,.1f} tokens/s")
             print(f"ratio: {mixed / base:.2f} (target >= 0.9)")
