@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from abtest.assignment import assign
+from serving import lora_batch
 from serving.generator import BASE
 
 log = logging.getLogger(__name__)
@@ -129,4 +130,7 @@ class ModelHolder:
         for version in retired:
             del self.loaded[version]
             log.info("unloaded adapter %s", version)
+        if self.loaded:
+            lora_batch.install(model)
+            lora_batch.forget_stacks(model)
         self.generator.model = model

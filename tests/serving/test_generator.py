@@ -75,6 +75,9 @@ def test_rows_on_different_adapters_share_a_batch(lm, tmp_path):
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model.name_or_path), cfg, adapter_name="v0001")
     peft_model.add_adapter("v0002", cfg)
     peft_model.eval()
+    from serving import lora_batch
+
+    assert lora_batch.install(peft_model) > 0
     gen = BatchGenerator(peft_model, tokenizer)
     gen.eos = set()
     prompt = ids(tokenizer, PROMPTS[0])
