@@ -1,6 +1,5 @@
 """The API as apps use it: the official openai client against a running server (tiny model)."""
 
-import json
 import socket
 import threading
 import time
