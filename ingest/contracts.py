@@ -19,7 +19,9 @@ MAX_FIELD_CHARS = 16_000
 MAX_ID_CHARS = 128
 MAX_EVENT_BYTES = 512 * 1024
 
+MAX_RESPONSE_ID_CHARS = 1024  # a signed response id carries app, user, variant and experiment ids
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+ResponseId = Annotated[str, Field(min_length=1, max_length=MAX_RESPONSE_ID_CHARS)]
 Text = Annotated[str, Field(max_length=MAX_FIELD_CHARS)]
 
 
@@ -39,7 +41,7 @@ class Message(Contract):
 class _EventFields(Contract):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: UUID = Field(default_factory=uuid4)  # client-generated idempotency key
-    response_id: Id
+    response_id: ResponseId
     app_id: Id
     user_id: Id  # pseudonymous; the Kafka key
     created_at: datetime = Field(default_factory=_now)

@@ -55,7 +55,7 @@ class ChatRequest(BaseModel):
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    response_id: str = Field(max_length=512)
+    response_id: str = Field(max_length=1024)
     rating: str | int = Field(description="up | down (or 1 | -1)")
     comment: str | None = Field(None, max_length=16_000)
     correction: str | None = Field(None, max_length=16_000)

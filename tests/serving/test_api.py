@@ -121,3 +121,11 @@ def test_feedback_is_checked_idempotent_and_lands_in_kafka(server):
     assert chat.user_id == "user-7" and chat.variant == "base" and chat.response == reply.choices[0].message.content
     fb = [e for e in seen["feedback"] if e.response_id == reply.id]
     assert fb and fb[0].rating == -1 and fb[0].user_id == "user-7" and fb[0].correction.startswith("Returns")
+
+
+def test_the_longest_ids_still_round_trip(server):
+    user = "u" * 128  # the longest user id the contracts accept
+    reply = client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}],
+                                                   max_tokens=2, user=user)
+    assert len(reply.id) > 128
+    assert post_feedback(server, KEY_A, reply.id).status_code == 202
