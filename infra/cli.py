@@ -102,6 +102,15 @@ class StopSignal:
         return self.why
 
 
+def _config_and_kafka(ctx: typer.Context) -> tuple[Config, str]:
+    """The config, a writable data dir, and where Kafka is (the configured cluster or the bundled broker)."""
+    from infra import broker
+
+    cfg = _state(ctx).config()
+    ensure_data_dir(cfg.data_dir)
+    return cfg, broker.resolve_bootstrap(cfg.kafka, cfg.data_dir)
+
+
 def _totals(totals: dict) -> str:
     names = {"findings": "PII findings"}
     return ", ".join(f"{v:,} {names.get(k, k.replace('_', ' '))}" for k, v in totals.items())
@@ -185,12 +194,9 @@ def build_app() -> typer.Typer:
         duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
     ) -> None:
         """Run the API alone (chat completions, feedback); events go through the outbox to Kafka."""
-        from infra import broker
         from infra.services import Api
 
-        cfg = _state(ctx).config()
-        ensure_data_dir(cfg.data_dir)
-        bootstrap = cfg.kafka.bootstrap_servers or broker.resolve_bootstrap(cfg.kafka, cfg.data_dir)
+        cfg, bootstrap = _config_and_kafka(ctx)
         with StopSignal() as stop:
             api = Api(cfg, bootstrap)
             try:
@@ -218,11 +224,9 @@ def build_app() -> typer.Typer:
         seed: Annotated[int, typer.Option(help="Same seed, same events.")] = 0,
     ) -> None:
         """Produce synthetic store-support chats and ratings (with names, emails, phones) to the topics."""
-        from infra import broker
         from infra.services import produce_synthetic
 
-        cfg = _state(ctx).config()
-        bootstrap = broker.resolve_bootstrap(cfg.kafka, cfg.data_dir)
+        cfg, bootstrap = _config_and_kafka(ctx)
         sent = produce_synthetic(cfg, bootstrap, events, seed, malformed)
         typer.echo(f"produced {sent} events to {cfg.kafka.chats_topic} and {cfg.kafka.feedback_topic} at {bootstrap}")
 
@@ -232,12 +236,10 @@ def build_app() -> typer.Typer:
         duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
     ) -> None:
         """Consume chats and feedback from Kafka, scrub PII, store in DuckDB; SIGTERM finishes the batch."""
-        from infra import broker, db
+        from infra import db
         from infra.services import build_ingest, run_ingest
 
-        cfg = _state(ctx).config()
-        ensure_data_dir(cfg.data_dir)
-        bootstrap = broker.resolve_bootstrap(cfg.kafka, cfg.data_dir)
+        cfg, bootstrap = _config_and_kafka(ctx)
         with StopSignal() as stop:
             con = db.open_store(cfg.db_path, cfg.db.threads)
             try:

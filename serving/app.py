@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ingest.contracts import ChatLog, Feedback, Message
 from serving import ids
 from serving.config import ServingConfig
-from serving.generator import BASE, GenRequest, QueueFull
+from serving.generator import BASE, AdapterGone, GenRequest, QueueFull
 from serving.outbox import Outbox
 
 FEEDBACK_NAMESPACE = uuid.UUID("5b0e9c1e-8d6f-4c38-9a57-0c1f3f0e7b21")
@@ -234,7 +234,7 @@ def create_app(
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                return_dict=True)["input_ids"]
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        response_id = ids.issue(secret, ids.ResponseClaims(app_id, user_id, variant, experiment, ids.now()))
+        response_id = ids.issue(secret, ids.ResponseClaims(app_id, user_id, variant, experiment, time.time()))
         headers = {"X-Flywheel-Variant": variant, "X-Flywheel-Response-Id": response_id}
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
@@ -256,7 +256,11 @@ def create_app(
             metrics.latency.labels("chat", variant).observe(latency / 1000)
 
         if not body.stream:
-            result = await asyncio.wrap_future(future)
+            try:
+                result = await asyncio.wrap_future(future)
+            except AdapterGone:
+                raise ApiError(503, "the model version changed: try again", "server_error",
+                               {"Retry-After": "1"}) from None
             await finish(result)
             return JSONResponse({
                 "id": response_id, "object": "chat.completion", "created": created, "model": variant,

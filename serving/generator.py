@@ -28,6 +28,10 @@ class QueueFull(Exception):
     """More requests are waiting than the configured depth: answer 503 with Retry-After."""
 
 
+class AdapterGone(Exception):
+    """The request's adapter was retired while it waited: answer 503, the client's retry is routed anew."""
+
+
 @dataclass
 class GenRequest:
     prompt_ids: list[int]
@@ -70,7 +74,6 @@ class BatchGenerator:
         self.eos = {t for t in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
                     for t in (t if isinstance(t, list) else [t]) if t is not None}
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos), 0)
-        self.tokens_generated = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="generator", daemon=True)
         self._tasks: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()
@@ -176,7 +179,7 @@ class BatchGenerator:
 
         loaded = set(getattr(self.model, "peft_config", {})) | {BASE}
         for r in [r for r in batch if r.adapter not in loaded]:  # retired while it waited
-            r.future.set_exception(QueueFull(f"adapter {r.adapter} is no longer served"))
+            r.future.set_exception(AdapterGone(f"adapter {r.adapter} is no longer served"))
         new = [_Row(r, torch) for r in batch if r.adapter in loaded]
         if not new:
             return rows, state
@@ -253,7 +256,6 @@ class BatchGenerator:
         return int(torch.multinomial(probs, 1, generator=row.rng))
 
     def _advance(self, row: _Row, token: int) -> None:
-        self.tokens_generated += 1
         if token in self.eos:
             self._finish(row, "stop")
             return

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import time
 from dataclasses import dataclass
 
 PREFIX = "chatcmpl-fw1"
@@ -67,6 +66,3 @@ def app_for_key(key: str, key_hashes: dict[str, str]) -> str | None:
             found = app
     return found
 
-
-def now() -> float:
-    return time.time()

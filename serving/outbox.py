@@ -48,9 +48,6 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def append(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self.append_many([(topic, key, value)])
-
     def size(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]

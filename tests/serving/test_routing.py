@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from serving.generator import BASE, BatchGenerator, GenRequest
+from serving.generator import BASE, AdapterGone, BatchGenerator, GenRequest
 from serving.routing import ModelHolder, Router, publish
 
 
@@ -55,7 +55,7 @@ def test_adapters_come_and_go_while_serving(tiny_lm, adapters, tmp_path):
         publish(tmp_path, {"split": [["base", 1.0]], "adapters": {}})
         router.refresh()
         assert router.variants() == [BASE] and answer(gen, tokenizer, BASE).text == base_before
-        with pytest.raises(Exception, match="no longer served"):
+        with pytest.raises(AdapterGone, match="no longer served"):
             answer(gen, tokenizer, "v0001")
     finally:
         gen.close()
