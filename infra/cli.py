@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -116,6 +116,67 @@ def _totals(totals: dict) -> str:
     return ", ".join(f"{v:,} {names.get(k, k.replace('_', ' '))}" for k, v in totals.items())
 
 
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _clip(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@contextmanager
+def _store(ctx: typer.Context, read_only: bool = False):
+    """The database, opened for one command (migrated unless read-only)."""
+    from infra import db
+
+    cfg = _state(ctx).config()
+    if read_only:
+        con = db.connect(cfg.db_path, read_only=True)
+    else:
+        ensure_data_dir(cfg.data_dir)
+        con = db.open_store(cfg.db_path, cfg.db.threads)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _close_store(con, path: Path) -> None:
+    """Close the service's connection; a forget done through the admin API is compacted now."""
+    from infra import db
+
+    con.close()
+    if db.compact_marker(path).exists():
+        before, after = db.compact(path)
+        typer.echo(f"database  compacted after a forget ({before:,} -> {after:,} bytes)")
+
+
+def _outcome_line(outcome) -> str:
+    took = f" in {outcome.seconds:.0f} s"
+    if outcome.status == "skipped":
+        return f"retrain skipped: {outcome.reason}"
+    if outcome.status == "candidate":
+        train, offline = outcome.metrics["train"], outcome.metrics["offline"]
+        c, i = offline["candidate"], offline["incumbent"]
+        return (f"retrain {outcome.version}: candidate{took}; {train['steps']} steps, {train['tokens_per_s']:,.0f} "
+                f"tokens/s; eval desirable loss {c['desirable_loss']:.3f} vs incumbent {i['desirable_loss']:.3f}, "
+                f"general loss {c['general_loss']:.3f} vs {i['general_loss']:.3f}")
+    return f"retrain {outcome.version}: {outcome.status}{took}: {outcome.reason}"
+
+
+def _curation_summary(report, policy: str) -> str:
+    up = "-" if report.up_share is None else f"{report.up_share:.0%}"
+    dropped = ", ".join(f"{n} {k}" for k, n in sorted(report.dropped.items())) or "none"
+    return (f"candidates {report.candidates} rated chats: {report.ratings_up} up, {report.ratings_down} down "
+            f"(up share {up}; unhappy users rate more), {report.corrections} corrections\n"
+            f"samples    {report.samples} ({report.new} new), {report.kept} kept from {report.users} users "
+            f"(cap {report.per_user_cap} per user); dropped: {dropped}\n"
+            f"review     policy {policy}: {report.auto_approved} approved by the policy, {report.pending} pending")
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(
         name="flywheel",
@@ -157,7 +218,7 @@ def build_app() -> typer.Typer:
             bootstrap, kind = start_kafka(cfg, stack)
             typer.echo(f"kafka     {bootstrap}  {kind}; topics {cfg.kafka.chats_topic}, {cfg.kafka.feedback_topic}")
             con = db.open_store(cfg.db_path, cfg.db.threads)
-            stack.callback(con.close)
+            stack.callback(_close_store, con, cfg.db_path)
             info = db.describe(con)
             typer.echo(f"database  {cfg.db_path}  schema v{info['schema_version']}, {len(info['tables'])} tables")
             from prometheus_client import CollectorRegistry
@@ -169,11 +230,18 @@ def build_app() -> typer.Typer:
             thread = start_ingest_thread(ingest, stop.event)
             stack.callback(thread.join)
             typer.echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
-            from infra.services import Api
+            from infra.services import Api, ReviewStore
 
-            api = Api(cfg, bootstrap, registry)
+            api = Api(cfg, bootstrap, registry, review=ReviewStore(con, cfg))
             stack.callback(api.close)
             typer.echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
+            typer.echo(f"review    {api.url}/review  (reviewers sign in with their key from serving.admin_keys)")
+            from infra import control
+
+            scheduler, job = control.start_scheduler(cfg, con)
+            stack.callback(scheduler.shutdown, wait=False)
+            typer.echo(f"retrain   nightly on cron '{cfg.retrain.schedule}', next {job.next_run_time:%Y-%m-%d %H:%M %Z} "
+                       f"(jobs in {cfg.data_dir / 'scheduler.sqlite'})")
             if simulate:
                 from infra.services import produce_synthetic
 
@@ -251,6 +319,225 @@ def build_app() -> typer.Typer:
             finally:
                 con.close()
 
+    @app.command()
+    def curate(
+        ctx: typer.Context,
+        snapshot: Annotated[bool, typer.Option(help="Also freeze the approved samples into a snapshot.")] = True,
+    ) -> None:
+        """Turn rated chats into samples (filters, dedup, per-user cap, review policy) and snapshot the
+        approved ones as Parquet."""
+        from curation import curate as curation, snapshot as snapshots
+        from infra import db
+
+        cfg = _state(ctx).config()
+        ensure_data_dir(cfg.data_dir)
+        con = db.open_store(cfg.db_path, cfg.db.threads)
+        try:
+            report = curation.run(con, cfg.curation, actor=_actor())
+            typer.echo(_curation_summary(report, cfg.curation.review_policy))
+            if snapshot:
+                try:
+                    snap = snapshots.build(con, cfg.curation, cfg.data_dir / "snapshots", actor=_actor())
+                except ValueError as e:
+                    raise FlywheelError(str(e)) from None
+                if snap is None:
+                    typer.echo("snapshot   none: no approved samples yet (see `flywheel review list`)")
+                else:
+                    c = snap.manifest["counts"]
+                    typer.echo(f"snapshot   {snap.snapshot_id} ({'new' if snap.created else 'unchanged'}): "
+                               f"{c['train']} train + {c['eval']} eval samples from {c['users']} users, "
+                               f"{c['over_user_cap']} over the per-user cap; {snap.path}")
+        finally:
+            con.close()
+
+    review_app = typer.Typer(help="The review queue: approve or reject samples before training.",
+                             no_args_is_help=True)
+    app.add_typer(review_app, name="review")
+
+    @review_app.command("list")
+    def review_list(
+        ctx: typer.Context,
+        limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+    ) -> None:
+        """Pending samples: id, label, rating, PII types found, and the scrubbed text."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from curation import review
+
+        with _store(ctx) as con:
+            rows, counts = review.pending(con, limit), review.counts(con)
+        table = Table("sample", "label", "source", "PII found", "prompt", "answer", show_lines=False)
+        for r in rows:
+            last = next((m["content"] for m in reversed(r["prompt"]) if m["role"] == "user"), "")
+            table.add_row(r["sample_id"], r["label"], r["source"], ",".join(r["pii"]) or "-",
+                          _clip(last), _clip(r["answer"]))
+        Console(width=160).print(table)
+        typer.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+
+    @review_app.command("approve")
+    def review_approve(
+        ctx: typer.Context,
+        sample_ids: Annotated[Optional[list[str]], typer.Argument(help="Sample ids.")] = None,
+        all_pending: Annotated[bool, typer.Option("--all-pending", help="Every pending sample.")] = False,
+        reason: Annotated[Optional[str], typer.Option(help="Why (kept in the audit log).")] = None,
+        reviewer: Annotated[Optional[str], typer.Option(help="Your identity (default: cli:<login>).")] = None,
+    ) -> None:
+        """Approve samples for training, one or many."""
+        _decide(ctx, "approve", sample_ids, all_pending, reason, reviewer)
+
+    @review_app.command("reject")
+    def review_reject(
+        ctx: typer.Context,
+        sample_ids: Annotated[Optional[list[str]], typer.Argument(help="Sample ids.")] = None,
+        reason: Annotated[str, typer.Option(help="Why (required; kept in the audit log).")] = "",
+        all_pending: Annotated[bool, typer.Option("--all-pending", help="Every pending sample.")] = False,
+        reviewer: Annotated[Optional[str], typer.Option(help="Your identity (default: cli:<login>).")] = None,
+    ) -> None:
+        """Reject samples: they never reach training."""
+        _decide(ctx, "reject", sample_ids, all_pending, reason, reviewer)
+
+    def _decide(ctx, decision, sample_ids, all_pending, reason, reviewer) -> None:
+        from curation import review
+
+        with _store(ctx) as con:
+            ids = list(sample_ids or [])
+            if all_pending:
+                ids += [r[0] for r in con.execute("SELECT sample_id FROM samples WHERE status = 'pending' AND keep")
+                        .fetchall()]
+            if not ids:
+                raise FlywheelError("name sample ids, or --all-pending")
+            try:
+                n = review.decide(con, ids, decision, reviewer or _actor(), reason)
+            except review.ReviewError as e:
+                raise FlywheelError(str(e)) from None
+        typer.echo(f"{decision}d {n} sample{'s' * (n != 1)} as {reviewer or _actor()}")
+
+    @app.command()
+    def forget(
+        ctx: typer.Context,
+        user: Annotated[str, typer.Option("--user", help="The pseudonymous user id to erase.")],
+        actor: Annotated[Optional[str], typer.Option(help="Who asks (default: cli:<login>).")] = None,
+    ) -> None:
+        """Erase a user's chats, feedback, samples and findings (then compact the database file), and list
+        the snapshots and adapters trained on their data; those adapters are never promoted again."""
+        from curation.forget import forget as erase
+        from infra import db
+
+        cfg = _state(ctx).config()
+        with _store(ctx) as con:
+            try:
+                done = erase(con, user, actor or _actor())
+            except ValueError as e:
+                raise FlywheelError(str(e)) from None
+        before, after = db.compact(cfg.db_path)
+        typer.echo("deleted    " + ", ".join(f"{n} {t}" for t, n in done.deleted.items()))
+        typer.echo(f"snapshots  {', '.join(done.snapshots) + ' held their data (Parquet files deleted)' if done.snapshots else 'none held their data'}")
+        typer.echo(f"adapters   {', '.join(done.adapters) + ' trained on it (marked tainted: never promoted again)' if done.adapters else 'none trained on it'}")
+        typer.echo(f"database   compacted ({before:,} -> {after:,} bytes); audit entry written")
+
+    audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
+    app.add_typer(audit_app, name="audit")
+
+    @audit_app.command("verify")
+    def audit_verify(ctx: typer.Context) -> None:
+        """Check the hash chain over every entry (exit 1 when an entry was changed or removed)."""
+        from curation import audit
+
+        with _store(ctx, read_only=True) as con:
+            verdict = audit.verify(con)
+        if not verdict.ok:
+            typer.echo(f"audit log BROKEN at entry {verdict.broken_at}: {verdict.why}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"audit log intact: {verdict.entries} entries, hash chain verified")
+
+    @audit_app.command("show")
+    def audit_show(
+        ctx: typer.Context,
+        limit: Annotated[int, typer.Option(help="The latest this many entries.")] = 20,
+    ) -> None:
+        """The latest audit entries."""
+        from curation import audit
+
+        with _store(ctx, read_only=True) as con:
+            for e in audit.entries(con, limit):
+                detail = {k: v for k, v in e["details"].items() if k != "sample_ids"}
+                typer.echo(f"{e['seq']:>6}  {e['logged_at']}  {e['actor']:<20} {e['action']:<9} "
+                           f"{e['subject'] or '-':<22} {_clip(str(detail), 70)}")
+
+    @app.command()
+    def retrain(
+        ctx: typer.Context,
+        now: Annotated[bool, typer.Option("--now", help="Run once now (curate, snapshot, train, gates).")] = False,
+    ) -> None:
+        """Train a new adapter from the approved samples: curate and snapshot, LoRA (QLoRA on CUDA) in a
+        subprocess from the live adapter, then the artifact and offline gates; a passing run is registered
+        as a candidate. Without --now: when `flywheel up` runs it next."""
+        from infra import control
+
+        cfg = _state(ctx).config()
+        if not now:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                trigger = CronTrigger.from_crontab(cfg.retrain.schedule)
+            except ValueError as e:
+                raise FlywheelError(f"retrain.schedule {cfg.retrain.schedule!r} is not a cron expression: {e}") from None
+            from datetime import datetime
+
+            nxt = trigger.get_next_fire_time(None, datetime.now(trigger.timezone))
+            typer.echo(f"`flywheel up` retrains on cron '{cfg.retrain.schedule}' (next: {nxt:%Y-%m-%d %H:%M %Z}); "
+                       "run one now with `flywheel retrain --now`")
+            return
+        with _store(ctx) as con:
+            outcome = control.retrain(cfg, con, echo=True)
+        typer.echo(_outcome_line(outcome))
+        if outcome.status == "failed":
+            raise typer.Exit(1)
+
+    adapters_app = typer.Typer(help="The adapter registry: versions, status, lineage, history.", no_args_is_help=True)
+    app.add_typer(adapters_app, name="adapters")
+
+    @adapters_app.command("list")
+    def adapters_list(ctx: typer.Context) -> None:
+        """Every version with its parent, status, snapshot and reason."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from retrain import registry
+
+        with _store(ctx, read_only=True) as con:
+            rows = registry.listing(con)
+        table = Table("version", "parent", "status", "snapshot", "created (UTC)", "reason")
+        for version, parent, status, tainted, snap, created, reason in rows:
+            table.add_row(version, parent or "-", status + (" (tainted)" if tainted else ""), snap or "-", created,
+                          _clip(reason, 70))
+        Console(width=160).print(table)
+
+    @adapters_app.command("history")
+    def adapters_history(
+        ctx: typer.Context,
+        at: Annotated[Optional[str], typer.Option(help="Only say which version served at this time (ISO 8601, UTC "
+                                                       "unless it names a zone).")] = None,
+    ) -> None:
+        """Every status change, oldest first; --at T names the version that served at T."""
+        from datetime import datetime, timezone
+
+        from retrain import registry
+
+        with _store(ctx, read_only=True) as con:
+            if at is not None:
+                try:
+                    when = datetime.fromisoformat(at)
+                except ValueError:
+                    raise FlywheelError(f"--at {at!r} is not an ISO 8601 time such as 2026-11-22T02:00") from None
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=timezone.utc)
+                typer.echo(f"{when.isoformat()}: {registry.live_at(con, when)}")
+                return
+            for changed, version, status, reason in registry.history(con):
+                typer.echo(f"{changed[:19]}Z  {version:<6} {status:<11} {reason}")
+
     broker_app = typer.Typer(help="Run the bundled Kafka broker (Tansu) in the background.", no_args_is_help=True)
     app.add_typer(broker_app, name="broker")
 
@@ -325,6 +612,15 @@ def build_app() -> typer.Typer:
         typer.echo(f"{cfg.db_path}: schema v{info['schema_version']}")
         for table, count in info["tables"].items():
             typer.echo(f"  {table:<16} {count:>10,}")
+
+    @db_app.command("compact")
+    def db_compact(ctx: typer.Context) -> None:
+        """Rewrite the database file so that deleted values are gone from its bytes."""
+        from infra import db
+
+        cfg = _state(ctx).config()
+        before, after = db.compact(cfg.db_path)
+        typer.echo(f"{cfg.db_path}: compacted ({before:,} -> {after:,} bytes)")
 
     config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
     app.add_typer(config_app, name="config")

@@ -7,6 +7,7 @@ says which process holds it. Stages receive the connection as a parameter and ne
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -96,7 +97,10 @@ def migrate(con: duckdb.DuckDBPyConnection, migrations: list[Migration] | None =
 
 
 def open_store(path: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """The writer's connection: opened and migrated to the latest schema."""
+    """The writer's connection: opened and migrated to the latest schema. A compaction left pending by a
+    `forget` done while the service held the file runs first."""
+    if compact_marker(path).exists() and Path(path).exists():
+        compact(path)
     con = connect(path, threads=threads)
     migrate(con)
     return con
@@ -114,3 +118,38 @@ def describe(con: duckdb.DuckDBPyConnection) -> dict:
     ]
     counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
     return {"schema_version": version, "tables": counts}
+
+
+def compact_marker(path: Path) -> Path:
+    return Path(str(path) + ".compact-pending")
+
+
+def compact(path: Path) -> tuple[int, int]:
+    """Rewrite the database into a fresh file and swap it in: deleted values are gone from the bytes on
+    disk (DuckDB leaves them in freed blocks). Needs the file to itself. Returns (bytes before, after)."""
+    path = Path(path)
+    con = connect(path)  # replays the WAL into the file; fails with one line when another process holds it
+    con.execute("CHECKPOINT")
+    con.close()
+    before = path.stat().st_size
+    fresh = path.with_name(path.name + ".compacting")
+    fresh.unlink(missing_ok=True)
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH '{path}' AS old (READ_ONLY)")
+        con.execute(f"ATTACH '{fresh}' AS fresh")
+        con.execute("COPY FROM DATABASE old TO fresh")
+        con.execute("DETACH fresh")
+        con.execute("DETACH old")
+    finally:
+        con.close()
+    with open(fresh, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(fresh, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    compact_marker(path).unlink(missing_ok=True)
+    return before, path.stat().st_size

@@ -91,10 +91,57 @@ def response_secret(cfg: Config) -> bytes:
     return path.read_text().strip().encode()
 
 
+class ReviewStore:
+    """The review page's backend (serving.pages.ReviewBackend) on the service's own DuckDB connection:
+    one cursor per call, so requests in threads do not share one."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, cfg: Config):
+        self.con, self.cfg = con, cfg
+
+    def pending(self, limit: int) -> list[dict]:
+        from curation import review
+
+        return review.pending(self.con.cursor(), limit)
+
+    def counts(self) -> dict[str, int]:
+        from curation import review
+
+        return review.counts(self.con.cursor())
+
+    def filter_stats(self) -> dict[str, int]:
+        from curation import review
+
+        return review.filter_stats(self.con.cursor())
+
+    def audit(self, limit: int) -> list[dict]:
+        from curation import audit
+
+        return audit.entries(self.con.cursor(), limit)
+
+    def decide(self, sample_ids: list[str], decision: str, reviewer: str, reason: str | None) -> int:
+        from curation import review
+        from serving.pages import BadDecision
+
+        try:
+            return review.decide(self.con.cursor(), sample_ids, decision, reviewer, reason)
+        except review.ReviewError as e:
+            raise BadDecision(str(e)) from None
+
+    def forget(self, user_id: str, actor: str) -> dict:
+        """Rows go now; the file is compacted (freed blocks overwritten) when the store is next opened
+        alone: at the next start, on `flywheel db compact`, or when this service stops."""
+        from curation.forget import forget
+        from infra.db import compact_marker
+
+        done = forget(self.con.cursor(), user_id, actor).as_dict()
+        compact_marker(self.cfg.db_path).touch()
+        return {**done, "compaction": "pending: runs when the service stops or restarts"}
+
+
 class Api:
     """The API with everything it needs, started in threads of this process."""
 
-    def __init__(self, cfg: Config, bootstrap: str, registry=None):
+    def __init__(self, cfg: Config, bootstrap: str, registry=None, review: ReviewStore | None = None):
         import torch
         import uvicorn
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -123,7 +170,7 @@ class Api:
             s, generator=self.generator, tokenizer=tokenizer, outbox=self.outbox,
             chats_topic=cfg.kafka.chats_topic, feedback_topic=cfg.kafka.feedback_topic,
             secret=response_secret(cfg), route=self.router.route, variants=self.router.variants,
-            ready=lambda: self.sender.healthy, registry=registry,
+            ready=lambda: self.sender.healthy, registry=registry, review=review,
         )
         self.server = uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",
                                                     access_log=False))

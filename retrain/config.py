@@ -23,7 +23,24 @@ class RetrainConfig(Section):
     quantization: Literal["auto", "nf4", "none"] = Field(
         "auto", description="auto: nf4 (QLoRA) on CUDA, none on CPU, where nf4 is ~20x slower."
     )
+    objective: Literal["sft", "kto"] = Field(
+        "sft", description="sft: learn the desirable answers; kto: also push away from undesirable ones."
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter shape.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training samples.")
+    max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: no limit).")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (linear warmup and decay).")
+    tokens_per_batch: int = Field(4096, ge=64, description="Token budget of a batch (length-bucketed).")
+    max_seq_len: int = Field(512, ge=16, description="Longer samples are cut (the prompt from the left).")
+    replay_share: float = Field(
+        0.2, ge=0, lt=1, description="Share of each run's samples replayed from earlier snapshots."
+    )
+    kto_beta: float = Field(0.1, gt=0, description="KTO: how far from the reference the policy may move.")
+    forgetting_tolerance: float = Field(
+        0.10, ge=0, description="Offline gate: the most the loss on general prompts may rise (relative)."
+    )
+    timeout_s: float = Field(4 * 3600, gt=0, description="A training run longer than this is killed.")
     schedule: str = Field("0 2 * * *", description="Cron expression of the nightly run (local time).")
+    misfire_grace_s: int = Field(3600, ge=1, description="A run missed by up to this much still runs once.")
     min_new_samples: int = Field(50, ge=1, description="Skip a scheduled run with fewer new samples.")
     seed: int = Field(0, description="Training seed.")

@@ -24,6 +24,7 @@ from serving import ids
 from serving.config import ServingConfig
 from serving.generator import BASE, AdapterGone, GenRequest, QueueFull
 from serving.outbox import Outbox
+from serving.pages import add_review_routes
 
 FEEDBACK_NAMESPACE = uuid.UUID("5b0e9c1e-8d6f-4c38-9a57-0c1f3f0e7b21")
 
@@ -147,6 +148,21 @@ async def _send_error(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def install_error_handlers(app: FastAPI) -> None:
+    """Errors in OpenAI's shape: {"error": {"message", "type", "code"}}."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, e: ApiError):
+        return JSONResponse({"error": {"message": e.message, "type": e.kind, "code": e.status}}, e.status, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request, e: RequestValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return JSONResponse({"error": {"message": f"{where}: {first['msg']}", "type": "invalid_request_error",
+                                       "code": 400}}, 400)
+
+
 def create_app(
     cfg: ServingConfig,
     *,
@@ -160,23 +176,14 @@ def create_app(
     variants: Callable[[], list[str]],
     ready: Callable[[], bool] = lambda: True,
     registry: CollectorRegistry | None = None,
+    review=None,
 ) -> FastAPI:
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst)
     commits = GroupCommit(outbox)
     app = FastAPI(title="Flywheel", version="0.1.0")
-
-    @app.exception_handler(ApiError)
-    async def api_error(_request, e: ApiError):
-        return JSONResponse({"error": {"message": e.message, "type": e.kind, "code": e.status}}, e.status, e.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(_request, e: RequestValidationError):
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        return JSONResponse({"error": {"message": f"{where}: {first['msg']}", "type": "invalid_request_error",
-                                       "code": 400}}, 400)
+    install_error_handlers(app)
 
     def authenticate(request: Request) -> str:
         header = request.headers.get("authorization", "")
@@ -320,5 +327,6 @@ def create_app(
         await log_event(feedback_topic, event)
         return JSONResponse({"id": str(event.event_id), "object": "feedback", "accepted": True}, 202)
 
+    add_review_routes(app, review, cfg.admin_keys, secret, ApiError)
     app.add_middleware(lambda inner: _body_limit(inner, cfg.max_body_bytes))
     return app

@@ -16,6 +16,11 @@ class ServingConfig(Section):
         description="App id -> SHA-256 hex of its API key (`flywheel keys hash KEY`). The default holds "
         "the demo app's key 'flywheel-demo-key': replace it outside a laptop.",
     )
+    admin_keys: dict[str, str] = Field(
+        {"demo-reviewer": "eb2d6be7103a851d0a76ccae692b816c8300da20960e0bb32c030ded224cc99f"},
+        description="Reviewer/admin name -> SHA-256 hex of their key, for /review and /v1/admin/*. The "
+        "default holds the demo reviewer's key 'flywheel-review-key': replace it outside a laptop.",
+    )
     response_secret: SecretStr | None = Field(
         None, description="HMAC key of response ids; unset: generated once into DATA_DIR/response.secret."
     )

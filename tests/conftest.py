@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Nothing may reach a hub at run time, in tests least of all.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -105,3 +106,14 @@ def tiny_lm(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def scrub_pool():
+    """The real scrubber, in-process (workers=0), loaded once: spaCy + Presidio take a few seconds."""
+    from ingest.config import PiiConfig
+    from ingest.scrub import ScrubPool
+
+    pool = ScrubPool(PiiConfig(workers=0))
+    yield pool
+    pool.close()

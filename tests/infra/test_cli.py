@@ -96,7 +96,7 @@ def test_up_starts_broker_database_ingest_and_api_then_stops_cleanly(tmp_path, t
     data = tmp_path / "var"
     result = flywheel("up", "--duration", "1", env=up_env(data, tiny_lm))
     assert result.returncode == 0, result.stderr
-    assert "bundled broker" in result.stdout and "schema v1" in result.stdout
+    assert "bundled broker" in result.stdout and "schema v2" in result.stdout
     assert "api       http://127.0.0.1:" in result.stdout
     assert result.stdout.rstrip().endswith("stopped cleanly")
     assert (data / "flywheel.duckdb").exists()

@@ -1,0 +1,77 @@
+"""The append-only audit log: who did what to which samples, snapshots and users.
+
+Every entry stores the hash of the one before it; `verify` recomputes the chain, so an edited, deleted or
+reordered entry is found. This module only ever inserts into `audit_log`; no code path updates or deletes
+it (a test greps for that). Entries never hold a user id: forgetting a user must not need to edit it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+GENESIS = "0" * 64
+_lock = threading.Lock()  # one appender at a time per process; the primary key guards across processes
+
+
+def _digest(prev: str, seq: int, logged_us: int, actor: str, action: str, subject: str | None, details) -> str:
+    body = json.dumps([seq, logged_us, actor, action, subject, details], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{prev}\n{body}".encode()).hexdigest()
+
+
+def append(con, actor: str, action: str, subject: str | None = None, details: dict | None = None) -> int:
+    """Add one entry inside the caller's transaction (or its own); returns its sequence number."""
+    details = json.loads(json.dumps(details or {}, sort_keys=True))
+    with _lock:
+        last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        logged_us = time.time_ns() // 1000
+        digest = _digest(prev, seq, logged_us, actor, action, subject, details)
+        con.execute(
+            "INSERT INTO audit_log (seq, logged_at, actor, action, subject, details, prev_hash, hash) "
+            "VALUES (?, make_timestamptz(?::BIGINT), ?, ?, ?, ?, ?, ?)",
+            [seq, logged_us, actor, action, subject, json.dumps(details, sort_keys=True), prev, digest],
+        )
+    return seq
+
+
+@dataclass(frozen=True)
+class Verdict:
+    entries: int
+    broken_at: int | None  # the first sequence number whose entry or link does not check out
+    why: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
+
+
+def verify(con) -> Verdict:
+    """Recompute the hash chain from the first entry."""
+    rows = con.execute(
+        "SELECT seq, epoch_us(logged_at), actor, action, subject, details, prev_hash, hash "
+        "FROM audit_log ORDER BY seq"
+    ).fetchall()
+    prev, expected_seq = GENESIS, 1
+    for seq, logged_us, actor, action, subject, details, prev_hash, digest in rows:
+        if seq != expected_seq:
+            return Verdict(len(rows), expected_seq, f"entry {expected_seq} is missing")
+        if prev_hash != prev:
+            return Verdict(len(rows), seq, "its link to the entry before does not match")
+        if _digest(prev, seq, logged_us, actor, action, subject, json.loads(details)) != digest:
+            return Verdict(len(rows), seq, "its content does not match its hash")
+        prev, expected_seq = digest, seq + 1
+    return Verdict(len(rows), None, None)
+
+
+def entries(con, limit: int = 50) -> list[dict]:
+    """The latest entries, newest first."""
+    rows = con.execute(
+        "SELECT seq, strftime(logged_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'), actor, action, subject, details "
+        "FROM audit_log ORDER BY seq DESC LIMIT ?", [limit]
+    ).fetchall()
+    return [{"seq": r[0], "logged_at": r[1] + "Z", "actor": r[2], "action": r[3], "subject": r[4],
+             "details": json.loads(r[5])} for r in rows]

@@ -1,0 +1,256 @@
+"""From rated chats to samples: candidates, filters with persisted scores, and the review policy.
+
+Every run recomputes every candidate (dedup and the per-user cap are properties of the whole set) and
+upserts `samples` by a stable id, so running it twice changes nothing and a reviewer's decisions stay put
+unless the sample itself changed (a user re-rated, a correction arrived).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from curation import audit, filters
+from curation.config import CurationConfig
+
+log = logging.getLogger("flywheel.curation")
+
+FORGET_PREFIX = "flywheel-forget:"  # forgotten_users.user_hash = sha256(FORGET_PREFIX || user_id)
+
+# Each chat with the latest feedback of its (response, user); users who were forgotten stay out even when
+# their events arrive late.
+CANDIDATES = """
+WITH latest AS (
+    SELECT response_id, user_id, rating, correction,
+           row_number() OVER (PARTITION BY response_id, user_id ORDER BY created_at DESC, event_id DESC) AS n
+    FROM feedback
+)
+SELECT c.event_id::VARCHAR, c.user_id, c.messages, c.response, l.rating, l.correction, c.created_at
+FROM chats c
+{join} JOIN latest l ON l.response_id = c.response_id AND l.user_id = c.user_id AND l.n = 1
+WHERE NOT EXISTS (
+    SELECT 1 FROM forgotten_users f
+    WHERE f.user_hash = sha256('{prefix}' || c.user_id) AND c.created_at <= f.forgotten_at
+)
+ORDER BY c.created_at, c.event_id
+"""
+
+
+@dataclass
+class Sample:
+    sample_id: str
+    chat_event_id: str
+    user_id: str
+    label: str
+    source: str  # rating | correction | unrated
+    prompt: list[dict]
+    answer: str
+    scores: dict = field(default_factory=dict)
+    reason: str | None = None
+
+
+@dataclass
+class Report:
+    candidates: int = 0
+    ratings_up: int = 0
+    ratings_down: int = 0
+    corrections: int = 0
+    samples: int = 0
+    new: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    kept: int = 0
+    users: int = 0
+    per_user_cap: int = 0
+    auto_approved: int = 0
+    pending: int = 0
+
+    @property
+    def up_share(self) -> float | None:
+        rated = self.ratings_up + self.ratings_down
+        return self.ratings_up / rated if rated else None
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "up_share": self.up_share}
+
+
+def sample_id(chat_event_id: str, source: str) -> str:
+    return "smp-" + hashlib.sha256(f"{chat_event_id}:{source}".encode()).hexdigest()[:20]
+
+
+def candidates(con, cfg: CurationConfig) -> tuple[list[Sample], Report]:
+    report = Report()
+    rows = con.execute(CANDIDATES.format(join="LEFT" if cfg.include_unrated else "", prefix=FORGET_PREFIX)).fetchall()
+    out = []
+    for event_id, user, messages, response, rating, correction, _created in rows:
+        report.candidates += 1
+        prompt = json.loads(messages)
+        if rating == 1:
+            report.ratings_up += 1
+            out.append(Sample(sample_id(event_id, "rating"), event_id, user, "desirable", "rating", prompt, response))
+        elif rating == -1:
+            report.ratings_down += 1
+            out.append(Sample(sample_id(event_id, "rating"), event_id, user, "undesirable", "rating", prompt, response))
+        elif cfg.include_unrated:
+            out.append(Sample(sample_id(event_id, "unrated"), event_id, user, "desirable", "unrated", prompt, response))
+        if correction:
+            report.corrections += 1
+            out.append(Sample(sample_id(event_id, "correction"), event_id, user, "desirable", "correction", prompt,
+                              correction))
+    return out, report
+
+
+def _last_user(prompt: list[dict]) -> str:
+    return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+
+
+def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
+    """Set scores and, for dropped samples, the first reason as "filter: detail" (filters in the order
+    below); returns the per-user cap."""
+    prompts_full = ["\n".join(m.get("content", "") for m in s.prompt) for s in samples]
+    last_user = [_last_user(s.prompt) for s in samples]
+
+    def drop(s: Sample, why: str) -> None:
+        if s.reason is None:
+            s.reason = why
+
+    for s, full, last in zip(samples, prompts_full, last_user):
+        s.scores["prompt_chars"], s.scores["answer_chars"] = len(full), len(s.answer)
+        if len(last.strip()) < cfg.min_prompt_chars:
+            drop(s, f"length: prompt under {cfg.min_prompt_chars} characters")
+        elif len(full) > cfg.max_prompt_chars:
+            drop(s, f"length: prompt over {cfg.max_prompt_chars} characters")
+        elif len(s.answer.strip()) < cfg.min_answer_chars:
+            drop(s, f"length: answer under {cfg.min_answer_chars} characters")
+        elif len(s.answer) > cfg.max_answer_chars:
+            drop(s, f"length: answer over {cfg.max_answer_chars} characters")
+
+    if cfg.languages:
+        for s, (lang, confidence) in zip(samples, filters.languages([f"{p}\n{s.answer}" for s, p in
+                                                                       zip(samples, last_user)], cfg.languages)):
+            s.scores["language"], s.scores["language_confidence"] = lang, confidence
+            if lang is not None and lang not in cfg.languages:
+                drop(s, f"language: {lang}, not one of {','.join(cfg.languages)}")
+
+    seen: dict[str, list[str]] = {}
+    for s, full in zip(samples, prompts_full):
+        text = f"{full}\n{s.answer}"
+        found = seen.get(text)
+        if found is None:
+            found = seen[text] = filters.leftover_pii(text)
+        s.scores["leftover_pii"] = found
+        if found:
+            drop(s, "pii: " + ",".join(found) + " left after scrubbing")
+
+    for s in samples:
+        share = round(filters.placeholder_share(s.answer), 4)
+        s.scores["placeholder_share"] = share
+        if share > cfg.max_placeholder_share:
+            drop(s, f"placeholder: {share:.0%} of the answer is placeholders")
+
+    alive = [i for i, s in enumerate(samples) if s.reason is None]
+    dup_of = filters.near_duplicates([prompts_full[i] for i in alive], [samples[i].answer for i in alive],
+                                     [samples[i].label for i in alive], cfg.near_duplicate_threshold)
+    for k, j in enumerate(dup_of):
+        s = samples[alive[k]]
+        s.scores["duplicate_of"] = None if j is None else samples[alive[j]].sample_id
+        if j is not None:
+            drop(s, "duplicate: of " + samples[alive[j]].sample_id)
+
+    alive = [i for i, s in enumerate(samples) if s.reason is None]
+    cap, kept = filters.user_cap([samples[i].user_id for i in alive], cfg.max_user_share, _cap_order(samples, alive, cfg))
+    for k, i in enumerate(alive):
+        if k not in kept:
+            drop(samples[i], f"user_cap: over {cap} samples per user ({cfg.max_user_share:.1%} of the kept)")
+    return cap
+
+
+def _cap_order(samples: list[Sample], alive: list[int], cfg: CurationConfig) -> list[int]:
+    """Which of a user's samples the cap keeps first: corrections, then a seeded shuffle."""
+    def key(k: int):
+        s = samples[alive[k]]
+        return (s.source != "correction", hashlib.sha256(f"{cfg.seed}:{s.sample_id}".encode()).digest())
+    return sorted(range(len(alive)), key=key)
+
+
+def needs_review(sample_id_: str, cfg: CurationConfig) -> bool:
+    if cfg.review_policy == "required":
+        return True
+    if cfg.review_policy == "auto":
+        return False
+    bucket = int.from_bytes(hashlib.sha256(f"{cfg.seed}:review:{sample_id_}".encode()).digest()[:8], "big")
+    return bucket / 2**64 < cfg.review_sample_share
+
+
+SAMPLE_COLUMNS = ("sample_id", "chat_event_id", "response_id", "user_id", "label", "prompt", "answer", "source",
+                  "scores", "keep", "reason")
+
+
+def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
+    """Recompute candidates and filters, upsert samples, apply the review policy to new ones; one
+    transaction, one audit entry."""
+    samples, report = candidates(con, cfg)
+    report.per_user_cap = apply_filters(samples, cfg) if samples else 0
+    report.samples = len(samples)
+    for s in samples:
+        if s.reason:
+            kind = s.reason.split(":")[0]
+            report.dropped[kind] = report.dropped.get(kind, 0) + 1
+    kept = [s for s in samples if s.reason is None]
+    report.kept, report.users = len(kept), len({s.user_id for s in kept})
+    response_ids = dict(con.execute("SELECT event_id::VARCHAR, response_id FROM chats").fetchall()) if samples else {}
+    table = pa.table({
+        "sample_id": [s.sample_id for s in samples],
+        "chat_event_id": [s.chat_event_id for s in samples],
+        "response_id": [response_ids[s.chat_event_id] for s in samples],
+        "user_id": [s.user_id for s in samples],
+        "label": [s.label for s in samples],
+        "prompt": [json.dumps(s.prompt) for s in samples],
+        "answer": [s.answer for s in samples],
+        "source": [s.source for s in samples],
+        "scores": [json.dumps(s.scores, sort_keys=True) for s in samples],
+        "keep": [s.reason is None for s in samples],
+        "reason": [s.reason for s in samples],
+    }, schema=pa.schema([(c, pa.bool_() if c == "keep" else pa.string()) for c in SAMPLE_COLUMNS]))
+    cols = ", ".join(SAMPLE_COLUMNS)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        existing = {r[0] for r in con.execute("SELECT sample_id FROM samples").fetchall()}
+        con.register("_samples", table)
+        # A sample whose label or answer changed goes back to review; otherwise its status stays.
+        con.execute(f"""
+            INSERT INTO samples ({cols}) SELECT {cols} FROM _samples
+            ON CONFLICT (sample_id) DO UPDATE SET
+                status = CASE WHEN samples.label <> excluded.label OR samples.answer <> excluded.answer
+                              THEN 'pending' ELSE samples.status END,
+                label = excluded.label, answer = excluded.answer, prompt = excluded.prompt,
+                scores = excluded.scores, keep = excluded.keep, reason = excluded.reason
+        """)
+        con.unregister("_samples")
+        new = [s for s in samples if s.sample_id not in existing]
+        report.new = len(new)
+        auto = sorted(s.sample_id for s in new if s.reason is None and not needs_review(s.sample_id, cfg))
+        if auto:
+            reviewer = f"policy:{cfg.review_policy}"
+            con.register("_auto", pa.table({"sample_id": auto}))
+            con.execute("UPDATE samples SET status = 'approved' WHERE sample_id IN (SELECT sample_id FROM _auto)")
+            con.execute("INSERT INTO reviews (sample_id, decision, reason, reviewer, policy) "
+                        f"SELECT sample_id, 'approve', 'review policy {cfg.review_policy}', ?, ? FROM _auto",
+                        [reviewer, cfg.review_policy])
+            con.unregister("_auto")
+            audit.append(con, reviewer, "approve", f"{len(auto)} samples", {
+                "policy": cfg.review_policy, "count": len(auto),
+                "sample_ids_sha256": hashlib.sha256("\n".join(auto).encode()).hexdigest()})
+        report.auto_approved = len(auto)
+        report.pending = con.execute("SELECT count(*) FROM samples WHERE status = 'pending' AND keep").fetchone()[0]
+        audit.append(con, actor, "curate", None, report.as_dict())
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    log.info("curated %d candidates into %d samples (%d kept, %d new, %d auto-approved)", report.candidates,
+             report.samples, report.kept, report.new, report.auto_approved)
+    return report

@@ -1,0 +1,161 @@
+"""Filters over candidate samples. Each returns a score per sample and a reason when it drops one.
+
+Pure functions on lists of strings, vectorised where it matters: curation of 100,000 chats must take
+seconds, so the expensive ones (language, near-duplicates) work on unique texts only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]{1,40}>")
+
+# The second PII scan: context-free patterns, no score threshold. Ingest's Presidio pass weighs context
+# and drops low-score matches; what survives it and still looks like PII here is excluded from training.
+_LEFTOVER = {
+    "EMAIL_ADDRESS": re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"),
+    "PHONE_NUMBER": re.compile(r"(?<!\w)(?:\+?\d[\d ().-]{7,}\d)(?!\w)"),
+    "US_SSN": re.compile(r"\b\d{3}-\d{2}-\d{4}\b"),
+    "IBAN_CODE": re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
+    "IP_ADDRESS": re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"),
+    "CREDIT_CARD": re.compile(r"\b(?:\d[ -]?){13,19}\b"),
+}
+
+
+def _luhn(digits: str) -> bool:
+    total, alt = 0, False
+    for ch in reversed(digits):
+        d = int(ch)
+        if alt:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        alt = not alt
+    return total % 10 == 0
+
+
+def leftover_pii(text: str) -> list[str]:
+    """Entity types that still look present in scrubbed text (placeholders themselves do not count)."""
+    found = []
+    for kind, pattern in _LEFTOVER.items():
+        for m in pattern.finditer(text):
+            value = m.group(0)
+            digits = re.sub(r"\D", "", value)
+            if kind == "PHONE_NUMBER" and len(digits) < 9:
+                continue
+            if kind == "CREDIT_CARD" and not _luhn(digits):
+                continue
+            found.append(kind)
+            break
+    return found
+
+
+def placeholder_share(text: str) -> float:
+    """Share of the non-space characters of `text` that are <PII> placeholders (1.0 for empty text)."""
+    solid = len(re.sub(r"\s", "", text))
+    if solid == 0:
+        return 1.0
+    return sum(len(m.group(0)) for m in PLACEHOLDER.finditer(text)) / solid
+
+
+_LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "tr", "ru", "zh", "ja", "ko", "ar")
+
+
+def languages(texts: list[str], allowed: list[str]) -> list[tuple[str | None, float | None]]:
+    """(ISO code, confidence) per text; (None, None) when the text is too short to tell."""
+    from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+    codes = sorted(set(_LANGUAGES) | set(allowed))
+    langs = [Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper())) for c in codes]
+    detector = LanguageDetectorBuilder.from_languages(*langs).with_low_accuracy_mode().build()
+    unique = list(dict.fromkeys(texts))
+    letters = [sum(ch.isalpha() for ch in PLACEHOLDER.sub("", t)) for t in unique]
+    probe = [t for t, n in zip(unique, letters) if n >= 12]
+    found = dict(zip(probe, detector.compute_language_confidence_values_in_parallel(probe)))
+    out = {}
+    for text in unique:
+        values = found.get(text)
+        if not values:
+            out[text] = (None, None)
+            continue
+        best = values[0]
+        out[text] = (best.language.iso_code_639_1.name.lower(), round(best.value, 4))
+    return [out[t] for t in texts]
+
+
+def _shingles(text: str, tag: str) -> list[bytes]:
+    words = re.findall(r"\w+|<[A-Z_]+>", text.lower())
+    if len(words) < 3:
+        return [f"{tag}{' '.join(words)}".encode()]
+    return [f"{tag}{words[i]} {words[i + 1]} {words[i + 2]}".encode() for i in range(len(words) - 2)]
+
+
+def near_duplicates(prompts: list[str], answers: list[str], groups: list[str], threshold: float,
+                    num_perm: int = 64) -> list[int | None]:
+    """For each item, the index of the earlier item it duplicates (None when it is the first of its kind).
+
+    Items are duplicates when they are in the same group (the label) and the word 3-grams of prompt and
+    answer together (tagged by field, so a prompt never matches an answer) have an estimated Jaccard
+    similarity >= threshold: MinHash signatures, LSH to find candidates, the signatures to confirm.
+    Exact duplicates are found by hash first, so MinHash runs on distinct texts only.
+    """
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
+
+    first_exact: dict[bytes, int] = {}
+    of: list[int | None] = [None] * len(prompts)
+    distinct = []
+    for i, (p, a, g) in enumerate(zip(prompts, answers, groups)):
+        key = hashlib.blake2b(f"{g}\0{p}\0{a}".encode(), digest_size=16).digest()
+        if key in first_exact:
+            of[i] = first_exact[key]
+        else:
+            first_exact[key] = i
+            distinct.append(i)
+    if threshold >= 1.0 or len(distinct) < 2:
+        return of
+
+    proto = MinHash(num_perm=num_perm, seed=1)  # permutations computed once, shared by all
+    by_group: dict[str, MinHashLSH] = defaultdict(lambda: MinHashLSH(threshold=threshold, num_perm=num_perm))
+    signatures: dict[int, np.ndarray] = {}
+    for i in distinct:
+        m = MinHash(num_perm=num_perm, seed=1, permutations=proto.permutations, scheme=proto.scheme)
+        m.update_batch(_shingles(prompts[i], "p:") + _shingles(answers[i], "a:"))
+        lsh = by_group[groups[i]]
+        found = sorted(lsh.query(m))
+        if found:
+            similar = (np.stack([signatures[j] for j in found]) == m.hashvalues).mean(axis=1) >= threshold
+            if similar.any():
+                of[i] = found[int(similar.argmax())]
+                continue
+        lsh.insert(i, m, check_duplication=False)
+        signatures[i] = m.hashvalues
+    return of
+
+
+def user_cap(users: list[str], share: float, order: list[int]) -> tuple[int, set[int]]:
+    """The most samples per user so that no user is more than `share` of what is kept, and the indices
+    kept (each user's first ones in `order`). 0 when no cap can hold (fewer than 1/share users)."""
+    counts: dict[str, int] = defaultdict(int)
+    for u in users:
+        counts[u] += 1
+    sizes = sorted(counts.values())
+
+    def fits(k: int) -> bool:  # k <= share * sum(min(c, k))
+        return k <= share * sum(min(c, k) for c in sizes) + 1e-9
+
+    lo, hi = 0, max(sizes, default=0)
+    while lo < hi:  # fits() is monotone: the largest k that fits
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    taken: dict[str, int] = defaultdict(int)
+    kept = set()
+    for i in order:
+        if taken[users[i]] < lo:
+            taken[users[i]] += 1
+            kept.add(i)
+    return lo, kept

@@ -1,0 +1,95 @@
+"""The right to be forgotten: erase a user's rows, keep them out of future snapshots, and find what was
+trained on them.
+
+Deleting rows is not enough on its own: DuckDB leaves deleted values in the file's freed blocks, so the
+caller compacts the database file afterwards (`infra.db.compact`). Snapshots that held the user's samples
+lose their Parquet files (the manifest stays, for lineage); adapters trained on them, or descended from
+one that was, are marked tainted: never promoted again, replaced by the next retrain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from curation import audit
+from curation.curate import FORGET_PREFIX
+
+
+@dataclass
+class Forgotten:
+    user_hash: str
+    deleted: dict[str, int] = field(default_factory=dict)
+    snapshots: list[str] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"user_hash": self.user_hash, "deleted": self.deleted, "snapshots": self.snapshots,
+                "adapters": self.adapters}
+
+
+def user_hash(user_id: str) -> str:
+    return hashlib.sha256(f"{FORGET_PREFIX}{user_id}".encode()).hexdigest()
+
+
+def forget(con, user_id: str, actor: str) -> Forgotten:
+    """Erase `user_id` in one transaction; returns what was deleted and what was trained on it."""
+    if not user_id or not user_id.strip():
+        raise ValueError("a user id is required")
+    out = Forgotten(user_hash(user_id))
+    con.execute("BEGIN TRANSACTION")
+    try:
+        sample_ids = {r[0] for r in con.execute("SELECT sample_id FROM samples WHERE user_id = ?", [user_id]).fetchall()}
+        snapshots = []
+        for snapshot_id, manifest, path in con.execute(
+                "SELECT snapshot_id, manifest, path FROM snapshots ORDER BY snapshot_id").fetchall():
+            ids = json.loads(manifest).get("sample_ids", {})
+            if sample_ids & (set(ids.get("train", [])) | set(ids.get("eval", []))):
+                snapshots.append((snapshot_id, path))
+        out.snapshots = [s for s, _ in snapshots]
+        # Adapters trained on those snapshots, and every descendant (training is incremental).
+        adapters = con.execute("SELECT version, parent, snapshot_id FROM adapters ORDER BY version").fetchall()
+        tainted = {v for v, _, snap in adapters if snap in out.snapshots}
+        grew = True
+        while grew:
+            more = {v for v, parent, _ in adapters if parent in tainted and v not in tainted}
+            tainted |= more
+            grew = bool(more)
+        out.adapters = sorted(tainted)
+
+        events = "SELECT event_id FROM chats WHERE user_id = $u UNION ALL SELECT event_id FROM feedback WHERE user_id = $u"
+        statements = {
+            "pii_findings": f"DELETE FROM pii_findings WHERE event_id IN ({events})",
+            "reviews": "DELETE FROM reviews WHERE sample_id IN (SELECT sample_id FROM samples WHERE user_id = $u)",
+            "samples": "DELETE FROM samples WHERE user_id = $u",
+            "feedback": "DELETE FROM feedback WHERE user_id = $u",
+            "chats": "DELETE FROM chats WHERE user_id = $u",
+            # A malformed event's scrubbed excerpt may still carry the id.
+            "dead_letters": "DELETE FROM dead_letters WHERE contains(excerpt, $u)",
+        }
+        for table, sql in statements.items():
+            out.deleted[table] = con.execute(sql, {"u": user_id}).fetchone()[0]
+        now = datetime.now(timezone.utc)
+        con.execute("INSERT INTO forgotten_users VALUES (?, ?) ON CONFLICT (user_hash) DO UPDATE SET "
+                    "forgotten_at = excluded.forgotten_at", [out.user_hash, now])
+        if out.snapshots:
+            con.execute("UPDATE snapshots SET purged_at = ? WHERE snapshot_id IN (SELECT unnest(?::VARCHAR[]))",
+                        [now, out.snapshots])
+        if out.adapters:
+            con.execute("UPDATE adapters SET tainted = true WHERE version IN (SELECT unnest(?::VARCHAR[]))",
+                        [out.adapters])
+            con.executemany("INSERT INTO adapter_events (version, status, reason) VALUES (?, 'tainted', ?)",
+                            [[v, "trained on data of a forgotten user"] for v in out.adapters])
+        audit.append(con, actor, "forget", out.user_hash[:16], out.as_dict())
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    for _, path in snapshots:  # after the commit: the rows that point at them are already marked
+        for name in ("train.parquet", "eval.parquet"):
+            Path(path, name).unlink(missing_ok=True)
+    return out
+

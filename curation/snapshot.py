@@ -1,0 +1,168 @@
+"""Snapshots: the approved samples frozen as Parquet (train and eval, split by user) plus a manifest.
+
+The snapshot id is derived from the content hash, so the same data and seed give the same files, hash
+and id, and building it again is a no-op. Files are written to a temporary folder and renamed into place,
+so a reader never sees half a snapshot. Loadable with `datasets.load_dataset("parquet", data_files=...)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation import audit, filters
+from curation.config import CurationConfig
+from curation.curate import FORGET_PREFIX
+
+log = logging.getLogger("flywheel.curation")
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("user_key", pa.string()),        # a hash of the user id: enough to keep users apart, not to find them
+    ("label", pa.bool_()),            # True: desirable (TRL's KTO convention)
+    ("source", pa.string()),          # rating | correction | unrated
+    ("prompt", pa.list_(MESSAGE)),    # the conversation up to the answer
+    ("completion", pa.list_(MESSAGE)),  # one assistant message
+])
+
+APPROVED = f"""
+SELECT s.sample_id, s.user_id, s.label, s.source, s.prompt, s.answer
+FROM samples s JOIN chats c ON c.event_id = s.chat_event_id
+WHERE s.status = 'approved' AND s.keep
+  AND NOT EXISTS (SELECT 1 FROM forgotten_users f
+                  WHERE f.user_hash = sha256('{FORGET_PREFIX}' || s.user_id) AND c.created_at <= f.forgotten_at)
+ORDER BY s.sample_id
+"""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: str
+    content_hash: str
+    path: Path
+    manifest: dict
+    created: bool  # False when an identical snapshot already existed
+
+    def data_files(self) -> dict[str, str]:
+        return {"train": str(self.path / "train.parquet"), "eval": str(self.path / "eval.parquet")}
+
+
+def user_key(user_id: str) -> str:
+    return hashlib.sha256(f"flywheel-user:{user_id}".encode()).hexdigest()[:16]
+
+
+def in_eval(user_id: str, cfg: CurationConfig) -> bool:
+    bucket = int.from_bytes(hashlib.sha256(f"{cfg.seed}:split:{user_id}".encode()).digest()[:8], "big")
+    return bucket / 2**64 < cfg.eval_share
+
+
+def _table(rows: list[tuple]) -> pa.Table:
+    return pa.Table.from_pylist([{
+        "sample_id": sid, "user_key": user_key(user), "label": label == "desirable", "source": source,
+        "prompt": [{"role": m.get("role", ""), "content": m.get("content", "")} for m in json.loads(prompt)],
+        "completion": [{"role": "assistant", "content": answer}],
+    } for sid, user, label, source, prompt, answer in rows], schema=SCHEMA)
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    # Fixed writer settings: same rows, same bytes (no timestamps are written into Parquet metadata).
+    pq.write_table(table, path, compression="zstd", compression_level=3, row_group_size=64 * 1024,
+                   write_statistics=False, store_schema=True)
+
+
+def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapshot | None:
+    """Freeze the approved samples; None when there are none."""
+    rows = con.execute(APPROVED).fetchall()
+    if not rows:
+        return None
+    users = [r[1] for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][3] != "correction",
+                                                     hashlib.sha256(f"{cfg.seed}:{rows[i][0]}".encode()).digest()))
+    cap, kept = filters.user_cap(users, cfg.max_user_share, order)
+    rows = [r for i, r in enumerate(rows) if i in kept]
+    if not rows:
+        raise ValueError(
+            f"no snapshot: {len(set(users))} users cannot meet the per-user cap of "
+            f"{cfg.max_user_share:.1%} (curation.max_user_share needs at least {1 / cfg.max_user_share:.0f} users)"
+        )
+    if cfg.eval_share > 0 and len({r[1] for r in rows}) >= 2:
+        eval_rows = [r for r in rows if in_eval(r[1], cfg)]
+        if not eval_rows or len(eval_rows) == len(rows):  # tiny sets: still one user on each side
+            first = min({r[1] for r in rows}, key=user_key)
+            eval_rows = [r for r in rows if r[1] == first]
+    else:
+        eval_rows = []
+    eval_ids = {r[0] for r in eval_rows}
+    train_rows = [r for r in rows if r[0] not in eval_ids]
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        _write(_table(train_rows), staging / "train.parquet")
+        _write(_table(eval_rows), staging / "eval.parquet")
+        digest = hashlib.sha256()
+        for name in ("train.parquet", "eval.parquet"):
+            digest.update((staging / name).read_bytes())
+        content_hash = digest.hexdigest()
+        snapshot_id = f"snap-{content_hash[:12]}"
+        labels = [r[2] for r in rows]
+        manifest = {
+            "snapshot_id": snapshot_id,
+            "content_hash": content_hash,
+            "files": {"train": "train.parquet", "eval": "eval.parquet"},
+            "counts": {"train": len(train_rows), "eval": len(eval_rows),
+                       "desirable": labels.count("desirable"), "undesirable": labels.count("undesirable"),
+                       "users": len({r[1] for r in rows}), "approved": len(users),
+                       "over_user_cap": len(users) - len(rows)},
+            "per_user_cap": cap,
+            "sample_ids": {"train": [r[0] for r in train_rows], "eval": [r[0] for r in eval_rows]},
+            "filter_stats": _filter_stats(con),
+            "config": cfg.model_dump(mode="json"),
+            "seed": cfg.seed,
+        }
+        final = root / snapshot_id
+        if final.exists():
+            shutil.rmtree(staging)
+            created = False
+        else:
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+            os.rename(staging, final)
+            created = True
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    manifest = json.loads((final / "manifest.json").read_text())
+    con.execute("BEGIN TRANSACTION")
+    try:
+        inserted = con.execute(
+            "INSERT INTO snapshots (snapshot_id, content_hash, path, manifest) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING RETURNING 1", [snapshot_id, content_hash, str(final), json.dumps(manifest)]
+        ).fetchall()
+        if inserted:
+            audit.append(con, actor, "snapshot", snapshot_id, {"content_hash": content_hash, **manifest["counts"]})
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    log.info("snapshot %s: %d train, %d eval samples (%s)", snapshot_id, len(train_rows), len(eval_rows),
+             "new" if created else "unchanged")
+    return Snapshot(snapshot_id, content_hash, final, manifest, created)
+
+
+def _filter_stats(con) -> dict:
+    rows = con.execute(
+        "SELECT coalesce(split_part(reason, ':', 1), 'kept'), count(*) FROM samples GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    return dict(rows)

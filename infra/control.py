@@ -1,0 +1,271 @@
+"""The control process's jobs: retrain (curate -> snapshot -> train in a subprocess -> gates -> registry) and
+its nightly schedule.
+
+A run never harms the incumbent: training writes only into a staging folder; a run that raises, yields a
+NaN/inf loss, is killed, runs out of memory, or writes an empty or unchanged adapter is recorded as
+`failed` with its reason and leaves the registry's live version and `routing.json` untouched. One run at a
+time across processes (a file lock in the data dir).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from infra.config import Config
+
+log = logging.getLogger("flywheel.control")
+
+
+@dataclass
+class Outcome:
+    status: str  # candidate | rejected | failed | skipped
+    reason: str | None = None
+    version: str | None = None
+    snapshot_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class RetrainLock:
+    """An exclusive, non-blocking lock on DATA_DIR/retrain.lock (released by the kernel if we die)."""
+
+    def __init__(self, data_dir: Path):
+        self.path = Path(data_dir) / "retrain.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _child(args: list[str], timeout: float, on_start: Callable | None = None, echo: bool = False) -> tuple[int, str, list[str]]:
+    """Run `python -m ...` in a fresh process; returns (exit code, last stdout line, last stderr lines).
+    A negative code is the signal that ended it (-9: killed, often the kernel's OOM killer)."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    if on_start:
+        on_start(proc)
+    tail: deque[str] = deque(maxlen=40)
+
+    def pump():
+        for line in proc.stderr:
+            tail.append(line.rstrip())
+            if echo:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        reader.join(5)
+        return -9, "", list(tail) + [f"timed out after {timeout:g} s"]
+    reader.join(5)
+    lines = [x for x in (out or "").splitlines() if x.strip()]
+    return proc.returncode, lines[-1] if lines else "", list(tail)
+
+
+def _failure_reason(code: int, tail: list[str]) -> str:
+    from retrain.worker import FAILED
+
+    for line in reversed(tail):
+        if line.startswith(FAILED):
+            return line[len(FAILED):]
+        if line.startswith("timed out after"):
+            return line
+    if code < 0:
+        name = signal.Signals(-code).name
+        return f"killed by {name}" + (" (out of memory, or killed by hand)" if name == "SIGKILL" else "")
+    return f"exited with code {code}: " + (tail[-1] if tail else "no output")
+
+
+def retrain(cfg: Config, con, *, scheduled: bool = False, on_worker: Callable | None = None,
+            echo: bool = False) -> Outcome:
+    """One run; every outcome (skipped included) is logged, and all but `skipped` are in the registry."""
+    from curation import audit, curate, snapshot
+    from infra.models import model_hash, resolve_base_model
+    from retrain import registry
+
+    started = time.monotonic()
+    lock = RetrainLock(cfg.data_dir)
+    if not lock.acquire():
+        return _done(Outcome("skipped", f"another retrain is running (pid {lock.holder()})"), started)
+    try:
+        curate.run(con, cfg.curation, actor="retrain")
+        try:
+            snap = snapshot.build(con, cfg.curation, cfg.data_dir / "snapshots", actor="retrain")
+        except ValueError as e:
+            return _done(Outcome("skipped", str(e)), started)
+        if snap is None:
+            return _done(Outcome("skipped", "no approved samples (see `flywheel review list`)"), started)
+        live = registry.live(con)
+        incumbent = registry.get(con, live["version"]) if live else None
+        # A tainted incumbent holds a forgotten user's data: start over from the base model.
+        parent = incumbent if incumbent and not incumbent["tainted"] else None
+        lineage = registry.ancestors(con, parent["version"]) if parent else []
+        seen: set[str] = set()  # samples some earlier run already trained on (passed its gates or not)
+        for (path,) in con.execute("SELECT path FROM adapters WHERE path IS NOT NULL").fetchall():
+            manifest = Path(path, "flywheel-adapter.json")
+            if manifest.exists():
+                seen |= set(json.loads(manifest.read_text()).get("sample_ids", []))
+        train_ids = snap.manifest["sample_ids"]["train"]
+        new = [s for s in train_ids if s not in seen]
+        if len(new) < cfg.retrain.min_new_samples:
+            return _done(Outcome("skipped", f"{len(new)} new approved samples, fewer than retrain.min_new_samples="
+                                            f"{cfg.retrain.min_new_samples}", snapshot_id=snap.snapshot_id), started)
+        earlier = []
+        for a in lineage:
+            row = con.execute("SELECT path FROM snapshots WHERE snapshot_id = ? AND purged_at IS NULL",
+                              [a["snapshot_id"]]).fetchone()
+            if row and row[0] != str(snap.path) and Path(row[0], "train.parquet").exists():
+                earlier.append(row[0])
+
+        base_path = resolve_base_model(cfg.base_model, cfg.data_dir / "models")
+        version = registry.next_version(con)
+        root = cfg.data_dir / "adapters"
+        staging = root / f".staging-{version}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        job = {"version": version, "base_path": str(base_path), "base_model": cfg.base_model,
+               "base_hash": model_hash(base_path), "snapshot_dir": str(snap.path), "snapshot_id": snap.snapshot_id,
+               "snapshot_hash": snap.content_hash, "snapshot_train_rows": len(train_ids),
+               "earlier_snapshots": earlier, "parent_path": parent["path"] if parent else None,
+               "parent_version": parent["version"] if parent else None, "out_dir": str(staging / "adapter"),
+               "config": cfg.retrain.model_dump(mode="json")}
+        (staging / "job.json").write_text(json.dumps(job, indent=1))
+        log.info("retrain %s: %d samples (%d new) from %s, parent %s", version, len(train_ids), len(new),
+                 snap.snapshot_id, parent["version"] if parent else "none (base model)")
+        record = {"parent": job["parent_version"], "base_model": cfg.base_model, "base_hash": job["base_hash"],
+                  "snapshot_id": snap.snapshot_id}
+
+        def fail(status: str, reason: str, metrics: dict | None = None, path: str | None = None) -> Outcome:
+            registry.register(con, version, status=status, path=path, metrics=metrics or {}, reason=reason, **record)
+            audit.append(con, "retrain", status, version, {"reason": reason, "snapshot_id": snap.snapshot_id})
+            if path is None:
+                shutil.rmtree(staging, ignore_errors=True)
+            return _done(Outcome(status, reason, version, snap.snapshot_id, metrics or {}), started)
+
+        code, last, tail = _child(["-m", "retrain.worker", str(staging / "job.json")], cfg.retrain.timeout_s,
+                                  on_worker, echo)
+        if code != 0:
+            return fail("failed", _failure_reason(code, tail))
+        metrics = {"train": json.loads(last)}
+        artifact_args = ["-m", "retrain.gates", "artifact", str(staging / "adapter"), "--rank", str(cfg.retrain.lora.r)]
+        if parent:
+            artifact_args += ["--parent", parent["path"]]
+        code, last, tail = _child(artifact_args, 600)
+        verdict = json.loads(last) if code == 0 and last.startswith("{") else {"ok": False, "reason": _failure_reason(code, tail)}
+        metrics["artifact"] = verdict
+        if not verdict["ok"]:
+            return fail("failed", f"artifact gate: {verdict['reason']}", metrics)
+        final = root / version
+        os.rename(staging / "adapter", final)
+        shutil.rmtree(staging, ignore_errors=True)
+        offline_args = ["-m", "retrain.gates", "offline", "--base", str(base_path), "--candidate", str(final),
+                        "--snapshot", str(snap.path), "--tolerance", str(cfg.retrain.forgetting_tolerance)]
+        if incumbent:
+            offline_args += ["--incumbent", incumbent["path"]]
+        code, last, tail = _child(offline_args, 3600)
+        verdict = json.loads(last) if code == 0 and last.startswith("{") else {"ok": False, "reason": _failure_reason(code, tail)}
+        metrics["offline"] = verdict
+        if not verdict["ok"]:
+            return fail("rejected", f"offline gate: {verdict['reason']}", metrics, str(final))
+        registry.register(con, version, status="candidate", path=str(final), metrics=metrics, **record)
+        audit.append(con, "retrain", "candidate", version, {"snapshot_id": snap.snapshot_id,
+                                                             "offline": verdict.get("candidate")})
+        return _done(Outcome("candidate", None, version, snap.snapshot_id, metrics), started)
+    finally:
+        lock.release()
+
+
+def _done(outcome: Outcome, started: float) -> Outcome:
+    outcome.seconds = round(time.monotonic() - started, 1)
+    if outcome.status == "skipped":
+        log.info("retrain skipped: %s", outcome.reason)
+    elif outcome.status == "candidate":
+        log.info("retrain %s: candidate (passed the artifact and offline gates) in %.0f s", outcome.version,
+                 outcome.seconds)
+    else:
+        log.warning("retrain %s: %s: %s", outcome.version, outcome.status, outcome.reason)
+    return outcome
+
+
+# The schedule ---------------------------------------------------------------------------------------------
+
+_context: dict = {}
+
+
+def scheduled_retrain() -> None:
+    """The nightly job (referenced by name in the persistent job store)."""
+    cfg, con = _context.get("cfg"), _context.get("con")
+    if cfg is None:
+        log.warning("scheduled retrain fired outside a control process; ignored")
+        return
+    try:
+        retrain(cfg, con.cursor(), scheduled=True)
+    except Exception:
+        log.exception("scheduled retrain failed; the incumbent is unchanged")
+
+
+def start_scheduler(cfg: Config, con, clock=None):
+    """APScheduler in this process with a persistent job store in the data dir: a cron job that runs at
+    most once at a time, coalesces missed runs into one, and runs a missed one within the grace time."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    _context.update(cfg=cfg, con=con)
+    try:
+        trigger = CronTrigger.from_crontab(cfg.retrain.schedule)
+    except ValueError as e:
+        from infra.errors import FlywheelError
+
+        raise FlywheelError(f"retrain.schedule {cfg.retrain.schedule!r} is not a cron expression: {e}") from None
+    scheduler = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{Path(cfg.data_dir).resolve() / 'scheduler.sqlite'}")},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": cfg.retrain.misfire_grace_s},
+    )
+    scheduler.start()
+    job = scheduler.get_job("nightly-retrain")
+    if job is None or str(job.trigger) != str(trigger):
+        # replace_existing keeps one job; a changed cron takes effect, an unchanged one keeps its
+        # stored next run time (so a run missed while we were down is still found and run once).
+        scheduler.add_job("infra.control:scheduled_retrain", trigger, id="nightly-retrain", replace_existing=True)
+        job = scheduler.get_job("nightly-retrain")
+    return scheduler, job

@@ -1,0 +1,293 @@
+"""The training recipe, top to bottom: snapshot -> tokens -> batches -> model -> LoRA -> loop -> adapter.
+
+1. Load an approved snapshot (Parquet, `datasets`) and replay a share of samples from earlier snapshots.
+2. Render every sample with the model's chat template; the loss is on the assistant's tokens only.
+3. Bucket by length under a token budget, so little compute goes to padding.
+4. Load the base model: QLoRA on CUDA (nf4, double quantization, bf16 compute, gradient checkpointing),
+   plain LoRA in fp32 on CPU. Start from the production adapter's weights when there is one.
+5. Train: SFT on desirable answers, or KTO on desirable and undesirable ones. The output head runs only
+   on the positions that have a label (the answer), not on the prompt: on a 135M model with a 49k
+   vocabulary the head is a fifth of the compute.
+6. Save the adapter as PEFT files (loadable by peft and vLLM as they are) with a manifest.
+
+Why our own loop rather than TRL's trainers: a token-budget bucketed sampler, the head on labelled
+positions only and KTO's reference log-probabilities computed once up front (no second model in memory)
+are each a few lines here and would each be a subclass there. The KTO loss follows Ethayarajh et al. 2024
+(https://arxiv.org/abs/2402.01306) and TRL's `kto_loss`; its reference point z0 (an estimate of the KL
+between policy and reference) is a running mean of the policy/reference log-ratio over recent batches,
+clamped at 0 and detached, instead of TRL's extra forward pass over mismatched pairs: length-bucketed
+batches are often all desirable or all undesirable, and a batch's own mean would cancel their signal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from retrain.config import RetrainConfig
+
+log = logging.getLogger("flywheel.retrain")
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on the prompt
+    desirable: bool
+    sample_id: str
+    ref_logp: float | None = None  # KTO: log-probability of the answer under the starting weights
+
+    @property
+    def n_labels(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+@dataclass
+class Result:
+    steps: int = 0
+    tokens: int = 0          # real (non-padding) tokens seen
+    label_tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+class BadLoss(RuntimeError):
+    """The loss became NaN or infinite: the run fails and nothing is saved."""
+
+
+# 1. Data ---------------------------------------------------------------------------------------------------
+
+def load_rows(snapshot_dir: Path, split: str) -> list[dict]:
+    import datasets
+
+    path = Path(snapshot_dir) / f"{split}.parquet"
+    data = datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
+    return data.to_list()
+
+
+def with_replay(rows: list[dict], earlier: list[list[dict]], share: float, seed: int) -> list[dict]:
+    """Add replayed samples from earlier snapshots so that they are `share` of the result."""
+    pool = [r for rs in earlier for r in rs if r["sample_id"] not in {x["sample_id"] for x in rows}]
+    want = min(len(pool), int(round(len(rows) * share / (1 - share)))) if share > 0 else 0
+    return rows + random.Random(seed).sample(pool, want)
+
+
+# 2. Tokens -------------------------------------------------------------------------------------------------
+
+def render(row: dict, tokenizer, max_len: int) -> Example:
+    """Chat template over prompt + answer; labels only on the answer (and its end-of-turn token)."""
+    prompt = [{"role": m["role"], "content": m["content"]} for m in row["prompt"]]
+    answer = [{"role": "assistant", "content": row["completion"][0]["content"]}]
+    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    full = tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=True)["input_ids"]
+    if full[: len(head)] != head:  # a template that rewrites earlier turns: fall back to concatenation
+        full = head + tokenizer(answer[0]["content"] + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+    labels = [IGNORE] * len(head) + full[len(head):]
+    if len(full) > max_len:  # keep the answer; cut the prompt from the left
+        cut = len(full) - max_len
+        full, labels = full[cut:], labels[cut:]
+    return Example(full, labels, bool(row["label"]), row["sample_id"])
+
+
+# 3. Batches ------------------------------------------------------------------------------------------------
+
+def bucketed(examples: list[Example], tokens_per_batch: int, seed: int) -> list[list[Example]]:
+    """Shuffle, sort by length inside windows of ~64 batches, cut batches under the token budget (padded
+    size), shuffle the batches: every batch holds sequences of similar length."""
+    rng = random.Random(seed)
+    order = examples[:]
+    rng.shuffle(order)
+    batches: list[list[Example]] = []
+    window = max(64, 64 * tokens_per_batch // max(1, max(len(e.input_ids) for e in order)))
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda e: len(e.input_ids))
+        batch: list[Example] = []
+        for e in chunk:
+            longest = max([len(e.input_ids)] + [len(x.input_ids) for x in batch])
+            if batch and longest * (len(batch) + 1) > tokens_per_batch:
+                batches.append(batch)
+                batch = []
+            batch.append(e)
+        if batch:
+            batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):  # right padding
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        mask[i, : len(e.input_ids)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# 4. Model --------------------------------------------------------------------------------------------------
+
+def use_nf4(cfg: RetrainConfig) -> bool:
+    return cfg.quantization == "nf4" or (cfg.quantization == "auto" and torch.cuda.is_available())
+
+
+def load_model(base_path: Path, cfg: RetrainConfig, parent: Path | None):
+    """The base model (nf4 or fp32) with a trainable LoRA: the parent's weights, or fresh ones."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if use_nf4(cfg):
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=compute)
+        model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, dtype=compute,
+                                                     device_map={"": device})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device == "cuda")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device)
+    model.config.use_cache = False
+    torch.manual_seed(cfg.seed)  # the fresh LoRA A matrices are random: seeded, a run is reproducible
+    if parent is not None:
+        model = PeftModel.from_pretrained(model, parent, is_trainable=True)
+    else:
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
+
+
+# 5. Loss ---------------------------------------------------------------------------------------------------
+
+def answer_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of the labels, computing the output head only where there is a label.
+
+    Returns (log-probs of the labelled tokens [n], which row each belongs to [n])."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    rows = torch.nonzero(keep)[:, 0]
+    h = hidden[:, :-1][keep]                               # [n, d]: positions that predict a label
+    logits = inner.lm_head(h).float()                       # [n, vocab]
+    logp = torch.log_softmax(logits, dim=-1).gather(1, targets[keep][:, None]).squeeze(1)
+    return logp, rows
+
+
+def sequence_logprobs(model, batch) -> torch.Tensor:
+    logp, rows = answer_logprobs(model, batch)
+    return torch.zeros(batch["input_ids"].shape[0], device=logp.device, dtype=logp.dtype).index_add(0, rows, logp)
+
+
+def sft_loss(model, batch) -> torch.Tensor:
+    logp, _ = answer_logprobs(model, batch)
+    return -logp.mean()
+
+
+def kto_loss(model, batch, ref_logp: torch.Tensor, desirable: torch.Tensor, beta: float,
+             w_desirable: float, w_undesirable: float, z0: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """KTO's loss and the batch's mean log-ratio (for the running reference point z0)."""
+    logratio = sequence_logprobs(model, batch) - ref_logp
+    loss = torch.where(desirable, w_desirable * (1 - torch.sigmoid(beta * (logratio - z0))),
+                       w_undesirable * (1 - torch.sigmoid(beta * (z0 - logratio))))
+    return loss.mean(), logratio.detach().mean()
+
+
+def kto_weights(examples: list[Example]) -> tuple[float, float]:
+    """Class weights from the observed up/down balance: lambda_D * n_D = lambda_U * n_U (the KTO paper
+    recommends lambda_D n_D / lambda_U n_U in [1, 4/3]; we take 1), undesirable weight 1."""
+    n_d = sum(e.desirable for e in examples)
+    n_u = len(examples) - n_d
+    return (n_u / n_d if n_d and n_u else 1.0), 1.0
+
+
+@torch.no_grad()
+def reference_logprobs(model, examples: list[Example], pad_id: int, tokens_per_batch: int) -> None:
+    """KTO's reference: the answers' log-probabilities under the starting weights, computed once."""
+    model.eval()
+    device = next(model.parameters()).device
+    for batch in bucketed(examples, tokens_per_batch, 0):
+        tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+        for e, lp in zip(batch, sequence_logprobs(model, tensors).tolist()):
+            e.ref_logp = lp
+    model.train()
+
+
+# 6. Loop ---------------------------------------------------------------------------------------------------
+
+def train(model, examples: list[Example], cfg: RetrainConfig, pad_id: int,
+          progress: Callable[[int, int, float, float], None] | None = None) -> Result:
+    """The optimisation loop; raises BadLoss on a NaN/inf loss (nothing is saved then)."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = next(model.parameters()).device
+    if cfg.objective == "sft":
+        examples = [e for e in examples if e.desirable]
+    if not examples:
+        raise ValueError("no training samples for this objective")
+    if cfg.objective == "kto":
+        reference_logprobs(model, examples, pad_id, cfg.tokens_per_batch)
+        w_d, w_u = kto_weights(examples)
+        kl = 0.0  # running mean of log(policy/reference): KTO's reference point z0
+    epochs = max(1, math.ceil(cfg.epochs))
+    plan = [b for ep in range(epochs) for b in bucketed(examples, cfg.tokens_per_batch, cfg.seed + ep)]
+    plan = plan[: max(1, int(len(plan) * cfg.epochs / epochs))]
+    if cfg.max_steps:
+        plan = plan[: cfg.max_steps]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    warmup = max(1, len(plan) // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (len(plan) - s) / max(1, len(plan) - warmup))))
+    model.train()
+    result = Result()
+    started = time.perf_counter()
+    for step, batch in enumerate(plan, 1):
+        tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+        if cfg.objective == "kto":
+            ref = torch.tensor([e.ref_logp for e in batch], device=device)
+            desirable = torch.tensor([e.desirable for e in batch], device=device)
+            loss, batch_kl = kto_loss(model, tensors, ref, desirable, cfg.kto_beta, w_d, w_u, max(0.0, kl))
+            kl = 0.9 * kl + 0.1 * batch_kl.item()
+        else:
+            loss = sft_loss(model, tensors)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise BadLoss(f"loss is {value} at step {step}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.steps = step
+        result.tokens += sum(len(e.input_ids) for e in batch)
+        result.label_tokens += sum(e.n_labels for e in batch)
+        result.losses.append(value)
+        result.seconds = time.perf_counter() - started
+        if progress:
+            progress(step, len(plan), value, result.tokens_per_s)
+    return result
+
+
+def save(model, out: Path, manifest: dict) -> None:
+    """PEFT files as they are (adapter_config.json + adapter_model.safetensors) and our manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "flywheel-adapter.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,96 @@
+"""One training run, as a subprocess of the control process: `python -m retrain.worker JOB.json`.
+
+Reads the job (paths, versions, config), trains with the recipe and writes the adapter into the job's
+staging folder. It touches neither the database nor the registry: the control process decides what the
+result is worth. Exit 0 with the adapter written; otherwise a non-zero code and a last stderr line
+`flywheel-retrain-failed: <reason>`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+FAILED = "flywheel-retrain-failed: "
+
+
+def run(job: dict) -> dict:
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers import AutoTokenizer
+
+    from retrain import recipe
+    from retrain.config import RetrainConfig
+
+    cfg = RetrainConfig.model_validate(job["config"])
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(job["base_path"])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = recipe.load_rows(Path(job["snapshot_dir"]), "train")
+    earlier = [recipe.load_rows(Path(d), "train") for d in job.get("earlier_snapshots", [])]
+    rows = recipe.with_replay(rows, earlier, cfg.replay_share, cfg.seed)
+    examples = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in rows]
+    parent = Path(job["parent_path"]) if job.get("parent_path") else None
+    model = recipe.load_model(Path(job["base_path"]), cfg, parent)
+    with Progress(TextColumn("training {task.fields[version]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tokens/s"),
+                  TimeElapsedColumn(), transient=False, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("train", total=None, version=job["version"], loss=float("nan"), tps=0.0)
+
+        def progress(step: int, total: int, loss: float, tps: float) -> None:
+            bar.update(task, completed=step, total=total, loss=loss, tps=tps)
+            if not sys.stderr.isatty() and (step == 1 or step % 10 == 0 or step == total):
+                print(f"step {step}/{total} loss {loss:.4f} {tps:,.0f} tokens/s", file=sys.stderr, flush=True)
+
+        result = recipe.train(model, examples, cfg, pad_id, progress)
+    metrics = {
+        "steps": result.steps, "tokens": result.tokens, "label_tokens": result.label_tokens,
+        "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens_per_s, 1),
+        "loss_first": result.losses[0], "loss_last": result.losses[-1],
+        "loss_last10": sum(result.losses[-10:]) / len(result.losses[-10:]),
+        "samples": len(examples), "replayed": len(rows) - job["snapshot_train_rows"],
+        "quantization": "nf4" if recipe.use_nf4(cfg) else "none", "device": str(next(model.parameters()).device),
+    }
+    manifest = {
+        "version": job["version"], "parent": job.get("parent_version"), "base_model": job["base_model"],
+        "base_hash": job["base_hash"], "snapshot_id": job["snapshot_id"], "snapshot_hash": job["snapshot_hash"],
+        "sample_ids": sorted({r["sample_id"] for r in rows}), "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
+        "metrics": metrics, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    recipe.save(model, Path(job["out_dir"]), manifest)
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    import logging
+
+    from infra.models import offline_hub  # the worker runs alone: it must not reach a hub either
+
+    offline_hub()
+    logging.basicConfig(level=logging.WARNING)
+    job = json.loads(Path(argv[0]).read_text())
+    try:
+        metrics = run(job)
+    except MemoryError:
+        print(FAILED + "out of memory", file=sys.stderr)
+        return 3
+    except Exception as e:  # every failure becomes a reason the registry records
+        import torch
+
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            reason = "out of GPU memory"
+        else:
+            reason = f"{type(e).__name__}: {e}"
+        import traceback
+
+        traceback.print_exc()
+        print(FAILED + reason.splitlines()[0][:500], file=sys.stderr)
+        return 3
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

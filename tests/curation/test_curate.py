@@ -1,0 +1,150 @@
+"""Curation on stored chats: candidates, review policies, snapshots and the audit chain."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from curation import audit, curate, review, snapshot
+from curation.config import CurationConfig
+from infra.db import open_store
+from tests.curation.conftest import chat, rate, store
+
+QUESTIONS = ["Where is my order? It was due on Tuesday.", "Can I return a jacket that does not fit?",
+             "What warranty do the headphones have?", "How long does shipping to Canada take?",
+             "Do you ship on weekends?", "Can I pay with PayPal?"]
+ANSWERS = ["Your order left the warehouse yesterday.", "Yes, unworn items can be returned within 30 days.",
+           "Headphones have a one-year limited warranty.", "Shipping to Canada takes 5 to 8 business days.",
+           "We ship Monday to Saturday.", "We accept cards and PayPal at checkout."]
+
+
+def population(users: int = 60, per_user: int = 3):
+    """Rated chats from many users: up, down, and down with a correction, in turn."""
+    events = []
+    for u in range(users):
+        for k in range(per_user):
+            i = (u + k) % len(QUESTIONS)
+            c = chat(f"user-{u:03d}", f"{QUESTIONS[i]} (ticket {u}-{k})", f"{ANSWERS[i]} Ref {u}-{k}.", minutes=u * 10 + k)
+            kind = (u + k) % 3
+            events += [c, rate(c, 1) if kind == 0 else rate(c, -1, f"Corrected for {u}-{k}: {ANSWERS[i]}" if kind == 2 else None)]
+    return events
+
+
+def test_ratings_and_corrections_become_labelled_samples_and_the_latest_rating_wins(db, put):
+    up = chat("ann", "Where is my order?", "It ships tomorrow.")
+    down = chat("bob", "Can I return shoes?", "No returns, sorry.")
+    unrated = chat("cid", "Do you ship on weekends?", "We ship Monday to Saturday.")
+    put([up, rate(up, 1), down, rate(down, -1, "Yes: unworn shoes can be returned within 30 days."), unrated])
+    cfg = CurationConfig(max_user_share=1.0)
+    report = curate.run(db, cfg)
+    rows = db.execute("SELECT user_id, label, source, answer, status FROM samples ORDER BY user_id, source").fetchall()
+    assert rows == [("ann", "desirable", "rating", "It ships tomorrow.", "pending"),
+                    ("bob", "desirable", "correction", "Yes: unworn shoes can be returned within 30 days.", "pending"),
+                    ("bob", "undesirable", "rating", "No returns, sorry.", "pending")]
+    assert (report.ratings_up, report.ratings_down, report.corrections, report.up_share) == (1, 1, 1, 0.5)
+    assert curate.run(db, cfg).new == 0  # a second run adds nothing
+    review.decide(db, [curate.sample_id(str(up.event_id), "rating")], "approve", "rita")
+    put([rate(up, -1, minutes=5)])  # ann changes her mind: the sample flips and goes back to review
+    curate.run(db, cfg)
+    assert db.execute("SELECT label, status FROM samples WHERE user_id = 'ann'").fetchall() == [("undesirable", "pending")]
+    assert curate.run(db, cfg.model_copy(update={"include_unrated": True})).new == 1
+
+
+def test_review_policies_and_decisions_are_audited_with_the_reviewer(db, put):
+    put(population(users=60))
+    auto = curate.run(db, CurationConfig(review_policy="auto"))
+    assert auto.auto_approved == auto.kept > 0 and auto.pending == 0
+    assert db.execute("SELECT DISTINCT reviewer, policy FROM reviews").fetchall() == [("policy:auto", "auto")]
+    entry = [e for e in audit.entries(db) if e["action"] == "approve"][0]
+    assert entry["actor"] == "policy:auto" and entry["details"]["policy"] == "auto"
+
+    db.execute("DELETE FROM reviews; UPDATE samples SET status = 'pending'; DELETE FROM samples")
+    sampled = curate.run(db, CurationConfig(review_policy="sample", review_sample_share=0.3))
+    assert 0 < sampled.pending < sampled.kept and sampled.auto_approved + sampled.pending == sampled.kept
+
+    pending = review.pending(db, 5)
+    assert {"sample_id", "prompt", "answer", "rating", "pii", "scores"} <= set(pending[0])
+    with pytest.raises(review.ReviewError, match="reason"):
+        review.decide(db, [pending[0]["sample_id"]], "reject", "rita")
+    with pytest.raises(review.ReviewError, match="unknown"):
+        review.decide(db, ["smp-nope"], "approve", "rita")
+    review.decide(db, [p["sample_id"] for p in pending[:3]], "approve", "rita", "checked")
+    review.decide(db, [pending[3]["sample_id"]], "reject", "rita", "wrong policy")
+    assert db.execute("SELECT reviewer, decision, count(*) FROM reviews WHERE reviewer = 'rita' GROUP BY ALL "
+                      "ORDER BY ALL").fetchall() == [("rita", "approve", 3), ("rita", "reject", 1)]
+    assert [e["actor"] for e in audit.entries(db, 2)] == ["rita", "rita"]
+    assert audit.verify(db).ok
+
+
+def test_audit_chain_detects_an_edited_or_removed_entry(db):
+    for i in range(5):
+        audit.append(db, "rita", "approve", f"smp-{i}", {"sample_ids": [f"smp-{i}"]})
+    assert audit.verify(db).ok and audit.verify(db).entries == 5
+    db.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+    verdict = audit.verify(db)
+    assert (verdict.ok, verdict.broken_at) == (False, 3)
+    db.execute("UPDATE audit_log SET actor = 'rita' WHERE seq = 3")
+    assert audit.verify(db).ok
+    db.execute("DELETE FROM audit_log WHERE seq = 2")
+    assert audit.verify(db).broken_at == 2
+
+
+def test_no_code_path_updates_or_deletes_the_audit_log():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    for path in root.glob("*/**/*.py"):
+        if "tests" in path.parts or ".venv" in path.parts:
+            continue
+        text = path.read_text().lower()
+        assert "update audit_log" not in text and "delete from audit_log" not in text, path
+
+
+def test_snapshots_are_user_disjoint_capped_deterministic_and_load_with_datasets(db, put, tmp_path, scrub_pool):
+    events = population(users=80)
+    loud = [chat("loud", f"{q} (loud {k})", f"{a} loud {k}", minutes=k) for k in range(40)
+            for q, a in [(QUESTIONS[k % 6], ANSWERS[k % 6])]]
+    events += [e for c in loud for e in (c, rate(c, 1))]
+    put(events)
+    cfg = CurationConfig(review_policy="auto", eval_share=0.2, seed=7)
+    curate.run(db, cfg)
+    snap = snapshot.build(db, cfg, tmp_path / "snapshots")
+    import datasets
+
+    data = datasets.load_dataset("parquet", data_files=snap.data_files())
+    train, evals = data["train"], data["eval"]
+    assert len(train) == snap.manifest["counts"]["train"] > 0 and len(evals) == snap.manifest["counts"]["eval"] > 0
+    assert not set(list(train["user_key"])) & set(list(evals["user_key"]))
+    row = train[0]
+    assert row["prompt"][-1]["role"] == "user" and row["completion"][0]["role"] == "assistant"
+    assert isinstance(row["label"], bool)
+    users = list(train["user_key"]) + list(evals["user_key"])
+    assert max(users.count(u) for u in set(users)) <= 0.02 * len(users)
+    assert users.count(snapshot.user_key("loud")) == snap.manifest["per_user_cap"]
+    assert snapshot.build(db, cfg, tmp_path / "snapshots").created is False
+
+    # Same data and seed in another database: the same files, hash and id.
+    other = open_store(tmp_path / "other.duckdb")
+    try:
+        store(other, events, scrub_pool.scrub)
+        curate.run(other, cfg)
+        again = snapshot.build(other, cfg, tmp_path / "elsewhere")
+    finally:
+        other.close()
+    assert (again.snapshot_id, again.content_hash) == (snap.snapshot_id, snap.content_hash)
+    for name in ("train.parquet", "eval.parquet"):
+        assert hashlib.sha256((again.path / name).read_bytes()).digest() == \
+            hashlib.sha256((snap.path / name).read_bytes()).digest()
+    manifest = json.loads((snap.path / "manifest.json").read_text())
+    assert {"snapshot_id", "content_hash", "sample_ids", "filter_stats", "config", "seed"} <= set(manifest)
+    assert snapshot.build(db, cfg.model_copy(update={"seed": 8}), tmp_path / "s8").snapshot_id != snap.snapshot_id
+    shutil.rmtree(tmp_path / "s8")
+
+
+def test_a_snapshot_that_cannot_meet_the_cap_says_why(db, put, tmp_path):
+    put(population(users=10))
+    cfg = CurationConfig(review_policy="auto", max_user_share=1.0)
+    curate.run(db, cfg)
+    with pytest.raises(ValueError, match="per-user cap"):
+        snapshot.build(db, cfg.model_copy(update={"max_user_share": 0.02}), tmp_path)

@@ -1,0 +1,84 @@
+"""Each filter on crafted inputs, then the filters together on samples built from stored chats."""
+
+from collections import Counter
+
+from curation import filters
+from curation.config import CurationConfig
+from curation.curate import Sample, apply_filters
+
+
+def test_leftover_pii_finds_what_scrubbing_missed_but_not_placeholders():
+    # Digit runs also look like phone numbers: more findings than one is fine, fewer is not.
+    for text, kind in [("mail me at jane.doe@example.org", "EMAIL_ADDRESS"), ("call +1 415 555 0199 today", "PHONE_NUMBER"),
+                       ("card 4111 1111 1111 1111", "CREDIT_CARD"), ("ssn 078-05-1120", "US_SSN"),
+                       ("from 192.168.10.4", "IP_ADDRESS"), ("pay to DE89 3704 0044 0532 0130 00", "IBAN_CODE")]:
+        assert kind in filters.leftover_pii(text), text
+    assert filters.leftover_pii("Hi <PERSON>, mail <EMAIL_ADDRESS> or call <PHONE_NUMBER>") == []
+    assert filters.leftover_pii("order #123456 ships in 3 to 5 days, 30-day returns") == []
+    assert "CREDIT_CARD" not in filters.leftover_pii("ref 4111 1111 1111 1112")  # fails the Luhn check
+
+
+def test_placeholder_share():
+    assert filters.placeholder_share("<PERSON>") == 1.0
+    assert filters.placeholder_share("   ") == 1.0
+    assert filters.placeholder_share("Hello <PERSON>, your order ships today.") < 0.3
+    assert filters.placeholder_share("no placeholders") == 0.0
+
+
+def test_language_detection_keeps_short_texts_undecided():
+    found = filters.languages(["Where is my order? It should have arrived last week.",
+                               "Wo ist meine Bestellung? Sie sollte letzte Woche ankommen.", "ok thanks"], ["en"])
+    assert found[0][0] == "en" and found[1][0] == "de"
+    assert found[2] == (None, None)
+
+
+def test_near_duplicates_need_the_same_label_a_similar_prompt_and_a_similar_answer():
+    long_q = "Hello, I bought a pair of headphones in your store last month and the left side stopped working, "
+    long_a = "Our headphones come with a one-year limited warranty covering manufacturing defects; reply with "
+    prompts = [long_q + "what can I do about it?", long_q + "what can I do about it ?!", long_q + "what can I do about it?",
+               long_q + "what can I do about it?", "Do you ship on weekends?"]
+    answers = [long_a + "your order number and we will send a replacement.",
+               long_a + "your order number and we will send a replacement.",
+               "Please contact the manufacturer directly; we cannot help with that.",
+               long_a + "your order number and we will send a replacement.",
+               long_a + "your order number and we will send a replacement."]
+    labels = ["desirable", "desirable", "desirable", "undesirable", "desirable"]
+    assert filters.near_duplicates(prompts, answers, labels, 0.9) == [None, 0, None, None, None]
+    # exact duplicates are found without MinHash, even at threshold 1.0
+    assert filters.near_duplicates(["a b c"] * 3, ["x y z"] * 3, ["d"] * 3, 1.0) == [None, 0, 0]
+
+
+def test_user_cap_holds_for_every_user_and_keeps_the_first_in_order():
+    users = ["loud"] * 100 + [f"u{i}" for i in range(60)]
+    cap, kept = filters.user_cap(users, 0.02, list(range(len(users))))
+    counts = Counter(users[i] for i in kept)
+    assert cap == 1 and counts["loud"] == 1 and max(counts.values()) / len(kept) <= 0.02
+    assert 0 in kept and 1 not in kept  # the first of the loud user's samples in the given order
+    many = [f"u{i % 200}" for i in range(2000)] + ["loud"] * 500
+    cap, kept = filters.user_cap(many, 0.02, list(range(len(many))))
+    counts = Counter(many[i] for i in kept)
+    assert max(counts.values()) <= 0.02 * len(kept) and counts["loud"] == cap
+    assert filters.user_cap(["a", "b", "c"], 0.02, [0, 1, 2]) == (0, set())  # 3 users can never meet 2%
+
+
+def _sample(i, user, prompt, answer, label="desirable", source="rating"):
+    return Sample(f"s{i:03d}", f"e{i}", user, label, source, [{"role": "user", "content": prompt}], answer)
+
+
+def test_apply_filters_records_a_score_and_the_first_reason_for_every_sample():
+    samples = [
+        _sample(0, "a", "Where is my order #123456?", "It left the warehouse yesterday and arrives on Friday."),
+        _sample(1, "b", "?", "It left the warehouse yesterday."),
+        _sample(2, "c", "Wo ist meine Bestellung? Sie sollte letzte Woche ankommen.", "Sie kommt morgen an, danke."),
+        _sample(3, "d", "Can you mail me the invoice?", "Sure, I sent it to jane.doe@example.org just now."),
+        _sample(4, "e", "Who handles my complaint?", "<PERSON> <PERSON>"),
+        _sample(5, "f", "Where is my order #123456?", "It left the warehouse yesterday and arrives on Friday."),
+        _sample(6, "g", "How long does shipping to Canada take?", "Shipping to Canada takes 5 to 8 business days."),
+    ]
+    cap = apply_filters(samples, CurationConfig(max_user_share=1.0))
+    reasons = {s.sample_id: (s.reason or "kept").split(":")[0] for s in samples}
+    assert reasons == {"s000": "kept", "s001": "length", "s002": "language", "s003": "pii", "s004": "placeholder",
+                       "s005": "duplicate", "s006": "kept"}
+    assert samples[3].scores["leftover_pii"] == ["EMAIL_ADDRESS"] and samples[4].scores["placeholder_share"] == 1.0
+    assert samples[5].scores["duplicate_of"] == "s000" and samples[2].scores["language"] == "de"
+    assert cap >= 1 and all("answer_chars" in s.scores for s in samples)

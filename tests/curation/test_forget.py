@@ -1,0 +1,112 @@
+"""The right to be forgotten, through the library and through the CLI a data protection officer uses."""
+
+import json
+
+from curation import curate, snapshot
+from curation.config import CurationConfig
+from curation.forget import forget
+from infra.db import compact, open_store
+from ingest import sink
+from ingest.batch import Record, prepare
+from tests.conftest import flywheel
+from tests.curation.conftest import chat, rate, store
+from tests.curation.test_curate import population
+
+MARKER = "Zanzibar-Quokka-Umbrella"  # text only the forgotten user ever wrote
+
+
+def zoe_events():
+    events = []
+    for k in range(3):
+        c = chat("zoe-77", f"My {MARKER} parcel number {k} never came, I'm Zoe Quokka.", f"Sorry about parcel {k}.",
+                 minutes=2000 + k)
+        events += [c, rate(c, -1, f"Parcel {k}: we resend {MARKER} items within 2 days.",
+                            comment=f"{MARKER} complaint {k}")]
+    return events
+
+
+def text_columns(con):
+    return con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main' "
+        "AND (data_type LIKE 'VARCHAR%' OR data_type = 'JSON' OR data_type = 'UUID')").fetchall()
+
+
+def populated(path, scrub):
+    con = open_store(path)
+    store(con, population(users=60) + zoe_events(), scrub)
+    # a malformed event whose excerpt names the user
+    bad = Record("chats", 0, 999_999, b'{"user_id": "zoe-77", "broken": ')
+    sink.write(con, "test", None, prepare([bad], {"chats": "chat"}, scrub, "test"))
+    return con
+
+
+def test_forget_erases_every_row_and_the_bytes_and_taints_what_was_trained_on_them(tmp_path, scrub_pool):
+    path = tmp_path / "flywheel.duckdb"
+    con = populated(path, scrub_pool.scrub)
+    cfg = CurationConfig(review_policy="auto")
+    curate.run(con, cfg)
+    snap = snapshot.build(con, cfg, tmp_path / "snapshots")
+    assert any(MARKER in str(v) for v in con.execute("SELECT answer FROM samples WHERE user_id = 'zoe-77'").fetchall())
+    con.executemany("INSERT INTO adapters (version, parent, status, base_model, snapshot_id) VALUES (?, ?, ?, 'b', ?)",
+                    [["v0001", None, "retired", snap.snapshot_id], ["v0002", "v0001", "live", "snap-later"],
+                     ["v0003", None, "retired", "snap-other"]])
+
+    done = forget(con, "zoe-77", "dpo")
+    assert done.deleted["chats"] == 3 and done.deleted["feedback"] == 3 and done.deleted["samples"] == 6
+    assert done.deleted["dead_letters"] == 1 and done.deleted["pii_findings"] > 0
+    assert done.snapshots == [snap.snapshot_id] and done.adapters == ["v0001", "v0002"]
+    assert not (snap.path / "train.parquet").exists() and (snap.path / "manifest.json").exists()
+    assert con.execute("SELECT version FROM adapters WHERE tainted ORDER BY 1").fetchall() == [("v0001",), ("v0002",)]
+    for table, column in text_columns(con):
+        hits = con.execute(f'SELECT count(*) FROM "{table}" WHERE contains("{column}"::VARCHAR, ?) '
+                           f'OR contains("{column}"::VARCHAR, ?)', ["zoe-77", MARKER]).fetchone()[0]
+        assert hits == 0, (table, column)
+    entry = con.execute("SELECT actor, action, details FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    assert entry[:2] == ("dpo", "forget") and json.loads(entry[2])["adapters"] == ["v0001", "v0002"]
+
+    # An event of theirs that arrives late (from an outbox) stays out of training.
+    store(con, zoe_events()[:2], scrub_pool.scrub)
+    curate.run(con, cfg)
+    assert con.execute("SELECT count(*) FROM samples WHERE user_id = 'zoe-77'").fetchone()[0] == 0
+    con.execute("DELETE FROM chats WHERE user_id = 'zoe-77'; DELETE FROM feedback WHERE user_id = 'zoe-77'")
+    con.close()
+
+    compact(path)
+    raw = path.read_bytes()
+    assert MARKER.encode() not in raw and b"zoe-77" not in raw
+    con = open_store(path)  # still a working store after the swap
+    assert con.execute("SELECT count(*) FROM chats").fetchone()[0] == 180
+    con.close()
+
+
+def test_cli_curate_review_forget_and_audit(tmp_path, scrub_pool):
+    data = tmp_path / "var"
+    con = populated(data / "flywheel.duckdb", scrub_pool.scrub)
+    con.close()
+    env = {"FLYWHEEL_DATA_DIR": str(data), "FLYWHEEL_CURATION__REVIEW_POLICY": "required"}
+    out = flywheel("curate", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "candidates 183 rated chats" in out.stdout and "snapshot   none" in out.stdout
+    listed = flywheel("review", "list", "--limit", "3", env=env)
+    assert listed.returncode == 0 and "smp-" in listed.stdout and "pending" in listed.stdout
+    first = listed.stdout.split("smp-")[1].split()[0].rstrip("│ ")
+    bad = flywheel("review", "reject", f"smp-{first}", env=env)
+    assert bad.returncode == 2 and "needs a reason" in bad.stderr
+    ok = flywheel("review", "approve", "--all-pending", "--reviewer", "rita", env=env)
+    assert ok.returncode == 0 and "approved" in ok.stdout and "as rita" in ok.stdout
+    snap = flywheel("curate", env=env)
+    assert "snapshot   snap-" in snap.stdout and "(new)" in snap.stdout, snap.stdout
+    gone = flywheel("forget", "--user", "zoe-77", env=env)
+    assert gone.returncode == 0, gone.stderr
+    assert "3 chats" in gone.stdout and "Parquet files deleted" in gone.stdout and "compacted" in gone.stdout
+    assert MARKER.encode() not in (data / "flywheel.duckdb").read_bytes()
+    verify = flywheel("audit", "verify", env=env)
+    assert verify.returncode == 0 and "intact" in verify.stdout
+    shown = flywheel("audit", "show", env=env)
+    assert "forget" in shown.stdout and "rita" in shown.stdout and "zoe-77" not in shown.stdout
+
+    con = open_store(data / "flywheel.duckdb")
+    con.execute("UPDATE audit_log SET details = '{}' WHERE seq = 2")
+    con.close()
+    broken = flywheel("audit", "verify", env=env)
+    assert broken.returncode == 1 and "BROKEN at entry 2" in broken.stderr

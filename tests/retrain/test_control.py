@@ -1,0 +1,190 @@
+"""Retrain as the control process runs it: curate -> snapshot -> worker subprocess -> gates -> registry,
+with injected failures (NaN loss, kill -9) that must leave the incumbent alone."""
+
+import hashlib
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from curation.config import CurationConfig
+from infra import control
+from infra.config import Config
+from infra.db import open_store
+from retrain import registry
+from retrain.config import LoraConfig, RetrainConfig
+from tests.conftest import flywheel
+from tests.curation.conftest import store
+from tests.curation.test_curate import population
+from tests.retrain.test_recipe import TINY_TARGETS
+
+TOML = """
+base_model = "{base}"
+data_dir = "{data}"
+[curation]
+review_policy = "auto"
+[retrain]
+min_new_samples = 1
+epochs = 4
+learning_rate = 0.03
+tokens_per_batch = 512
+max_seq_len = 96
+forgetting_tolerance = 100.0
+[retrain.lora]
+r = 4
+alpha = 8
+dropout = 0.0
+target_modules = {targets}
+"""
+
+
+def config(tiny_lm, data: Path, **retrain) -> Config:
+    base = RetrainConfig(min_new_samples=1, epochs=4, learning_rate=0.03, tokens_per_batch=512, max_seq_len=96,
+                         forgetting_tolerance=100.0, lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TINY_TARGETS))
+    return Config(data_dir=data, base_model=str(tiny_lm), curation=CurationConfig(review_policy="auto"),
+                  retrain=base.model_copy(update=retrain))
+
+
+@pytest.fixture
+def populated(tmp_path, scrub_pool):
+    data = tmp_path / "var"
+    data.mkdir()
+    con = open_store(data / "flywheel.duckdb")
+    store(con, population(users=60), scrub_pool.scrub)
+    con.close()
+    return data
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_retrain_now_from_the_cli_registers_a_gated_candidate(tiny_lm, populated, tmp_path):
+    cfg_file = tmp_path / "flywheel.toml"
+    cfg_file.write_text(TOML.format(base=tiny_lm, data=populated, targets=str(TINY_TARGETS).replace("'", '"')))
+    out = flywheel("-c", str(cfg_file), "retrain", "--now", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "retrain v0001: candidate" in out.stdout and "eval desirable loss" in out.stdout
+    assert "step 1/" in out.stderr  # progress with loss and tokens/s
+    adapter = populated / "adapters" / "v0001"
+    assert {"adapter_config.json", "adapter_model.safetensors", "flywheel-adapter.json"} <= {p.name for p in adapter.iterdir()}
+    import json
+
+    manifest = json.loads((adapter / "flywheel-adapter.json").read_text())
+    assert manifest["parent"] is None and manifest["snapshot_id"].startswith("snap-") and manifest["base_hash"]
+    assert manifest["sample_ids"] and manifest["metrics"]["tokens_per_s"] > 0 and manifest["seed"] == 0
+
+    again = flywheel("-c", str(cfg_file), "retrain", "--now")
+    assert again.returncode == 0 and "skipped: 0 new approved samples" in again.stdout
+    listed = flywheel("-c", str(cfg_file), "adapters", "list")
+    assert "v0001" in listed.stdout and "candidate" in listed.stdout
+    history = flywheel("-c", str(cfg_file), "adapters", "history")
+    assert "v0001  candidate" in history.stdout
+    at = flywheel("-c", str(cfg_file), "adapters", "history", "--at", "2020-01-01T00:00")
+    assert at.stdout.strip().endswith(": base")
+    bad = flywheel("-c", str(cfg_file), "adapters", "history", "--at", "yesterday")
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+
+
+def test_failed_runs_leave_the_incumbent_and_the_registry_alone(tiny_lm, populated, scrub_pool):
+    con = open_store(populated / "flywheel.duckdb")
+    try:
+        first = control.retrain(config(tiny_lm, populated), con)
+        assert first.status == "candidate", first.reason
+        registry.set_status(con, "v0001", "live", "promoted by hand in this test")
+        incumbent = digest(populated / "adapters" / "v0001")
+        store(con, more_ratings(range(60, 80)), scrub_pool.scrub)
+
+        nan = control.retrain(config(tiny_lm, populated, learning_rate=1e30, epochs=20), con)
+        assert nan.status == "failed" and "loss is" in nan.reason, nan.reason
+        killed_at = {}
+
+        def kill_soon(proc):
+            killed_at["pid"] = proc.pid
+            threading.Timer(1.0, proc.kill).start()
+
+        killed = control.retrain(config(tiny_lm, populated), con, on_worker=kill_soon)
+        assert killed.status == "failed" and "SIGKILL" in killed.reason and killed_at
+        assert registry.live(con)["version"] == "v0001" and digest(populated / "adapters" / "v0001") == incumbent
+        rows = dict((v, (s, r)) for v, _, s, _, _, _, r in registry.listing(con))
+        assert rows["v0002"][0] == "failed" and rows["v0003"][0] == "failed"
+        assert not (populated / "adapters" / "v0002").exists() and not list((populated / "adapters").glob(".staging*"))
+
+        after = control.retrain(config(tiny_lm, populated), con)  # the next run succeeds, from the incumbent
+        assert after.status == "candidate", after.reason
+        assert registry.get(con, after.version)["parent"] == "v0001"
+        assert after.version == "v0004"  # versions are never reused
+    finally:
+        con.close()
+
+
+def more_ratings(users: range):
+    import uuid
+
+    from tests.curation.conftest import chat, rate
+
+    events = []
+    for u in users:
+        c = chat(f"user-{u:03d}", f"Is order {uuid.uuid4().hex[:6]} on its way?", "It left the warehouse today.")
+        events += [c, rate(c, 1)]
+    return events
+
+
+def test_one_run_at_a_time_and_too_little_data_is_skipped_with_the_reason(tiny_lm, populated, caplog):
+    cfg = config(tiny_lm, populated, min_new_samples=10_000)
+    con = open_store(populated / "flywheel.duckdb")
+    try:
+        holder = control.RetrainLock(populated)
+        assert holder.acquire()
+        busy = control.retrain(cfg, con)
+        assert busy.status == "skipped" and "another retrain is running" in busy.reason
+        holder.release()
+        with caplog.at_level("INFO", logger="flywheel.control"):
+            few = control.retrain(cfg, con)
+        assert few.status == "skipped" and "fewer than retrain.min_new_samples=10000" in few.reason
+        assert "retrain skipped" in caplog.text
+        assert registry.listing(con) == []
+    finally:
+        con.close()
+
+
+def test_the_schedule_is_persistent_single_and_coalescing(tiny_lm, tmp_path):
+    cfg = config(tiny_lm, tmp_path, misfire_grace_s=600)
+    scheduler, job = control.start_scheduler(cfg, None)
+    try:
+        assert job.max_instances == 1 and job.coalesce and job.misfire_grace_time == 600
+        first_run = job.next_run_time
+        assert first_run.hour == 2 and first_run.minute == 0
+    finally:
+        scheduler.shutdown(wait=False)
+    assert (tmp_path / "scheduler.sqlite").exists()
+    scheduler, job = control.start_scheduler(cfg, None)  # a restart finds the same job and its next run
+    try:
+        assert len(scheduler.get_jobs()) == 1 and job.next_run_time == first_run
+    finally:
+        scheduler.shutdown(wait=False)
+    scheduler, job = control.start_scheduler(config(tiny_lm, tmp_path, schedule="30 3 * * *"), None)
+    try:
+        assert len(scheduler.get_jobs()) == 1 and (job.next_run_time.hour, job.next_run_time.minute) == (3, 30)
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+def test_registry_says_which_version_served_when(db):
+    def at(minutes):
+        return datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)
+
+    for v in ("v0001", "v0002"):
+        registry.register(db, v, status="candidate", parent=None, base_model="b", base_hash=None, snapshot_id=None,
+                          path=None, metrics={})
+    events = [(at(10), "v0001", "live"), (at(20), "v0002", "canary"), (at(30), "v0001", "retired"),
+              (at(30), "v0002", "live"), (at(40), "v0002", "rolled_back")]
+    db.execute("DELETE FROM adapter_events")
+    db.executemany("INSERT INTO adapter_events (changed_at, version, status) VALUES (?, ?, ?)", events)
+    assert [registry.live_at(db, at(m)) for m in (5, 15, 25, 35, 45)] == ["base", "v0001", "v0001", "v0002", "base"]
+    assert registry.next_version(db) == "v0003"

@@ -1,0 +1,154 @@
+"""The training recipe on a tiny Llama built from config: seconds on CPU."""
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from retrain import gates, recipe
+from retrain.config import LoraConfig, RetrainConfig
+
+FACTS = [("Where is my order?", "It ships on Tuesday."), ("Can I return shoes?", "Yes, within 30 days."),
+         ("What warranty do headphones have?", "One year."), ("Do you ship on weekends?", "Orders ship in 2 days.")]
+
+
+def rows(n_repeat: int = 4, undesirable: bool = False):
+    out = []
+    for k in range(n_repeat):
+        for i, (q, a) in enumerate(FACTS):
+            out.append({"sample_id": f"s{k}-{i}", "label": True, "prompt": [{"role": "user", "content": q}],
+                        "completion": [{"role": "assistant", "content": a}]})
+            if undesirable:
+                out.append({"sample_id": f"u{k}-{i}", "label": False, "prompt": [{"role": "user", "content": q}],
+                            "completion": [{"role": "assistant", "content": "No."}]})
+    return out
+
+
+# The tiny model's output head is initialised so small that only an adapter on it can move the logits.
+TINY_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+CFG = RetrainConfig(quantization="none", learning_rate=3e-2, epochs=30, tokens_per_batch=256, max_seq_len=128,
+                    lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TINY_TARGETS))
+
+
+@pytest.fixture
+def tokenizer(tiny_lm):
+    return AutoTokenizer.from_pretrained(tiny_lm)
+
+
+def test_render_puts_the_loss_on_the_answer_only(tokenizer):
+    e = recipe.render(rows(1)[0], tokenizer, 128)
+    answer = [t for t, l in zip(e.input_ids, e.labels) if l != recipe.IGNORE]
+    assert tokenizer.decode(answer).startswith("It ships on Tuesday.")
+    assert e.labels[0] == recipe.IGNORE and e.n_labels == len(answer) < len(e.input_ids)
+    cut = recipe.render(rows(1)[0], tokenizer, 8)  # too long: the prompt is cut from the left, the answer stays
+    assert len(cut.input_ids) == 8 and cut.labels[-1] == e.labels[-1]
+
+
+def test_bucketing_wastes_less_on_padding_and_keeps_the_budget(tokenizer):
+    import random
+
+    rng = random.Random(0)
+    examples = [recipe.Example(list(range(rng.randint(5, 120))), [1] * 5, True, str(i)) for i in range(400)]
+    batches = recipe.bucketed(examples, 512, 0)
+    assert sorted(e.sample_id for b in batches for e in b) == sorted(e.sample_id for e in examples)
+    assert all(max(len(e.input_ids) for e in b) * len(b) <= 512 or len(b) == 1 for b in batches)
+    padded = sum(max(len(e.input_ids) for e in b) * len(b) for b in batches)
+    naive = sum(max(len(e.input_ids) for e in examples[i:i + 8]) * len(examples[i:i + 8]) for i in range(0, 400, 8))
+    real = sum(len(e.input_ids) for e in examples)
+    assert padded - real < 0.25 * (naive - real)
+
+
+def test_lora_learns_a_memorisable_set_and_leaves_the_base_alone(tiny_lm, tokenizer):
+    model = recipe.load_model(tiny_lm, CFG, None)
+    base_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
+    lora_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" in k}
+    examples = [recipe.render(r, tokenizer, 128) for r in rows()]
+    result = recipe.train(model, examples, CFG, tokenizer.pad_token_id)
+    assert result.losses[-1] < 0.6 * result.losses[0], result.losses[::10]
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[k], v) for k, v in base_before.items())
+    assert any(not torch.equal(after[k], v) for k, v in lora_before.items())
+    assert result.tokens == sum(len(e.input_ids) for e in examples) * 30
+
+
+def test_training_from_a_parent_starts_exactly_where_the_parent_is(tiny_lm, tokenizer, tmp_path):
+    model = recipe.load_model(tiny_lm, CFG.model_copy(update={"epochs": 3}), None)
+    recipe.train(model, [recipe.render(r, tokenizer, 128) for r in rows()], CFG.model_copy(update={"epochs": 3}),
+                 tokenizer.pad_token_id)
+    recipe.save(model, tmp_path / "parent", {"version": "v0001"})
+    ids = tokenizer("Where is my order?", return_tensors="pt")["input_ids"]
+    parent = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm), tmp_path / "parent").eval()
+    child = recipe.load_model(tiny_lm, CFG, tmp_path / "parent").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    with torch.no_grad():
+        assert torch.allclose(child(ids).logits, parent(ids).logits, atol=1e-6)
+        assert not torch.allclose(child(ids).logits, base(ids).logits, atol=1e-3)
+    assert any(p.requires_grad for n, p in child.named_parameters() if "lora_" in n)
+    assert gates.check_artifact(tmp_path / "parent")["ok"]
+
+
+def test_kto_uses_both_labels_with_weights_from_the_ratio(tiny_lm, tokenizer):
+    examples = [recipe.render(r, tokenizer, 128) for r in rows(undesirable=True)]
+    examples = examples + [e for e in examples if e.desirable]  # 2:1 desirable
+    assert recipe.kto_weights(examples) == (0.5, 1.0)
+    cfg = CFG.model_copy(update={"objective": "kto", "epochs": 10})
+    model = recipe.load_model(tiny_lm, cfg, None)
+    result = recipe.train(model, examples, cfg, tokenizer.pad_token_id)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    # Desirable answers became likelier than under the reference, undesirable ones less likely.
+    model.eval()
+    batch = recipe.collate(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        delta = recipe.sequence_logprobs(model, batch) - torch.tensor([e.ref_logp for e in examples])
+    good = torch.tensor([e.desirable for e in examples])
+    assert delta[good].mean() > 0 > delta[~good].mean(), delta
+
+
+def test_nf4_quantized_training_runs_on_cpu(tiny_lm, tokenizer):
+    cfg = CFG.model_copy(update={"quantization": "nf4", "epochs": 2})
+    assert recipe.use_nf4(cfg)
+    model = recipe.load_model(tiny_lm, cfg, None)
+    assert any("Linear4bit" in type(m).__name__ for m in model.modules())
+    result = recipe.train(model, [recipe.render(r, tokenizer, 128) for r in rows(1)], cfg, tokenizer.pad_token_id)
+    assert result.steps > 0 and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_a_nan_loss_stops_the_run(tiny_lm, tokenizer):
+    cfg = CFG.model_copy(update={"learning_rate": 1e30, "epochs": 20})
+    model = recipe.load_model(tiny_lm, cfg, None)
+    with pytest.raises(recipe.BadLoss, match="loss is"):
+        recipe.train(model, [recipe.render(r, tokenizer, 128) for r in rows()], cfg, tokenizer.pad_token_id)
+
+
+def test_artifact_gate_refuses_empty_unchanged_and_non_finite_adapters(tiny_lm, tmp_path):
+    from peft import LoraConfig as PeftLora, get_peft_model
+    from safetensors.torch import load_file, save_file
+
+    fresh = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm), PeftLora(r=4, target_modules="all-linear"))
+    fresh.save_pretrained(tmp_path / "empty")
+    assert "LoRA B is zero" in gates.check_artifact(tmp_path / "empty")["reason"]
+    weights = load_file(tmp_path / "empty" / "adapter_model.safetensors")
+    for k in weights:
+        if "lora_B" in k:
+            weights[k] = torch.full_like(weights[k], 0.01)
+    import shutil
+
+    shutil.copytree(tmp_path / "empty", tmp_path / "trained")
+    save_file(weights, tmp_path / "trained" / "adapter_model.safetensors")
+    assert gates.check_artifact(tmp_path / "trained", rank=4)["ok"]
+    assert "unchanged" in gates.check_artifact(tmp_path / "trained", parent=tmp_path / "trained")["reason"]
+    assert "rank 8" in gates.check_artifact(tmp_path / "trained", rank=8)["reason"]
+    key = next(k for k in weights if "lora_A" in k)
+    weights[key] = weights[key] * float("nan")
+    save_file(weights, tmp_path / "trained" / "adapter_model.safetensors")
+    assert "NaN" in gates.check_artifact(tmp_path / "trained")["reason"]
+
+
+@pytest.mark.gpu
+def test_qlora_nf4_trains_on_cuda(tiny_lm, tokenizer):
+    cfg = CFG.model_copy(update={"quantization": "auto", "epochs": 10})
+    assert recipe.use_nf4(cfg)
+    model = recipe.load_model(tiny_lm, cfg, None)
+    assert next(model.parameters()).device.type == "cuda"
+    result = recipe.train(model, [recipe.render(r, tokenizer, 128) for r in rows()], cfg, tokenizer.pad_token_id)
+    assert result.losses[-1] < result.losses[0]
