@@ -167,6 +167,23 @@ def _outcome_line(outcome) -> str:
     return f"retrain {outcome.version}: {outcome.status}{took}: {outcome.reason}"
 
 
+def _ab_table(numbers: dict) -> str:
+    def pct(x):
+        return "-" if x is None else f"{x:.1%}"
+
+    lines = [f"  {'arm':<11}{'variant':<9}{'users':>7}{'ratings':>9}{'up-rate':>9}  {'interval':<17}{'p95 ms':>8}"]
+    for role, a in numbers.get("arms", {}).items():
+        ci = "-" if a["ci"][0] is None else f"[{pct(a['ci'][0])}, {pct(a['ci'][1])}]"
+        p95 = "-" if a["p95_latency_ms"] is None else f"{a['p95_latency_ms']:.0f}"
+        lines.append(f"  {role:<11}{a['variant']:<9}{a['users']:>7}{a['ratings']:>9}{pct(a['up_rate']):>9}  {ci:<17}{p95:>8}")
+    guard = ", ".join(f"{g['name']} {'ok' if g['ok'] else 'BREACHED'}" for g in numbers.get("guardrails", []))
+    diff = numbers.get("difference")
+    lines.append(f"  difference {'-' if diff is None else f'{diff:+.1%}'}, mSPRT {numbers.get('msprt', 0):.3g} "
+                 f"(threshold {numbers.get('threshold', 0):g}), SRM p={numbers.get('srm_p', 1):.3g}; "
+                 f"guardrails: {guard or 'not enough data'}")
+    return "\n".join(lines)
+
+
 def _curation_summary(report, policy: str) -> str:
     up = "-" if report.up_share is None else f"{report.up_share:.0%}"
     dropped = ", ".join(f"{n} {k}" for k, n in sorted(report.dropped.items())) or "none"
@@ -235,11 +252,14 @@ def build_app() -> typer.Typer:
             api = Api(cfg, bootstrap, registry, review=ReviewStore(con, cfg))
             stack.callback(api.close)
             typer.echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
-            typer.echo(f"review    {api.url}/review  (reviewers sign in with their key from serving.admin_keys)")
+            typer.echo(f"review    {api.url}/review  and A/B dashboard {api.url}/ab  (sign in with a key from "
+                       "serving.admin_keys)")
             from infra import control
 
             scheduler, job = control.start_scheduler(cfg, con)
             stack.callback(scheduler.shutdown, wait=False)
+            control.publish_routing(cfg, con.cursor())
+            control.start_ab_job(cfg, con, scheduler)
             typer.echo(f"retrain   nightly on cron '{cfg.retrain.schedule}', next {job.next_run_time:%Y-%m-%d %H:%M %Z} "
                        f"(jobs in {cfg.data_dir / 'scheduler.sqlite'})")
             if simulate:
@@ -537,6 +557,70 @@ def build_app() -> typer.Typer:
                 return
             for changed, version, status, reason in registry.history(con):
                 typer.echo(f"{changed[:19]}Z  {version:<6} {status:<11} {reason}")
+
+    ab_app = typer.Typer(help="Live A/B experiments: a candidate adapter against the live one.", no_args_is_help=True)
+    app.add_typer(ab_app, name="ab")
+
+    @ab_app.command("start")
+    def ab_start(ctx: typer.Context, version: Annotated[str, typer.Argument(help="A candidate adapter version.")]) -> None:
+        """Start an experiment: VERSION gets the first ramp share of users, the live version the rest."""
+        from infra import control
+
+        cfg = _state(ctx).config()
+        with _store(ctx) as con:
+            exp = control.start_experiment(cfg, con, version)
+        typer.echo(f"started {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}")
+
+    @ab_app.command("decide")
+    def ab_decide(ctx: typer.Context) -> None:
+        """Evaluate now and act: promote, roll back, ramp up, or continue (and start one for a new candidate
+        when abtest.auto_start)."""
+        from infra import control
+
+        cfg = _state(ctx).config()
+        with _store(ctx) as con:
+            said = control.ab_tick(cfg, con)
+        typer.echo("\n".join(said) or "no experiment running and no candidate to start one with")
+
+    @ab_app.command("status")
+    def ab_status(ctx: typer.Context) -> None:
+        """The running experiment and what the numbers say now (nothing is changed)."""
+        from abtest import experiment as ab
+        from retrain import registry
+
+        cfg = _state(ctx).config()
+        with _store(ctx, read_only=True) as con:
+            exp = ab.get(con)
+            live = registry.live(con)
+            if exp is None:
+                typer.echo(f"no experiment running; live: {live['version'] if live else 'base'}")
+                return
+            ch = registry.get(con, exp.challenger)
+            ev = ab.evaluate(con, exp, cfg.abtest, tainted=bool(ch and ch["tainted"]))
+        typer.echo(f"{exp.experiment_id}: {exp.challenger} on {exp.share:.0%} against {exp.incumbent} "
+                   f"(stage {exp.stage + 1}/{len(cfg.abtest.ramp)})")
+        typer.echo(_ab_table(ev.numbers))
+        typer.echo(f"would decide: {ev.decision}: {ev.reason}")
+
+    @ab_app.command("report")
+    def ab_report(ctx: typer.Context) -> None:
+        """Every experiment: arms, users, ratings, up-rate with its confidence interval, guardrails, SRM, and
+        the decision history (what the /ab dashboard shows)."""
+        from abtest import experiment as ab
+
+        with _store(ctx, read_only=True) as con:
+            exps = ab.experiments(con)
+            history = {e.experiment_id: ab.decisions(con, e.experiment_id) for e in exps}
+        if not exps:
+            typer.echo("no experiments yet")
+        for e in exps:
+            typer.echo(f"{e.experiment_id}  {e.status}  {e.challenger} vs {e.incumbent}, share {e.share:.0%}")
+            steps = history[e.experiment_id]
+            if steps:
+                typer.echo(_ab_table(steps[-1]["numbers"]))
+            for d in steps:
+                if d["decision"] != "continue" or d is steps[-1]:
+                    typer.echo(f"  {d['at']}Z  {d['decision']:<8} {d['reason']}")
 
     broker_app = typer.Typer(help="Run the bundled Kafka broker (Tansu) in the background.", no_args_is_help=True)
     app.add_typer(broker_app, name="broker")

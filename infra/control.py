@@ -246,6 +246,7 @@ def scheduled_retrain() -> None:
 def start_scheduler(cfg: Config, con, clock=None):
     """APScheduler in this process with a persistent job store in the data dir: a cron job that runs at
     most once at a time, coalesces missed runs into one, and runs a missed one within the grace time."""
+    from apscheduler.jobstores.memory import MemoryJobStore
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.cron import CronTrigger
@@ -258,7 +259,8 @@ def start_scheduler(cfg: Config, con, clock=None):
 
         raise FlywheelError(f"retrain.schedule {cfg.retrain.schedule!r} is not a cron expression: {e}") from None
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{Path(cfg.data_dir).resolve() / 'scheduler.sqlite'}")},
+        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{Path(cfg.data_dir).resolve() / 'scheduler.sqlite'}"),
+                   "memory": MemoryJobStore()},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": cfg.retrain.misfire_grace_s},
     )
     scheduler.start()
@@ -269,3 +271,106 @@ def start_scheduler(cfg: Config, con, clock=None):
         scheduler.add_job("infra.control:scheduled_retrain", trigger, id="nightly-retrain", replace_existing=True)
         job = scheduler.get_job("nightly-retrain")
     return scheduler, job
+
+
+# A/B -------------------------------------------------------------------------------------------------------
+
+def publish_routing(cfg: Config, con, exp=None) -> dict:
+    """Write routing.json for the registry's live version and the running experiment (if any); serving
+    follows it within seconds, without restart."""
+    from abtest import experiment as ab
+    from retrain import registry
+    from serving.routing import publish
+
+    live = registry.live(con)
+    paths = dict(con.execute("SELECT version, path FROM adapters WHERE path IS NOT NULL").fetchall())
+    routing = ab.routing(exp if exp is not None else ab.get(con), live["version"] if live else ab.BASE, paths)
+    current = cfg.data_dir / "routing.json"
+    if not current.exists() or json.loads(current.read_text()) != routing:
+        publish(cfg.data_dir, routing)
+        log.info("routing: %s", ", ".join(f"{v} {s:.0%}" for v, s in routing["split"]))
+    return routing
+
+
+def ab_tick(cfg: Config, con, now=None) -> list[str]:
+    """Start an experiment for a new candidate (when configured), evaluate the running one and apply the
+    decision; returns what happened, one line each."""
+    from abtest import experiment as ab
+    from curation import audit
+    from retrain import registry
+
+    said = []
+    exp = ab.get(con)
+    if exp is None and cfg.abtest.auto_start:
+        row = con.execute("SELECT version FROM adapters WHERE status = 'candidate' AND NOT tainted "
+                          "ORDER BY version DESC LIMIT 1").fetchone()
+        if row:
+            exp = start_experiment(cfg, con, row[0], now)
+            said.append(f"started {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against "
+                        f"{exp.incumbent}")
+    if exp is not None:
+        challenger = registry.get(con, exp.challenger)
+        ev = ab.evaluate(con, exp, cfg.abtest, tainted=bool(challenger and challenger["tainted"]), now=now)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            ab.apply(con, exp, ev, cfg.abtest, now)
+            if ev.decision == "promote":
+                if exp.incumbent != ab.BASE:
+                    registry.set_status(con, exp.incumbent, "retired", f"replaced by {exp.challenger}")
+                registry.set_status(con, exp.challenger, "live", ev.reason)
+            elif ev.decision == "rollback":
+                registry.set_status(con, exp.challenger, "rolled_back", ev.reason)
+            if ev.decision != "continue":
+                audit.append(con, "abtest", ev.decision, exp.experiment_id, {"reason": ev.reason})
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        publish_routing(cfg, con)
+        said.append(f"{exp.experiment_id}: {ev.decision}: {ev.reason}")
+    for line in said:
+        log.info("abtest %s", line)
+    return said
+
+
+def start_experiment(cfg: Config, con, challenger: str, now=None):
+    from abtest import experiment as ab
+    from retrain import registry
+
+    found = registry.get(con, challenger)
+    if found is None or found["status"] != "candidate":
+        from infra.errors import FlywheelError
+
+        raise FlywheelError(f"{challenger} is not a candidate adapter (see `flywheel adapters list`)")
+    if found["tainted"]:
+        from infra.errors import FlywheelError
+
+        raise FlywheelError(f"{challenger} is tainted (trained on a forgotten user's data): it is never promoted")
+    live = registry.live(con)
+    try:
+        exp = ab.start(con, live["version"] if live else ab.BASE, challenger, cfg.abtest, now)
+    except ValueError as e:
+        from infra.errors import FlywheelError
+
+        raise FlywheelError(str(e)) from None
+    registry.set_status(con, challenger, "canary", f"in {exp.experiment_id}")
+    publish_routing(cfg, con, exp)
+    return exp
+
+
+def start_ab_job(cfg: Config, con, scheduler) -> None:
+    """Evaluate experiments every abtest.evaluate_every_s in the control process (not persisted: it is
+    re-added at every start)."""
+    _context.update(cfg=cfg, con=con)
+    scheduler.add_job("infra.control:scheduled_ab", "interval", seconds=cfg.abtest.evaluate_every_s,
+                      id="ab-evaluate", jobstore="memory", replace_existing=True, max_instances=1, coalesce=True)
+
+
+def scheduled_ab() -> None:
+    cfg, con = _context.get("cfg"), _context.get("con")
+    if cfg is None:
+        return
+    try:
+        ab_tick(cfg, con.cursor())
+    except Exception:
+        log.exception("A/B evaluation failed; the live split is unchanged")

@@ -127,6 +127,19 @@ class ReviewStore:
         except review.ReviewError as e:
             raise BadDecision(str(e)) from None
 
+    def ab(self) -> dict:
+        """What the /ab dashboard shows: experiments with their decisions (numbers included) and the live
+        history."""
+        from abtest import experiment
+        from retrain import registry
+
+        cur = self.con.cursor()
+        live = registry.live(cur)
+        exps = [{**e.__dict__, "decisions": experiment.decisions(cur, e.experiment_id)}
+                for e in experiment.experiments(cur)]
+        return {"experiments": exps, "history": registry.history(cur), "live": live["version"] if live else "base",
+                "srm_threshold": self.cfg.abtest.srm_p}
+
     def forget(self, user_id: str, actor: str) -> dict:
         """Rows go now; the file is compacted (freed blocks overwritten) when the store is next opened
         alone: at the next start, on `flywheel db compact`, or when this service stops."""

@@ -1,4 +1,5 @@
-"""Browser pages and the admin API: the compliance reviewer's `/review` page, `POST /v1/admin/...`.
+"""Browser pages and the admin API: the compliance reviewer's `/review` page, the ML lead's `/ab`
+dashboard, `POST /v1/admin/...`.
 
 Serving does not import curation: `add_review_routes` receives a backend object (wired in `infra`) with
 pending(), counts(), filter_stats(), audit(), decide() and forget(). Reviewers sign in with their admin
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from typing import Protocol
 from urllib.parse import parse_qs, quote
@@ -34,6 +36,7 @@ class ReviewBackend(Protocol):
     def audit(self, limit: int) -> list[dict]: ...
     def decide(self, sample_ids: list[str], decision: str, reviewer: str, reason: str | None) -> int: ...
     def forget(self, user_id: str, actor: str) -> dict: ...
+    def ab(self) -> dict: ...
 
 
 class BadDecision(ValueError):
@@ -62,8 +65,8 @@ pre{white-space:pre-wrap;margin:0;font:13px ui-monospace,monospace}.counts span{
 LOGIN = _ENV.from_string("""<!doctype html><html><head><meta charset="utf-8"><title>Flywheel review: sign in</title>
 <style>{{ style }}</style></head><body><h1>Flywheel review</h1>
 {% if message %}<p class="msg" id="message">{{ message }}</p>{% endif %}
-<form method="post" action="/review/login"><label>Reviewer key <input type="password" name="key" id="key"
- autocomplete="current-password"></label> <button type="submit" id="sign-in">Sign in</button></form>
+<form method="post" action="/review/login"><input type="hidden" name="next" value="{{ next or '/review' }}">
+<label>Reviewer key <input type="password" name="key" id="key" autocomplete="current-password"></label> <button type="submit" id="sign-in">Sign in</button></form>
 </body></html>""")
 PAGE = _ENV.from_string("""<!doctype html><html><head><meta charset="utf-8"><title>Flywheel review</title>
 <style>{{ style }}</style></head><body>
@@ -98,6 +101,92 @@ Every decision is written to the audit log under this name.</p>
 {% for e in audit %}<tr><td>{{ e.seq }}</td><td>{{ e.logged_at }}</td><td>{{ e.actor }}</td><td>{{ e.action }}</td>
 <td>{{ e.subject or "" }}</td><td class="muted">{{ e.summary }}</td></tr>{% endfor %}</table>
 </body></html>""")
+
+
+DASHBOARD = _ENV.from_string("""<!doctype html><html><head><meta charset="utf-8"><title>Flywheel A/B</title>
+<style>{{ style }} svg{background:#fafafa;border:1px solid #ddd}.ok{color:#2a7}.bad{color:#c33;font-weight:bold}</style>
+</head><body><h1>Flywheel A/B experiments</h1>
+<p>Live now: <b id="live">{{ live }}</b>. Signed in as {{ reviewer }}.</p>
+{% for e in experiments %}<section class="experiment" id="{{ e.experiment_id }}">
+<h2>{{ e.experiment_id }}: {{ e.challenger }} vs {{ e.incumbent }} <span class="muted">({{ e.status }},
+challenger share {{ "%.0f"|format(e.share * 100) }}%)</span></h2>
+{% if e.latest %}{% set n = e.latest.numbers %}
+<table class="arms"><tr><th>arm</th><th>variant</th><th>users</th><th>ratings</th><th>thumbs-up rate</th>
+<th>confidence interval ({{ "%.0f"|format((1 - n.alpha) * 100) }}%, always valid)</th><th>p95 latency</th><th>rated</th></tr>
+{% for role, a in n.arms.items() %}<tr><td>{{ role }}</td><td>{{ a.variant }}</td><td>{{ a.users }}</td>
+<td>{{ a.ratings }}</td><td>{{ pct(a.up_rate) }}</td><td>{{ pct(a.ci[0]) }} – {{ pct(a.ci[1]) }}</td>
+<td>{{ "-" if a.p95_latency_ms is none else "%.0f ms"|format(a.p95_latency_ms) }}</td><td>{{ pct(a.rating_rate) }}</td></tr>
+{% endfor %}</table>
+<p>Difference {{ "-" if n.difference is none else "%+.1f points"|format(n.difference * 100) }};
+mSPRT statistic {{ "%.3g"|format(n.msprt) }} against threshold {{ "%g"|format(n.threshold) }}
+(always-valid p = {{ "%.3g"|format(n.p_value) }});
+SRM p = <span class="{{ 'bad' if n.srm_p < srm_threshold else 'ok' }}">{{ "%.3g"|format(n.srm_p) }}</span>.
+Guardrails: {% for g in n.guardrails %}<span class="{{ 'ok' if g.ok else 'bad' }}">{{ g.name }}
+{{ "holds" if g.ok else "BREACHED" }}</span>{{ ", " if not loop.last }}{% else %}not enough data{% endfor %}.</p>
+<p><b>Latest decision: {{ e.latest.decision }}</b> — {{ e.latest.reason }}</p>{% endif %}
+<h3>Thumbs-up rate over time, with confidence intervals</h3>
+<svg class="chart rates" width="{{ W }}" height="{{ H }}" viewBox="0 0 {{ W }} {{ H }}" role="img">
+{% for y, label in e.chart.yticks %}<line x1="40" x2="{{ W - 10 }}" y1="{{ y }}" y2="{{ y }}" stroke="#eee"/>
+<text x="4" y="{{ y + 4 }}" font-size="11">{{ label }}</text>{% endfor %}
+{% for arm in e.chart.arms %}<polygon class="band" points="{{ arm.band }}" fill="{{ arm.color }}" fill-opacity="0.15"/>
+<polyline class="series" data-arm="{{ arm.role }}" points="{{ arm.line }}" fill="none" stroke="{{ arm.color }}" stroke-width="2"/>
+{% for x, y in arm.dots %}<circle cx="{{ x }}" cy="{{ y }}" r="3" fill="{{ arm.color }}"/>{% endfor %}
+<text x="{{ W - 120 }}" y="{{ 16 + loop.index0 * 14 }}" font-size="12" fill="{{ arm.color }}">{{ arm.role }} ({{ arm.variant }})</text>
+{% endfor %}</svg>
+<h3>Test statistic against its threshold</h3>
+<svg class="chart statistic" width="{{ W }}" height="{{ H // 2 }}" viewBox="0 0 {{ W }} {{ H // 2 }}" role="img">
+<line class="threshold" x1="40" x2="{{ W - 10 }}" y1="{{ e.chart.threshold_y }}" y2="{{ e.chart.threshold_y }}"
+ stroke="#c33" stroke-dasharray="4 3"/><text x="{{ W - 150 }}" y="{{ e.chart.threshold_y - 4 }}" font-size="11"
+ fill="#c33">threshold 1/alpha</text>
+<polyline class="series" points="{{ e.chart.statistic }}" fill="none" stroke="#333" stroke-width="2"/></svg>
+<h3>Decisions</h3><table class="decisions"><tr><th>when (UTC)</th><th>decision</th><th>why</th></tr>
+{% for d in e.decisions|reverse %}<tr><td>{{ d.at }}</td><td>{{ d.decision }}</td><td>{{ d.reason }}</td></tr>{% endfor %}
+</table></section>{% else %}<p id="none">No experiments yet: one starts when retraining registers a candidate.</p>{% endfor %}
+<h2>Which version was live when</h2><table id="history"><tr><th>when (UTC)</th><th>version</th><th>status</th><th>why</th></tr>
+{% for h in history|reverse %}<tr><td>{{ h[0] }}</td><td>{{ h[1] }}</td><td>{{ h[2] }}</td><td>{{ h[3] }}</td></tr>{% endfor %}
+</table></body></html>""")
+W, H = 720, 240
+COLORS = {"incumbent": "#1f77b4", "challenger": "#ff7f0e"}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def _chart(decisions: list[dict]) -> dict:
+    """Coordinates for the two SVG charts, from the numbers stored with every evaluation."""
+    n = max(1, len(decisions) - 1)
+
+    def x(i: int) -> float:
+        return round(40 + (W - 60) * (i / n if len(decisions) > 1 else 0.5), 1)
+
+    def y(rate: float, height: int = H) -> float:
+        return round(10 + (height - 20) * (1 - rate), 1)
+
+    arms = []
+    for role in ("incumbent", "challenger"):
+        pts, lo, hi = [], [], []
+        for i, d in enumerate(decisions):
+            a = d["numbers"].get("arms", {}).get(role)
+            if a and a.get("up_rate") is not None:
+                pts.append((x(i), y(a["up_rate"])))
+                lo.append((x(i), y(max(0.0, a["ci"][0] if a["ci"][0] is not None else a["up_rate"]))))
+                hi.append((x(i), y(min(1.0, a["ci"][1] if a["ci"][1] is not None else a["up_rate"]))))
+        arms.append({"role": role, "color": COLORS[role], "variant": (decisions[-1]["numbers"]["arms"][role]["variant"]
+                                                                      if decisions else role),
+                     "line": " ".join(f"{a},{b}" for a, b in pts), "dots": pts,
+                     "band": " ".join(f"{a},{b}" for a, b in hi + lo[::-1])})
+    top = max([d["numbers"].get("msprt") or 0 for d in decisions] + [decisions[0]["numbers"]["threshold"] * 2
+                                                                      if decisions else 40])
+    scale = math.log1p(top)
+
+    def ys(v: float) -> float:
+        return round(10 + (H // 2 - 20) * (1 - math.log1p(max(0.0, v)) / scale), 1)
+
+    statistic = " ".join(f"{x(i)},{ys(d['numbers'].get('msprt') or 0)}" for i, d in enumerate(decisions))
+    threshold = decisions[0]["numbers"]["threshold"] if decisions else 20
+    return {"arms": arms, "statistic": statistic, "threshold_y": ys(threshold),
+            "yticks": [(y(v), f"{v:.0%}") for v in (0, 0.25, 0.5, 0.75, 1.0)]}
 
 
 def _summary(details: dict) -> str:
@@ -156,12 +245,27 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         return HTMLResponse(PAGE.render(style=_STYLE, reviewer=reviewer, message=message, pending=b.pending(50),
                                         counts=b.counts(), stats=b.filter_stats(), audit=audit))
 
+    @app.get("/ab", response_class=HTMLResponse, include_in_schema=False)
+    def ab_page(request: Request):
+        """The A/B dashboard: why each version went live or was rolled back."""
+        reviewer = reviewer_of(request)
+        if reviewer is None:
+            return HTMLResponse(LOGIN.render(style=_STYLE, message=None, next="/ab"))
+        view = need_backend().ab()
+        for e in view["experiments"]:
+            e["chart"] = _chart(e["decisions"])
+            e["latest"] = e["decisions"][-1] if e["decisions"] else None
+        return HTMLResponse(DASHBOARD.render(style=_STYLE, reviewer=reviewer, pct=_pct, W=W, H=H, **view))
+
     @app.post("/review/login", include_in_schema=False)
     async def review_login(request: Request):
-        name = ids.app_for_key((await form(request)).get("key", [""])[0], admin_keys)
+        fields = await form(request)
+        target = (fields.get("next") or ["/review"])[0]
+        target = target if target in ("/review", "/ab") else "/review"
+        name = ids.app_for_key(fields.get("key", [""])[0], admin_keys)
         if name is None or not same_origin(request):
-            return HTMLResponse(LOGIN.render(style=_STYLE, message="Unknown reviewer key."), 401)
-        response = RedirectResponse("/review", 303)
+            return HTMLResponse(LOGIN.render(style=_STYLE, message="Unknown reviewer key.", next=target), 401)
+        response = RedirectResponse(target, 303)
         response.set_cookie(COOKIE, session(name), max_age=SESSION_S, httponly=True, samesite="strict",
                             secure=request.url.scheme == "https")
         return response

@@ -1,0 +1,158 @@
+"""Experiments on stored traffic: ramp, promote, roll back on a guardrail, SRM or taint; serving's routing
+follows; the dashboard shows why (in headless Chromium)."""
+
+import json
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from abtest.assignment import assign
+from abtest.config import AbtestConfig
+from infra import control
+from infra.config import Config
+from retrain import registry
+from tests.curation.conftest import chat, rate, store
+
+CFG = AbtestConfig(ramp=[0.2, 0.5], min_users_per_arm=20, min_duration_s=0)
+
+
+@pytest.fixture
+def two_adapters(db, tmp_path):
+    for version, status in (("v0001", "live"), ("v0002", "candidate")):
+        (tmp_path / version).mkdir()
+        registry.register(db, version, status=status, parent=None, base_model="b", base_hash=None, snapshot_id=None,
+                          path=str(tmp_path / version), metrics={})
+    return Config(data_dir=tmp_path, abtest=CFG)
+
+
+def traffic(db, scrub, exp, users: range, up: dict, latency: dict | None = None, force: str | None = None, seed=0):
+    """One rated answer per user, served by the variant the assignment gives them (or `force`)."""
+    rng = random.Random(seed)
+    events = []
+    split = [(exp.challenger, exp.share), (exp.incumbent, 1 - exp.share)]
+    for u in users:
+        user = f"user-{u:04d}"
+        variant = force or assign(user, exp.salt, split)
+        c = chat(user, f"Question {u}?", f"Answer from {variant}.")
+        c = c.model_copy(update={"variant": variant, "experiment_id": exp.experiment_id,
+                                 "latency_ms": (latency or {}).get(variant, 100.0),
+                                 "created_at": datetime.now(timezone.utc)})
+        events += [c, rate(c, 1 if rng.random() < up[variant] else -1)]
+    store(db, events, scrub)
+
+
+def routing(cfg):
+    return json.loads((cfg.data_dir / "routing.json").read_text())
+
+
+def test_a_better_challenger_ramps_up_then_is_promoted_and_serving_follows(db, two_adapters, scrub_pool):
+    cfg = two_adapters
+    said = control.ab_tick(cfg, db)
+    from abtest import experiment as ab
+
+    exp = ab.get(db)
+    assert said[0].startswith("started exp-0001-v0002") and exp.share == 0.2
+    assert routing(cfg)["split"] == [["v0002", 0.2], ["v0001", 0.8]] and registry.get(db, "v0002")["status"] == "canary"
+    traffic(db, scrub_pool.scrub, exp, range(200), {"v0001": 0.3, "v0002": 0.9})
+    said = control.ab_tick(cfg, db)
+    assert "ramp" in said[-1] and routing(cfg)["split"] == [["v0002", 0.5], ["v0001", 0.5]]
+    exp = ab.get(db)
+    traffic(db, scrub_pool.scrub, exp, range(200, 400), {"v0001": 0.3, "v0002": 0.9}, seed=1)
+    said = control.ab_tick(cfg, db)
+    assert ": promote: better" in said[-1], said
+    assert registry.live(db)["version"] == "v0002" and registry.get(db, "v0001")["status"] == "retired"
+    assert routing(cfg) == {"experiment_id": None, "salt": "flywheel", "split": [["v0002", 1.0]],
+                            "adapters": {"v0002": str(cfg.data_dir / "v0002")}}
+    history = ab.decisions(db, exp.experiment_id)
+    assert [d["decision"] for d in history] == ["continue", "ramp", "promote"]
+    numbers = history[-1]["numbers"]
+    assert numbers["arms"]["challenger"]["up_rate"] > numbers["arms"]["incumbent"]["up_rate"]
+    assert numbers["msprt"] >= 20 and numbers["srm_p"] > 0.001
+    assert registry.live_at(db, datetime.now(timezone.utc) + timedelta(seconds=1)) == "v0002"
+
+
+def test_a_guardrail_breach_rolls_back(db, two_adapters, scrub_pool):
+    from abtest import experiment as ab
+
+    cfg = two_adapters
+    control.ab_tick(cfg, db)
+    traffic(db, scrub_pool.scrub, ab.get(db), range(300), {"v0001": 0.5, "v0002": 0.6},
+            latency={"v0001": 100.0, "v0002": 900.0})
+    said = control.ab_tick(cfg, db)
+    assert "rollback: guardrail breached: p95 latency" in said[-1]
+    assert registry.get(db, "v0002")["status"] == "rolled_back" and registry.live(db)["version"] == "v0001"
+    assert routing(cfg)["split"] == [["v0001", 1.0]]
+
+
+def test_a_sample_ratio_mismatch_blocks_every_decision(db, two_adapters, scrub_pool):
+    from abtest import experiment as ab
+
+    cfg = two_adapters
+    control.ab_tick(cfg, db)
+    exp = ab.get(db)
+    traffic(db, scrub_pool.scrub, exp, range(150), {"v0001": 0.3, "v0002": 0.9}, force="v0002")  # broken router
+    traffic(db, scrub_pool.scrub, exp, range(150, 300), {"v0001": 0.3, "v0002": 0.9}, force="v0001")
+    said = control.ab_tick(cfg, db)
+    assert "rollback: sample-ratio mismatch" in said[-1]
+    assert registry.live(db)["version"] == "v0001"
+
+
+def test_a_tainted_challenger_is_never_promoted(db, two_adapters, scrub_pool):
+    from abtest import experiment as ab
+
+    cfg = two_adapters
+    control.ab_tick(cfg, db)
+    db.execute("UPDATE adapters SET tainted = true WHERE version = 'v0002'")
+    traffic(db, scrub_pool.scrub, ab.get(db), range(300), {"v0001": 0.1, "v0002": 0.99})
+    said = control.ab_tick(cfg, db)
+    assert "rollback: v0002 is tainted" in said[-1] and registry.live(db)["version"] == "v0001"
+    assert control.ab_tick(cfg, db) == []  # and no new experiment starts for it
+
+
+def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scrub_pool, browser):
+    import threading
+    import time
+
+    import uvicorn
+    from fastapi import FastAPI
+    from selenium.webdriver.common.by import By
+
+    from abtest import experiment as ab
+    from infra.services import ReviewStore
+    from serving import ids
+    from serving.app import ApiError, install_error_handlers
+    from serving.pages import add_review_routes
+    from tests.curation.test_review_page import click
+    from tests.serving.test_api import free_port
+
+    cfg = two_adapters
+    control.ab_tick(cfg, db)
+    for k in range(2):  # a ramp, then a promotion
+        traffic(db, scrub_pool.scrub, ab.get(db), range(k * 200, (k + 1) * 200), {"v0001": 0.3, "v0002": 0.9}, seed=k)
+        control.ab_tick(cfg, db)
+    app = FastAPI()
+    install_error_handlers(app)
+    add_review_routes(app, ReviewStore(db, cfg), {"lead": ids.hash_key("lead-key")}, b"s", ApiError)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/ab")
+        browser.find_element(By.ID, "key").send_keys("lead-key")
+        click(browser, browser.find_element(By.ID, "sign-in"))
+        assert browser.find_element(By.ID, "live").text == "v0002"
+        lines = browser.find_elements(By.CSS_SELECTOR, "svg.rates polyline.series")
+        assert len(lines) == 2 and all(len(line.get_attribute("points").split()) >= 2 for line in lines)
+        assert all(line.size["width"] > 100 for line in lines)  # drawn across the chart, not collapsed
+        assert browser.find_element(By.CSS_SELECTOR, "svg.statistic line.threshold")
+        decisions = browser.find_element(By.CSS_SELECTOR, "table.decisions").text
+        assert "promote" in decisions and "better" in decisions and "ramp" in decisions
+        assert "v0002" in browser.find_element(By.ID, "history").text
+        browser.save_screenshot(str(cfg.data_dir / "ab.png"))
+    finally:
+        server.should_exit = True
+        thread.join(10)
