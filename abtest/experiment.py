@@ -105,7 +105,7 @@ def evaluate(con, exp: Experiment, cfg: AbtestConfig, *, tainted: bool = False,
         radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha)) if len(rates) else float("nan")
         arm = {"variant": variant, "chats": len(mine), "stage_users": len({r[1] for r in mine if r[5]}),
                "users": len(rates), "ratings": len(rated), "ups": int(ups.sum()),
-               "up_rate": _num(mean), "ci": [_num(mean - radius), _num(mean + radius)],
+               "up_rate": _num(mean), "ci": [_num(max(0.0, mean - radius)), _num(min(1.0, mean + radius))],
                "rating_rate": _num(len(rated) / len(mine)) if mine else None,
                "p95_latency_ms": _num(stats.p95(np.array([r[2] for r in mine if r[2] is not None]))),
                "empty_rate": _num(sum(1 for r in mine if r[3]) / len(mine)) if mine else None}

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -51,6 +52,10 @@ def test_up_runs_an_experiment_on_live_traffic_promotes_and_serving_follows(tmp_
             if "flywheel is up" in line:
                 break
         assert url, proc.stderr.read()
+        # Keep reading both pipes: a full pipe would block the service's logging, and with it the service.
+        logs = {"out": [], "err": []}
+        for name, pipe in (("out", proc.stdout), ("err", proc.stderr)):
+            threading.Thread(target=lambda n=name, p=pipe: logs[n].extend(p), daemon=True).start()
 
         def split():
             return json.loads((data / "routing.json").read_text())["split"]
@@ -87,8 +92,8 @@ def test_up_runs_an_experiment_on_live_traffic_promotes_and_serving_follows(tmp_
         assert [m.id for m in client.models.list().data] == ["base", "v0002"]  # v0001 unloaded
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-2000:]
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, "".join(logs["err"])[-2000:]
     con = open_store(data / "flywheel.duckdb")
     try:
         assert registry.live(con)["version"] == "v0002" and registry.get(con, "v0001")["status"] == "retired"
