@@ -257,7 +257,7 @@ def build_app() -> typer.Typer:
             from infra import control
 
             scheduler, job = control.start_scheduler(cfg, con)
-            stack.callback(scheduler.shutdown, wait=False)
+            stack.callback(control.stop_jobs, scheduler)
             control.publish_routing(cfg, con.cursor())
             control.start_ab_job(cfg, con, scheduler)
             typer.echo(f"retrain   nightly on cron '{cfg.retrain.schedule}', next {job.next_run_time:%Y-%m-%d %H:%M %Z} "
@@ -497,13 +497,9 @@ def build_app() -> typer.Typer:
 
         cfg = _state(ctx).config()
         if not now:
-            from apscheduler.triggers.cron import CronTrigger
-
-            try:
-                trigger = CronTrigger.from_crontab(cfg.retrain.schedule)
-            except ValueError as e:
-                raise FlywheelError(f"retrain.schedule {cfg.retrain.schedule!r} is not a cron expression: {e}") from None
             from datetime import datetime
+
+            trigger = control.cron(cfg.retrain.schedule)
 
             nxt = trigger.get_next_fire_time(None, datetime.now(trigger.timezone))
             typer.echo(f"`flywheel up` retrains on cron '{cfg.retrain.schedule}' (next: {nxt:%Y-%m-%d %H:%M %Z}); "

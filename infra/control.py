@@ -71,34 +71,62 @@ class RetrainLock:
             self.fd = None
 
 
+_children: set[subprocess.Popen] = set()  # training and gate processes running now
+_stopping = threading.Event()
+
+
+def stop_jobs(scheduler=None) -> None:
+    """Shutting down: kill the training/gate processes (a run in flight is recorded as failed, the
+    incumbent untouched), then wait for the jobs to record it, so the database closes after them."""
+    _stopping.set()
+    for proc in list(_children):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if scheduler is not None:
+        scheduler.shutdown(wait=True)
+        _stopping.clear()  # the jobs are done; a later control session in this process may start more
+
+
 def _child(args: list[str], timeout: float, on_start: Callable | None = None, echo: bool = False) -> tuple[int, str, list[str]]:
     """Run `python -m ...` in a fresh process; returns (exit code, last stdout line, last stderr lines).
     A negative code is the signal that ended it (-9: killed, often the kernel's OOM killer)."""
+    if _stopping.is_set():
+        return -signal.SIGTERM, "", ["stopped: the control process is shutting down"]
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    _children.add(proc)
     if on_start:
         on_start(proc)
     tail: deque[str] = deque(maxlen=40)
+    out: list[str] = []
 
-    def pump():
+    def pump():  # stderr: progress and the failure reason, echoed while it runs
         for line in proc.stderr:
             tail.append(line.rstrip())
             if echo:
                 sys.stderr.write(line)
                 sys.stderr.flush()
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    readers = [threading.Thread(target=pump, daemon=True),
+               threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)]
+    for r in readers:
+        r.start()
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        reader.join(5)
-        return -9, "", list(tail) + [f"timed out after {timeout:g} s"]
-    reader.join(5)
-    lines = [x for x in (out or "").splitlines() if x.strip()]
-    return proc.returncode, lines[-1] if lines else "", list(tail)
+        tail.append(f"timed out after {timeout:g} s")
+    finally:
+        _children.discard(proc)
+    for r in readers:
+        r.join(5)
+    if _stopping.is_set() and proc.returncode != 0:
+        tail.append("stopped: the control process is shutting down")
+    lines = [x for x in out if x.strip()]
+    return proc.returncode, lines[-1].strip() if lines else "", list(tail)
 
 
 def _failure_reason(code: int, tail: list[str]) -> str:
@@ -107,12 +135,20 @@ def _failure_reason(code: int, tail: list[str]) -> str:
     for line in reversed(tail):
         if line.startswith(FAILED):
             return line[len(FAILED):]
-        if line.startswith("timed out after"):
+        if line.startswith(("timed out after", "stopped: ")):
             return line
     if code < 0:
         name = signal.Signals(-code).name
         return f"killed by {name}" + (" (out of memory, or killed by hand)" if name == "SIGKILL" else "")
     return f"exited with code {code}: " + (tail[-1] if tail else "no output")
+
+
+def _gate(args: list[str], timeout: float) -> dict:
+    """Run a gate in a fresh process; a gate that crashes or hangs says no."""
+    code, last, tail = _child(args, timeout)
+    if code == 0 and last.startswith("{"):
+        return json.loads(last)
+    return {"ok": False, "reason": _failure_reason(code, tail)}
 
 
 def retrain(cfg: Config, con, *, scheduled: bool = False, on_worker: Callable | None = None,
@@ -189,9 +225,7 @@ def retrain(cfg: Config, con, *, scheduled: bool = False, on_worker: Callable | 
         artifact_args = ["-m", "retrain.gates", "artifact", str(staging / "adapter"), "--rank", str(cfg.retrain.lora.r)]
         if parent:
             artifact_args += ["--parent", parent["path"]]
-        code, last, tail = _child(artifact_args, 600)
-        verdict = json.loads(last) if code == 0 and last.startswith("{") else {"ok": False, "reason": _failure_reason(code, tail)}
-        metrics["artifact"] = verdict
+        verdict = metrics["artifact"] = _gate(artifact_args, 600)
         if not verdict["ok"]:
             return fail("failed", f"artifact gate: {verdict['reason']}", metrics)
         final = root / version
@@ -201,9 +235,7 @@ def retrain(cfg: Config, con, *, scheduled: bool = False, on_worker: Callable | 
                         "--snapshot", str(snap.path), "--tolerance", str(cfg.retrain.forgetting_tolerance)]
         if incumbent:
             offline_args += ["--incumbent", incumbent["path"]]
-        code, last, tail = _child(offline_args, 3600)
-        verdict = json.loads(last) if code == 0 and last.startswith("{") else {"ok": False, "reason": _failure_reason(code, tail)}
-        metrics["offline"] = verdict
+        verdict = metrics["offline"] = _gate(offline_args, 3600)
         if not verdict["ok"]:
             return fail("rejected", f"offline gate: {verdict['reason']}", metrics, str(final))
         registry.register(con, version, status="candidate", path=str(final), metrics=metrics, **record)
@@ -243,21 +275,26 @@ def scheduled_retrain() -> None:
         log.exception("scheduled retrain failed; the incumbent is unchanged")
 
 
-def start_scheduler(cfg: Config, con, clock=None):
+def cron(schedule: str):
+    """retrain.schedule as an APScheduler trigger, or one line saying what is wrong with it."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    from infra.errors import FlywheelError
+
+    try:
+        return CronTrigger.from_crontab(schedule)
+    except ValueError as e:
+        raise FlywheelError(f"retrain.schedule {schedule!r} is not a cron expression: {e}") from None
+
+
+def start_scheduler(cfg: Config, con):
     """APScheduler in this process with a persistent job store in the data dir: a cron job that runs at
     most once at a time, coalesces missed runs into one, and runs a missed one within the grace time."""
     from apscheduler.jobstores.memory import MemoryJobStore
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
-    from apscheduler.triggers.cron import CronTrigger
-
     _context.update(cfg=cfg, con=con)
-    try:
-        trigger = CronTrigger.from_crontab(cfg.retrain.schedule)
-    except ValueError as e:
-        from infra.errors import FlywheelError
-
-        raise FlywheelError(f"retrain.schedule {cfg.retrain.schedule!r} is not a cron expression: {e}") from None
+    trigger = cron(cfg.retrain.schedule)
     scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{Path(cfg.data_dir).resolve() / 'scheduler.sqlite'}"),
                    "memory": MemoryJobStore()},

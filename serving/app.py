@@ -24,7 +24,7 @@ from serving import ids
 from serving.config import ServingConfig
 from serving.generator import BASE, AdapterGone, GenRequest, QueueFull
 from serving.outbox import Outbox
-from serving.pages import add_review_routes
+from serving.pages import add_review_routes, validation_message
 
 FEEDBACK_NAMESPACE = uuid.UUID("5b0e9c1e-8d6f-4c38-9a57-0c1f3f0e7b21")
 
@@ -310,8 +310,7 @@ def create_app(
         try:
             body = FeedbackRequest.model_validate_json(await request.body())
         except ValidationError as e:
-            first = e.errors()[0]
-            raise ApiError(400, f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+            raise ApiError(400, validation_message(e)) from None
         claims = ids.verify(secret, body.response_id)
         if claims is None:
             raise ApiError(404, "unknown response_id", "not_found_error")

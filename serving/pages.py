@@ -189,6 +189,12 @@ def _chart(decisions: list[dict]) -> dict:
             "yticks": [(y(v), f"{v:.0%}") for v in (0, 0.25, 0.5, 0.75, 1.0)]}
 
 
+def validation_message(e: ValidationError) -> str:
+    """A pydantic error as one line that names the field: 'rating: Field required'."""
+    first = e.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
+
+
 def _summary(details: dict) -> str:
     parts = [f"{k}={v}" for k, v in details.items() if k not in ("sample_ids", "deleted") and not isinstance(v, dict)]
     if "sample_ids" in details:
@@ -298,8 +304,7 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         try:
             body = DecisionRequest.model_validate_json(await request.body())
         except ValidationError as e:
-            first = e.errors()[0]
-            raise api_error(400, f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+            raise api_error(400, validation_message(e)) from None
         try:
             n = await run_in_threadpool(need_backend().decide, body.sample_ids, body.decision, reviewer, body.reason)
         except BadDecision as e:
@@ -313,6 +318,5 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         try:
             body = ForgetRequest.model_validate_json(await request.body())
         except ValidationError as e:
-            first = e.errors()[0]
-            raise api_error(400, f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+            raise api_error(400, validation_message(e)) from None
         return JSONResponse(await run_in_threadpool(need_backend().forget, body.user, actor))

@@ -111,10 +111,6 @@ def test_a_tainted_challenger_is_never_promoted(db, two_adapters, scrub_pool):
 
 
 def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scrub_pool, browser):
-    import threading
-    import time
-
-    import uvicorn
     from fastapi import FastAPI
     from selenium.webdriver.common.by import By
 
@@ -123,8 +119,8 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
     from serving import ids
     from serving.app import ApiError, install_error_handlers
     from serving.pages import add_review_routes
+    from tests.conftest import serve_in_thread
     from tests.curation.test_review_page import click
-    from tests.serving.test_api import free_port
 
     cfg = two_adapters
     control.ab_tick(cfg, db)
@@ -134,14 +130,8 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
     app = FastAPI()
     install_error_handlers(app)
     add_review_routes(app, ReviewStore(db, cfg), {"lead": ids.hash_key("lead-key")}, b"s", ApiError)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        browser.get(f"http://127.0.0.1:{port}/ab")
+    with serve_in_thread(app) as url:
+        browser.get(url + "/ab")
         browser.find_element(By.ID, "key").send_keys("lead-key")
         click(browser, browser.find_element(By.ID, "sign-in"))
         assert browser.find_element(By.ID, "live").text == "v0002"
@@ -153,6 +143,3 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
         assert "promote" in decisions and "better" in decisions and "ramp" in decisions
         assert "v0002" in browser.find_element(By.ID, "history").text
         browser.save_screenshot(str(cfg.data_dir / "ab.png"))
-    finally:
-        server.should_exit = True
-        thread.join(10)

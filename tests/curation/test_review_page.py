@@ -1,22 +1,19 @@
 """The review page in a real browser (Debian's headless Chromium, driven by Selenium), and the admin API."""
 
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from curation import curate
 from curation.config import CurationConfig
 from infra.config import Config
+from infra.services import ReviewStore
 from serving import ids
 from serving.app import ApiError, install_error_handlers
 from serving.pages import add_review_routes
-from infra.services import ReviewStore
+from tests.conftest import serve_in_thread
 from tests.curation.conftest import chat, rate
-from tests.serving.test_api import free_port
 
 REVIEWER_KEY, ADMIN_KEY = "key-of-rita", "key-of-dpo"
 XSS = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
@@ -32,15 +29,8 @@ def review_server(db, put, tmp_path):
     install_error_handlers(app)
     keys = {"rita": ids.hash_key(REVIEWER_KEY), "dpo": ids.hash_key(ADMIN_KEY)}
     add_review_routes(app, ReviewStore(db, Config(data_dir=tmp_path)), keys, b"secret", ApiError)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "db": db, "ann": ok}
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app) as url:
+        yield {"url": url, "db": db, "ann": ok}
 
 
 def click(browser, element) -> None:

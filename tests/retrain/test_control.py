@@ -135,6 +135,19 @@ def more_ratings(users: range):
     return events
 
 
+def test_stopping_the_service_kills_a_run_in_flight_and_records_it(tiny_lm, populated):
+    con = open_store(populated / "flywheel.duckdb")
+    try:
+        stopped = control.retrain(config(tiny_lm, populated), con,
+                                  on_worker=lambda proc: threading.Timer(1.0, control.stop_jobs).start())
+        assert stopped.status == "failed" and stopped.reason.startswith("stopped:"), stopped.reason
+        assert registry.get(con, stopped.version)["status"] == "failed" and registry.live(con) is None
+        assert not list((populated / "adapters").glob("*/adapter_model.safetensors"))
+    finally:
+        control._stopping.clear()
+        con.close()
+
+
 def test_one_run_at_a_time_and_too_little_data_is_skipped_with_the_reason(tiny_lm, populated, caplog):
     cfg = config(tiny_lm, populated, min_new_samples=10_000)
     con = open_store(populated / "flywheel.duckdb")

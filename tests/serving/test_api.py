@@ -1,7 +1,5 @@
 """The API as apps use it: the official openai client against a running server (tiny model)."""
 
-import socket
-import threading
 import time
 import uuid
 
@@ -9,7 +7,6 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 from kafka import KafkaConsumer, KafkaProducer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -21,14 +18,9 @@ from serving.app import create_app
 from serving.config import ServingConfig
 from serving.generator import BatchGenerator
 from serving.outbox import Outbox, OutboxSender
+from tests.conftest import serve_in_thread
 
 KEY_A, KEY_B = "key-of-app-a", "key-of-app-b"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +37,8 @@ def server(tiny_lm, broker, tmp_path_factory):
     app = create_app(cfg, generator=generator, tokenizer=tokenizer, outbox=outbox, chats_topic=kafka.chats_topic,
                      feedback_topic=kafka.feedback_topic, secret=b"test-secret", route=lambda user: ("base", None),
                      variants=lambda: ["base"])
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "kafka": kafka, "broker": broker, "outbox": outbox}
-    uv.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app) as url:
+        yield {"url": url, "kafka": kafka, "broker": broker, "outbox": outbox}
     sender.close()
     generator.close()
 
