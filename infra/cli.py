@@ -730,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = split_overrides(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is one line per connection
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job added or run
     command = typer.main.get_command(build_app())
     try:
         # standalone mode prints usage errors as click does and exits; our own errors come through.
