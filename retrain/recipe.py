@@ -80,7 +80,8 @@ def load_rows(snapshot_dir: Path, split: str) -> list[dict]:
 
 def with_replay(rows: list[dict], earlier: list[list[dict]], share: float, seed: int) -> list[dict]:
     """Add replayed samples from earlier snapshots so that they are `share` of the result."""
-    pool = [r for rs in earlier for r in rs if r["sample_id"] not in {x["sample_id"] for x in rows}]
+    have = {x["sample_id"] for x in rows}
+    pool = [r for rs in earlier for r in rs if r["sample_id"] not in have]
     want = min(len(pool), int(round(len(rows) * share / (1 - share)))) if share > 0 else 0
     return rows + random.Random(seed).sample(pool, want)
 

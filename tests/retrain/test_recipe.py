@@ -152,3 +152,36 @@ def test_qlora_nf4_trains_on_cuda(tiny_lm, tokenizer):
     assert next(model.parameters()).device.type == "cuda"
     result = recipe.train(model, [recipe.render(r, tokenizer, 128) for r in rows()], cfg, tokenizer.pad_token_id)
     assert result.losses[-1] < result.losses[0]
+
+
+def test_offline_gate_needs_a_better_candidate_and_bounds_forgetting(tiny_lm, tokenizer, tmp_path):
+    from curation import snapshot
+
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    rows_ = [(r["sample_id"], "u1", "desirable" if r["label"] else "undesirable", "rating",
+              __import__("json").dumps(r["prompt"]), r["completion"][0]["content"]) for r in rows(2, undesirable=True)]
+    snapshot._write(snapshot._table(rows_), snap / "eval.parquet")
+    model = recipe.load_model(tiny_lm, CFG, None)
+    recipe.train(model, [recipe.render(r, tokenizer, 128) for r in rows()], CFG, tokenizer.pad_token_id)
+    recipe.save(model, tmp_path / "trained", {})
+    better = gates.offline(tiny_lm, tmp_path / "trained", None, snap, tolerance=100.0)
+    assert better["ok"], better
+    assert better["candidate"]["desirable_loss"] < better["incumbent"]["desirable_loss"]
+    assert better["candidate"]["preference_pairs"] == 8 * 2 and better["candidate"]["preference_accuracy"] == 1.0
+    same = gates.offline(tiny_lm, tmp_path / "trained", tmp_path / "trained", snap, tolerance=100.0)
+    assert not same["ok"] and "is not below the incumbent" in same["reason"]
+    strict = gates.offline(tiny_lm, tmp_path / "trained", None, snap, tolerance=0.0)
+    # Memorising four store answers costs the tiny model on general prompts: no tolerance, no pass.
+    assert strict["candidate"]["general_loss"] > strict["incumbent"]["general_loss"]
+    assert not strict["ok"] and "general-prompt loss rose" in strict["reason"]
+
+
+def test_replay_mixes_in_the_configured_share_of_earlier_samples():
+    now = [{"sample_id": f"n{i}"} for i in range(80)]
+    earlier = [[{"sample_id": f"e{i}"} for i in range(100)], [{"sample_id": "n1"}]]  # n1 is not replayed twice
+    mixed = recipe.with_replay(now, earlier, 0.2, seed=0)
+    replayed = [r for r in mixed if r["sample_id"].startswith("e")]
+    assert len(replayed) == 20 and len(mixed) == 100  # 20% of what is trained on
+    assert mixed == recipe.with_replay(now, earlier, 0.2, seed=0)  # seeded
+    assert recipe.with_replay(now, earlier, 0.0, seed=0) == now
