@@ -133,6 +133,7 @@ def browser(tmp_path):
                  "--disable-dev-shm-usage", "--window-size=1280,1600", f"--user-data-dir={tmp_path / 'chromium'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.implicitly_wait(5)  # find_element waits for a page that is still loading
     yield driver
     driver.quit()
 

@@ -34,12 +34,19 @@ def review_server(db, put, tmp_path):
 
 
 def click(browser, element) -> None:
-    """Click a submit button and wait for the next page."""
-    from selenium.webdriver.support import expected_conditions
+    """Click a submit button and wait for the next page (the clicked element leaves the document)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def gone(_driver) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:  # stale, or, mid-navigation, "node does not belong to the document"
+            return True
+        return False
+
     element.click()
-    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(element))
+    WebDriverWait(browser, 10).until(gone)
 
 
 def test_a_reviewer_approves_a_sample_in_chromium_and_the_database_records_it(review_server, browser):
