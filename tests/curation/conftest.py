@@ -16,15 +16,22 @@ _offsets = itertools.count()
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 
+def _id(*parts) -> uuid.UUID:
+    """Ids derived from the content: the same test data is the same data in every run (sample ids, order)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "\0".join(map(str, parts)))
+
+
 def chat(user: str, question: str, answer: str, *, minutes: int = 0, system: str | None = None) -> ChatLog:
     messages = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content=question)]
-    return ChatLog(response_id=f"resp-{uuid.uuid4().hex}", app_id="store", user_id=user, messages=messages,
+    key = _id(user, question, answer, minutes, system)
+    return ChatLog(event_id=key, response_id=f"resp-{key.hex}", app_id="store", user_id=user, messages=messages,
                    response=answer, variant="base", latency_ms=100.0, created_at=T0 + timedelta(minutes=minutes))
 
 
 def rate(c: ChatLog, rating: int, correction: str | None = None, *, minutes: int = 1, comment: str | None = None):
-    return Feedback(response_id=c.response_id, app_id=c.app_id, user_id=c.user_id, rating=rating,
-                    correction=correction, comment=comment, created_at=c.created_at + timedelta(minutes=minutes))
+    return Feedback(event_id=_id(c.response_id, rating, correction, minutes, comment), response_id=c.response_id,
+                    app_id=c.app_id, user_id=c.user_id, rating=rating, correction=correction, comment=comment,
+                    created_at=c.created_at + timedelta(minutes=minutes))
 
 
 def store(con, events, scrub) -> None:

@@ -115,22 +115,24 @@ def test_failed_runs_leave_the_incumbent_and_the_registry_alone(tiny_lm, populat
         assert rows["v0002"][0] == "failed" and rows["v0003"][0] == "failed"
         assert not (populated / "adapters" / "v0002").exists() and not list((populated / "adapters").glob(".staging*"))
 
-        after = control.retrain(config(tiny_lm, populated), con)  # the next run succeeds, from the incumbent
-        assert after.status == "candidate", after.reason
+        # The next run trains to the end, from the incumbent; whether the tiny model's new adapter also beats
+        # the incumbent on the offline gate depends on the random texts above, so either verdict is a success.
+        after = control.retrain(config(tiny_lm, populated), con)
+        assert after.status in ("candidate", "rejected"), after.reason
+        assert (populated / "adapters" / after.version / "adapter_model.safetensors").exists()
         assert registry.get(con, after.version)["parent"] == "v0001"
+        assert registry.live(con)["version"] == "v0001"
         assert after.version == "v0004"  # versions are never reused
     finally:
         con.close()
 
 
 def more_ratings(users: range):
-    import uuid
-
     from tests.curation.conftest import chat, rate
 
     events = []
     for u in users:
-        c = chat(f"user-{u:03d}", f"Is order {uuid.uuid4().hex[:6]} on its way?", "It left the warehouse today.")
+        c = chat(f"user-{u:03d}", f"Is order {u:06d} on its way?", "It left the warehouse today.")
         events += [c, rate(c, 1)]
     return events
 
