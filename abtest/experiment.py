@@ -21,13 +21,8 @@ from abtest.config import AbtestConfig
 BASE = "base"
 
 RATED = """
-WITH latest AS (
-    SELECT response_id, user_id, rating,
-           row_number() OVER (PARTITION BY response_id, user_id ORDER BY created_at DESC) AS n
-    FROM feedback
-)
 SELECT c.variant, c.user_id, c.latency_ms, length(trim(c.response)) = 0, l.rating, c.created_at >= ? AS in_stage
-FROM chats c LEFT JOIN latest l ON l.response_id = c.response_id AND l.user_id = c.user_id AND l.n = 1
+FROM chats c LEFT JOIN latest_feedback l ON l.response_id = c.response_id AND l.user_id = c.user_id
 WHERE c.experiment_id = ?
 """
 
@@ -52,13 +47,14 @@ class Evaluation:
     numbers: dict = field(default_factory=dict)
 
 
+EXPERIMENTS = ("SELECT experiment_id, incumbent, challenger, salt, challenger_share, stage, status, started_at, "
+               "coalesce(stage_started_at, started_at) FROM experiments WHERE {where} ORDER BY started_at DESC")
+
+
 def get(con, experiment_id: str | None = None) -> Experiment | None:
     """The named experiment, or the running one."""
     where, args = ("experiment_id = ?", [experiment_id]) if experiment_id else ("status = 'running'", [])
-    row = con.execute(
-        "SELECT experiment_id, incumbent, challenger, salt, challenger_share, stage, status, started_at, "
-        f"coalesce(stage_started_at, started_at) FROM experiments WHERE {where} ORDER BY started_at DESC LIMIT 1",
-        args).fetchone()
+    row = con.execute(EXPERIMENTS.format(where=where) + " LIMIT 1", args).fetchone()
     return None if row is None else Experiment(*row)
 
 
@@ -94,34 +90,31 @@ def evaluate(con, exp: Experiment, cfg: AbtestConfig, *, tainted: bool = False,
     arms = {exp.incumbent: "incumbent", exp.challenger: "challenger"}
     numbers: dict = {"at": now.isoformat(timespec="seconds"), "share": exp.share, "stage": exp.stage,
                      "alpha": cfg.alpha, "threshold": 1 / cfg.alpha, "arms": {}}
-    per_arm: dict[str, dict] = {}
+    estimate: dict[str, tuple[float, float]] = {}  # role -> (mean of per-user up-rates, its variance)
     for variant, role in arms.items():
         mine = [r for r in rows if r[0] == variant]
         rated = [r for r in mine if r[4] is not None]
-        users = np.array([r[1] for r in rated], dtype=object)
         ups = np.array([1.0 if r[4] == 1 else 0.0 for r in rated])
-        rates = stats.user_rates(users.astype(str), ups) if len(rated) else np.zeros(0)
-        mean, var = stats.mean_var(rates)
-        radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha)) if len(rates) else float("nan")
-        arm = {"variant": variant, "chats": len(mine), "stage_users": len({r[1] for r in mine if r[5]}),
-               "users": len(rates), "ratings": len(rated), "ups": int(ups.sum()),
-               "up_rate": _num(mean), "ci": [_num(max(0.0, mean - radius)), _num(min(1.0, mean + radius))],
-               "rating_rate": _num(len(rated) / len(mine)) if mine else None,
-               "p95_latency_ms": _num(stats.p95(np.array([r[2] for r in mine if r[2] is not None]))),
-               "empty_rate": _num(sum(1 for r in mine if r[3]) / len(mine)) if mine else None}
-        per_arm[role] = {**arm, "_var": var}
-        numbers["arms"][role] = arm
-    inc, ch = per_arm["incumbent"], per_arm["challenger"]
-    diff, var = ch["up_rate"], None
+        rates = stats.user_rates(np.array([r[1] for r in rated], dtype=str), ups)
+        mean, var = estimate[role] = stats.mean_var(rates)
+        radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha)) if len(rates) else None
+        numbers["arms"][role] = {
+            "variant": variant, "chats": len(mine), "stage_users": len({r[1] for r in mine if r[5]}),
+            "users": len(rates), "ratings": len(rated), "ups": int(ups.sum()), "up_rate": _num(mean),
+            "ci": [_num(max(0.0, mean - radius)), _num(min(1.0, mean + radius))] if radius is not None else [None, None],
+            "rating_rate": _num(len(rated) / len(mine)) if mine else None,
+            "p95_latency_ms": _num(stats.p95(np.array([r[2] for r in mine if r[2] is not None]))),
+            "empty_rate": _num(sum(1 for r in mine if r[3]) / len(mine)) if mine else None}
+    inc, ch = numbers["arms"]["incumbent"], numbers["arms"]["challenger"]
+    diff, lam = None, 0.0
     if inc["users"] and ch["users"]:
-        diff = ch["up_rate"] - inc["up_rate"]
-        var = inc["_var"] + ch["_var"]
+        diff = estimate["challenger"][0] - estimate["incumbent"][0]
+        var = estimate["challenger"][1] + estimate["incumbent"][1]
         lam = float(stats.msprt(diff, var, cfg.tau))
         radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha))
         numbers.update(difference=_num(diff), difference_ci=[_num(diff - radius), _num(diff + radius)],
                        msprt=_num(lam), p_value=_num(min(1.0, 1 / lam)) if lam > 0 else 1.0)
     else:
-        lam = 0.0
         numbers.update(difference=None, difference_ci=None, msprt=0.0, p_value=1.0)
     srm = stats.srm_p([inc["stage_users"], ch["stage_users"]], [1 - exp.share, exp.share])
     numbers["srm_p"] = _num(srm)
@@ -181,15 +174,11 @@ def _num(x) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(float(x), 6)
 
 
-def record(con, exp: Experiment, ev: Evaluation, now: datetime | None = None) -> None:
-    con.execute("INSERT INTO decisions (experiment_id, decided_at, decision, reason, numbers) VALUES (?, ?, ?, ?, ?)",
-                [exp.experiment_id, now or datetime.now(timezone.utc), ev.decision, ev.reason, json.dumps(ev.numbers)])
-
-
 def apply(con, exp: Experiment, ev: Evaluation, cfg: AbtestConfig, now: datetime | None = None) -> str | None:
     """Record the decision and change the experiment; returns the new live version when it ended."""
     now = now or datetime.now(timezone.utc)
-    record(con, exp, ev, now)
+    con.execute("INSERT INTO decisions (experiment_id, decided_at, decision, reason, numbers) VALUES (?, ?, ?, ?, ?)",
+                [exp.experiment_id, now, ev.decision, ev.reason, json.dumps(ev.numbers)])
     if ev.decision == "ramp":
         con.execute("UPDATE experiments SET stage = stage + 1, challenger_share = ?, stage_started_at = ? "
                     "WHERE experiment_id = ?", [cfg.ramp[exp.stage + 1], now, exp.experiment_id])
@@ -209,5 +198,5 @@ def decisions(con, experiment_id: str) -> list[dict]:
 
 
 def experiments(con) -> list[Experiment]:
-    ids = [r[0] for r in con.execute("SELECT experiment_id FROM experiments ORDER BY started_at DESC").fetchall()]
-    return [get(con, i) for i in ids]
+    """Every experiment, newest first."""
+    return [Experiment(*row) for row in con.execute(EXPERIMENTS.format(where="true")).fetchall()]

@@ -24,14 +24,9 @@ FORGET_PREFIX = "flywheel-forget:"  # forgotten_users.user_hash = sha256(FORGET_
 # Each chat with the latest feedback of its (response, user); users who were forgotten stay out even when
 # their events arrive late.
 CANDIDATES = """
-WITH latest AS (
-    SELECT response_id, user_id, rating, correction,
-           row_number() OVER (PARTITION BY response_id, user_id ORDER BY created_at DESC, event_id DESC) AS n
-    FROM feedback
-)
-SELECT c.event_id::VARCHAR, c.user_id, c.messages, c.response, l.rating, l.correction, c.created_at
+SELECT c.event_id::VARCHAR, c.response_id, c.user_id, c.messages, c.response, l.rating, l.correction
 FROM chats c
-{join} JOIN latest l ON l.response_id = c.response_id AND l.user_id = c.user_id AND l.n = 1
+{join} JOIN latest_feedback l ON l.response_id = c.response_id AND l.user_id = c.user_id
 WHERE NOT EXISTS (
     SELECT 1 FROM forgotten_users f
     WHERE f.user_hash = sha256('{prefix}' || c.user_id) AND c.created_at <= f.forgotten_at
@@ -44,6 +39,7 @@ ORDER BY c.created_at, c.event_id
 class Sample:
     sample_id: str
     chat_event_id: str
+    response_id: str
     user_id: str
     label: str
     source: str  # rating | correction | unrated
@@ -85,21 +81,24 @@ def candidates(con, cfg: CurationConfig) -> tuple[list[Sample], Report]:
     report = Report()
     rows = con.execute(CANDIDATES.format(join="LEFT" if cfg.include_unrated else "", prefix=FORGET_PREFIX)).fetchall()
     out = []
-    for event_id, user, messages, response, rating, correction, _created in rows:
+    for event_id, response_id, user, messages, response, rating, correction in rows:
         report.candidates += 1
         prompt = json.loads(messages)
+
+        def add(source: str, label: str, answer: str) -> None:
+            out.append(Sample(sample_id(event_id, source), event_id, response_id, user, label, source, prompt, answer))
+
         if rating == 1:
             report.ratings_up += 1
-            out.append(Sample(sample_id(event_id, "rating"), event_id, user, "desirable", "rating", prompt, response))
+            add("rating", "desirable", response)
         elif rating == -1:
             report.ratings_down += 1
-            out.append(Sample(sample_id(event_id, "rating"), event_id, user, "undesirable", "rating", prompt, response))
+            add("rating", "undesirable", response)
         elif cfg.include_unrated:
-            out.append(Sample(sample_id(event_id, "unrated"), event_id, user, "desirable", "unrated", prompt, response))
+            add("unrated", "desirable", response)
         if correction:
             report.corrections += 1
-            out.append(Sample(sample_id(event_id, "correction"), event_id, user, "desirable", "correction", prompt,
-                              correction))
+            add("correction", "desirable", correction)
     return out, report
 
 
@@ -161,19 +160,12 @@ def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
             drop(s, "duplicate: of " + samples[alive[j]].sample_id)
 
     alive = [i for i, s in enumerate(samples) if s.reason is None]
-    cap, kept = filters.user_cap([samples[i].user_id for i in alive], cfg.max_user_share, _cap_order(samples, alive, cfg))
+    order = filters.cap_order([samples[i].source for i in alive], [samples[i].sample_id for i in alive], cfg.seed)
+    cap, kept = filters.user_cap([samples[i].user_id for i in alive], cfg.max_user_share, order)
     for k, i in enumerate(alive):
         if k not in kept:
             drop(samples[i], f"user_cap: over {cap} samples per user ({cfg.max_user_share:.1%} of the kept)")
     return cap
-
-
-def _cap_order(samples: list[Sample], alive: list[int], cfg: CurationConfig) -> list[int]:
-    """Which of a user's samples the cap keeps first: corrections, then a seeded shuffle."""
-    def key(k: int):
-        s = samples[alive[k]]
-        return (s.source != "correction", hashlib.sha256(f"{cfg.seed}:{s.sample_id}".encode()).digest())
-    return sorted(range(len(alive)), key=key)
 
 
 def needs_review(sample_id_: str, cfg: CurationConfig) -> bool:
@@ -181,8 +173,7 @@ def needs_review(sample_id_: str, cfg: CurationConfig) -> bool:
         return True
     if cfg.review_policy == "auto":
         return False
-    bucket = int.from_bytes(hashlib.sha256(f"{cfg.seed}:review:{sample_id_}".encode()).digest()[:8], "big")
-    return bucket / 2**64 < cfg.review_sample_share
+    return filters.unit(f"{cfg.seed}:review:{sample_id_}") < cfg.review_sample_share
 
 
 SAMPLE_COLUMNS = ("sample_id", "chat_event_id", "response_id", "user_id", "label", "prompt", "answer", "source",
@@ -201,11 +192,10 @@ def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
             report.dropped[kind] = report.dropped.get(kind, 0) + 1
     kept = [s for s in samples if s.reason is None]
     report.kept, report.users = len(kept), len({s.user_id for s in kept})
-    response_ids = dict(con.execute("SELECT event_id::VARCHAR, response_id FROM chats").fetchall()) if samples else {}
     table = pa.table({
         "sample_id": [s.sample_id for s in samples],
         "chat_event_id": [s.chat_event_id for s in samples],
-        "response_id": [response_ids[s.chat_event_id] for s in samples],
+        "response_id": [s.response_id for s in samples],
         "user_id": [s.user_id for s in samples],
         "label": [s.label for s in samples],
         "prompt": [json.dumps(s.prompt) for s in samples],

@@ -134,6 +134,17 @@ def near_duplicates(prompts: list[str], answers: list[str], groups: list[str], t
     return of
 
 
+def unit(key: str) -> float:
+    """A number in [0, 1) fixed by `key`: seeded, stateless choices (review sampling, eval users)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def cap_order(sources: list[str], ids: list[str], seed: int) -> list[int]:
+    """Which samples the per-user cap keeps first: corrections, then a seeded shuffle."""
+    return sorted(range(len(ids)), key=lambda i: (sources[i] != "correction",
+                                                  hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest()))
+
+
 def user_cap(users: list[str], share: float, order: list[int]) -> tuple[int, set[int]]:
     """The most samples per user so that no user is more than `share` of what is kept, and the indices
     kept (each user's first ones in `order`). 0 when no cap can hold (fewer than 1/share users)."""

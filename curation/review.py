@@ -20,9 +20,7 @@ def pending(con, limit: int = 50, offset: int = 0) -> list[dict]:
                (SELECT list(DISTINCT p.entity_type ORDER BY p.entity_type) FROM pii_findings p
                 WHERE p.event_id = s.chat_event_id OR p.event_id = f.event_id) AS pii
         FROM samples s
-        LEFT JOIN (SELECT response_id, user_id, event_id, rating,
-                          row_number() OVER (PARTITION BY response_id, user_id ORDER BY created_at DESC) AS n
-                   FROM feedback) f ON f.response_id = s.response_id AND f.user_id = s.user_id AND f.n = 1
+        LEFT JOIN latest_feedback f ON f.response_id = s.response_id AND f.user_id = s.user_id
         WHERE s.status = 'pending' AND s.keep
         ORDER BY s.created_at, s.sample_id
         LIMIT ? OFFSET ?

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation import audit, filters
+from curation import audit, filters, review
 from curation.config import CurationConfig
 from curation.curate import FORGET_PREFIX
 
@@ -61,8 +61,7 @@ def user_key(user_id: str) -> str:
 
 
 def in_eval(user_id: str, cfg: CurationConfig) -> bool:
-    bucket = int.from_bytes(hashlib.sha256(f"{cfg.seed}:split:{user_id}".encode()).digest()[:8], "big")
-    return bucket / 2**64 < cfg.eval_share
+    return filters.unit(f"{cfg.seed}:split:{user_id}") < cfg.eval_share
 
 
 def _table(rows: list[tuple]) -> pa.Table:
@@ -85,8 +84,7 @@ def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapsh
     if not rows:
         return None
     users = [r[1] for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: (rows[i][3] != "correction",
-                                                     hashlib.sha256(f"{cfg.seed}:{rows[i][0]}".encode()).digest()))
+    order = filters.cap_order([r[3] for r in rows], [r[0] for r in rows], cfg.seed)
     cap, kept = filters.user_cap(users, cfg.max_user_share, order)
     rows = [r for i, r in enumerate(rows) if i in kept]
     if not rows:
@@ -128,7 +126,7 @@ def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapsh
                        "over_user_cap": len(users) - len(rows)},
             "per_user_cap": cap,
             "sample_ids": {"train": [r[0] for r in train_rows], "eval": [r[0] for r in eval_rows]},
-            "filter_stats": _filter_stats(con),
+            "filter_stats": review.filter_stats(con),
             "config": cfg.model_dump(mode="json"),
             "seed": cfg.seed,
         }
@@ -160,9 +158,3 @@ def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapsh
              "new" if created else "unchanged")
     return Snapshot(snapshot_id, content_hash, final, manifest, created)
 
-
-def _filter_stats(con) -> dict:
-    rows = con.execute(
-        "SELECT coalesce(split_part(reason, ':', 1), 'kept'), count(*) FROM samples GROUP BY ALL ORDER BY ALL"
-    ).fetchall()
-    return dict(rows)

@@ -72,21 +72,25 @@ class RetrainLock:
 
 
 _children: set[subprocess.Popen] = set()  # training and gate processes running now
-_stopping = threading.Event()
+_stopped: set[int] = set()  # pids that stop_jobs killed: their runs fail as "stopped", not "killed"
+_stopping = threading.Event()  # while set, no new training or gate process starts
 
 
 def stop_jobs(scheduler=None) -> None:
     """Shutting down: kill the training/gate processes (a run in flight is recorded as failed, the
     incumbent untouched), then wait for the jobs to record it, so the database closes after them."""
     _stopping.set()
-    for proc in list(_children):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if scheduler is not None:
-        scheduler.shutdown(wait=True)
-        _stopping.clear()  # the jobs are done; a later control session in this process may start more
+    try:
+        for proc in list(_children):
+            _stopped.add(proc.pid)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+    finally:
+        _stopping.clear()
 
 
 def _child(args: list[str], timeout: float, on_start: Callable | None = None, echo: bool = False) -> tuple[int, str, list[str]]:
@@ -123,7 +127,8 @@ def _child(args: list[str], timeout: float, on_start: Callable | None = None, ec
         _children.discard(proc)
     for r in readers:
         r.join(5)
-    if _stopping.is_set() and proc.returncode != 0:
+    if proc.pid in _stopped:
+        _stopped.discard(proc.pid)
         tail.append("stopped: the control process is shutting down")
     lines = [x for x in out if x.strip()]
     return proc.returncode, lines[-1].strip() if lines else "", list(tail)
@@ -148,10 +153,10 @@ def _gate(args: list[str], timeout: float) -> dict:
     code, last, tail = _child(args, timeout)
     if code == 0 and last.startswith("{"):
         return json.loads(last)
-    return {"ok": False, "reason": _failure_reason(code, tail)}
+    return {"ok": False, "reason": _failure_reason(code, tail), "judged": False}
 
 
-def retrain(cfg: Config, con, *, scheduled: bool = False, on_worker: Callable | None = None,
+def retrain(cfg: Config, con, *, on_worker: Callable | None = None,
             echo: bool = False) -> Outcome:
     """One run; every outcome (skipped included) is logged, and all but `skipped` are in the registry."""
     from curation import audit, curate, snapshot
@@ -237,7 +242,9 @@ def retrain(cfg: Config, con, *, scheduled: bool = False, on_worker: Callable | 
             offline_args += ["--incumbent", incumbent["path"]]
         verdict = metrics["offline"] = _gate(offline_args, 3600)
         if not verdict["ok"]:
-            return fail("rejected", f"offline gate: {verdict['reason']}", metrics, str(final))
+            # A gate that crashed or was stopped said nothing about the adapter: the run failed.
+            status = "failed" if verdict.get("judged") is False else "rejected"
+            return fail(status, f"offline gate: {verdict['reason']}", metrics, str(final))
         registry.register(con, version, status="candidate", path=str(final), metrics=metrics, **record)
         audit.append(con, "retrain", "candidate", version, {"snapshot_id": snap.snapshot_id,
                                                              "offline": verdict.get("candidate")})
@@ -270,7 +277,7 @@ def scheduled_retrain() -> None:
         log.warning("scheduled retrain fired outside a control process; ignored")
         return
     try:
-        retrain(cfg, con.cursor(), scheduled=True)
+        retrain(cfg, con.cursor())
     except Exception:
         log.exception("scheduled retrain failed; the incumbent is unchanged")
 

@@ -3,7 +3,8 @@
     python -m retrain.gates artifact ADAPTER_DIR [--parent DIR] [--rank R]
     python -m retrain.gates offline --base BASE --candidate DIR [--incumbent DIR] --snapshot SNAP [--tolerance T]
 
-Each prints one JSON object {"ok": bool, "reason": str | null, ...numbers} as its last stdout line.
+Each prints one JSON object {"ok": bool, "reason": str | null, ...numbers} as its last stdout line;
+"judged": false when the gate itself failed and says nothing about the adapter.
 
 Artifact: the PEFT files load, every tensor is finite, LoRA B is not all zero (a fresh adapter that did
 not train), the tensors are those the config promises, and the weights differ from the parent's.
@@ -169,7 +170,8 @@ def main(argv: list[str]) -> int:
         else:
             verdict = offline(args.base, args.candidate, args.incumbent, args.snapshot, args.tolerance)
     except Exception as e:  # a gate that cannot judge says no
-        verdict = {"ok": False, "reason": f"the gate failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        first_line = (str(e).splitlines() or [""])[0][:300]
+        verdict = {"ok": False, "judged": False, "reason": f"the gate failed: {type(e).__name__}: {first_line}"}
     print(json.dumps(verdict))
     return 0
 

@@ -17,14 +17,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ingest.contracts import ChatLog, Feedback, Message
 from serving import ids
 from serving.config import ServingConfig
 from serving.generator import BASE, AdapterGone, GenRequest, QueueFull
 from serving.outbox import Outbox
-from serving.pages import add_review_routes, validation_message
+from serving.pages import add_review_routes, first_error, parse_body
 
 FEEDBACK_NAMESPACE = uuid.UUID("5b0e9c1e-8d6f-4c38-9a57-0c1f3f0e7b21")
 
@@ -157,9 +157,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request, e: RequestValidationError):
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        return JSONResponse({"error": {"message": f"{where}: {first['msg']}", "type": "invalid_request_error",
+        return JSONResponse({"error": {"message": first_error(e.errors()), "type": "invalid_request_error",
                                        "code": 400}}, 400)
 
 
@@ -307,10 +305,7 @@ def create_app(
     async def feedback(request: Request):
         app_id = authenticate(request)
         # Parsed here rather than by FastAPI's dependency machinery: this is the hottest route.
-        try:
-            body = FeedbackRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise ApiError(400, validation_message(e)) from None
+        body = parse_body(FeedbackRequest, await request.body(), ApiError)
         claims = ids.verify(secret, body.response_id)
         if claims is None:
             raise ApiError(404, "unknown response_id", "not_found_error")

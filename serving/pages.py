@@ -189,10 +189,18 @@ def _chart(decisions: list[dict]) -> dict:
             "yticks": [(y(v), f"{v:.0%}") for v in (0, 0.25, 0.5, 0.75, 1.0)]}
 
 
-def validation_message(e: ValidationError) -> str:
-    """A pydantic error as one line that names the field: 'rating: Field required'."""
-    first = e.errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
+def parse_body(model: type[BaseModel], raw: bytes, api_error):
+    """The JSON body as `model`, or a 400 whose message names the field: 'rating: Field required'."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise api_error(400, first_error(e.errors())) from None
+
+
+def first_error(errors: list[dict]) -> str:
+    """The first validation error as one line that names the field (FastAPI's 'body' prefix left out)."""
+    first = errors[0]
+    return f"{'.'.join(str(p) for p in first['loc'] if p != 'body') or 'body'}: {first['msg']}"
 
 
 def _summary(details: dict) -> str:
@@ -301,10 +309,7 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
     async def admin_reviews(request: Request):
         """Approve or reject samples as the reviewer whose admin key is sent."""
         reviewer = admin(request)
-        try:
-            body = DecisionRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise api_error(400, validation_message(e)) from None
+        body = parse_body(DecisionRequest, await request.body(), api_error)
         try:
             n = await run_in_threadpool(need_backend().decide, body.sample_ids, body.decision, reviewer, body.reason)
         except BadDecision as e:
@@ -315,8 +320,5 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
     async def admin_forget(request: Request):
         """Erase a user's data (right to be forgotten); answers what was deleted and what was trained on it."""
         actor = admin(request)
-        try:
-            body = ForgetRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise api_error(400, validation_message(e)) from None
+        body = parse_body(ForgetRequest, await request.body(), api_error)
         return JSONResponse(await run_in_threadpool(need_backend().forget, body.user, actor))

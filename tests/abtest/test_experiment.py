@@ -26,7 +26,8 @@ def two_adapters(db, tmp_path):
     return Config(data_dir=tmp_path, abtest=CFG)
 
 
-def traffic(db, scrub, exp, users: range, up: dict, latency: dict | None = None, force: str | None = None, seed=0):
+def traffic(db, scrub, exp, users: range, up: dict, latency: dict | None = None, force: str | None = None, seed=0,
+            blank: str | None = None):
     """One rated answer per user, served by the variant the assignment gives them (or `force`)."""
     rng = random.Random(seed)
     events = []
@@ -34,7 +35,7 @@ def traffic(db, scrub, exp, users: range, up: dict, latency: dict | None = None,
     for u in users:
         user = f"user-{u:04d}"
         variant = force or assign(user, exp.salt, split)
-        c = chat(user, f"Question {u}?", f"Answer from {variant}.")
+        c = chat(user, f"Question {u}?", " " if variant == blank else f"Answer from {variant}.")
         c = c.model_copy(update={"variant": variant, "experiment_id": exp.experiment_id,
                                  "latency_ms": (latency or {}).get(variant, 100.0),
                                  "created_at": datetime.now(timezone.utc)})
@@ -82,6 +83,17 @@ def test_a_guardrail_breach_rolls_back(db, two_adapters, scrub_pool):
     said = control.ab_tick(cfg, db)
     assert "rollback: guardrail breached: p95 latency" in said[-1]
     assert registry.get(db, "v0002")["status"] == "rolled_back" and registry.live(db)["version"] == "v0001"
+    assert routing(cfg)["split"] == [["v0001", 1.0]]
+
+
+def test_blank_answers_breach_their_guardrail(db, two_adapters, scrub_pool):
+    from abtest import experiment as ab
+
+    cfg = two_adapters
+    control.ab_tick(cfg, db)
+    traffic(db, scrub_pool.scrub, ab.get(db), range(300), {"v0001": 0.5, "v0002": 0.6}, blank="v0002")
+    said = control.ab_tick(cfg, db)
+    assert "rollback: guardrail breached: empty answers" in said[-1]
     assert routing(cfg)["split"] == [["v0001", 1.0]]
 
 

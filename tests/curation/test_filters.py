@@ -62,7 +62,7 @@ def test_user_cap_holds_for_every_user_and_keeps_the_first_in_order():
 
 
 def _sample(i, user, prompt, answer, label="desirable", source="rating"):
-    return Sample(f"s{i:03d}", f"e{i}", user, label, source, [{"role": "user", "content": prompt}], answer)
+    return Sample(f"s{i:03d}", f"e{i}", f"r{i}", user, label, source, [{"role": "user", "content": prompt}], answer)
 
 
 def test_apply_filters_records_a_score_and_the_first_reason_for_every_sample():

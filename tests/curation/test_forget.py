@@ -74,8 +74,9 @@ def test_forget_erases_every_row_and_the_bytes_and_taints_what_was_trained_on_th
     compact(path)
     raw = path.read_bytes()
     assert MARKER.encode() not in raw and b"zoe-77" not in raw
-    con = open_store(path)  # still a working store after the swap
+    con = open_store(path)  # still a working store after the swap, views included
     assert con.execute("SELECT count(*) FROM chats").fetchone()[0] == 180
+    assert con.execute("SELECT count(*) FROM latest_feedback").fetchone()[0] == 180
     con.close()
 
 

@@ -19,24 +19,6 @@ from tests.curation.conftest import store
 from tests.curation.test_curate import population
 from tests.retrain.test_recipe import TINY_TARGETS
 
-TOML = """
-base_model = "{base}"
-data_dir = "{data}"
-[curation]
-review_policy = "auto"
-[retrain]
-min_new_samples = 1
-epochs = 4
-learning_rate = 0.03
-tokens_per_batch = 512
-max_seq_len = 96
-forgetting_tolerance = 100.0
-[retrain.lora]
-r = 4
-alpha = 8
-dropout = 0.0
-target_modules = {targets}
-"""
 
 
 def config(tiny_lm, data: Path, **retrain) -> Config:
@@ -65,8 +47,12 @@ def digest(folder: Path) -> str:
 
 
 def test_retrain_now_from_the_cli_registers_a_gated_candidate(tiny_lm, populated, tmp_path):
-    cfg_file = tmp_path / "flywheel.toml"
-    cfg_file.write_text(TOML.format(base=tiny_lm, data=populated, targets=str(TINY_TARGETS).replace("'", '"')))
+    import tomli_w
+
+    from infra.config import to_toml_dict
+
+    cfg_file = tmp_path / "flywheel.toml"  # the test's config, as a user would write it
+    cfg_file.write_text(tomli_w.dumps(to_toml_dict(config(tiny_lm, populated))))
     out = flywheel("-c", str(cfg_file), "retrain", "--now", timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "retrain v0001: candidate" in out.stdout and "eval desirable loss" in out.stdout
@@ -146,7 +132,6 @@ def test_stopping_the_service_kills_a_run_in_flight_and_records_it(tiny_lm, popu
         assert registry.get(con, stopped.version)["status"] == "failed" and registry.live(con) is None
         assert not list((populated / "adapters").glob("*/adapter_model.safetensors"))
     finally:
-        control._stopping.clear()
         con.close()
 
 
