@@ -117,6 +117,10 @@ class GroupCommit:
                 done.set_result(None)
 
 
+def _too_large(limit: int) -> str:
+    return f"request body over {limit} bytes (serving.max_body_bytes)"
+
+
 def _body_limit(app, limit: int):
     """ASGI middleware: a body over `limit` bytes gets 413 before anything parses it."""
 
@@ -125,7 +129,7 @@ def _body_limit(app, limit: int):
             return await app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            return await _send_error(send, 413, f"request body over {limit} bytes (serving.max_body_bytes)")
+            return await _send_error(send, 413, _too_large(limit))
         seen = 0
 
         async def limited():
@@ -133,7 +137,7 @@ def _body_limit(app, limit: int):
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise ApiError(413, f"request body over {limit} bytes (serving.max_body_bytes)")
+                raise ApiError(413, _too_large(limit))
             return message
 
         return await app(scope, limited, send)
@@ -141,11 +145,49 @@ def _body_limit(app, limit: int):
     return middleware
 
 
-async def _send_error(send, status: int, message: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": status}}).encode()
+async def _send_error(send, status: int, message: str, kind: str = "invalid_request_error",
+                      headers: dict | None = None) -> None:
+    await _send_json(send, status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+
+
+async def _send_json(send, status: int, payload: dict, headers: dict | None = None) -> None:
+    body = json.dumps(payload).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _fast_feedback(app, accept: Callable, limit: int):
+    """ASGI: POST /v1/feedback answered straight from the ASGI messages (about twice the throughput of the
+    same handler behind Starlette's routing); everything else goes on to `app`."""
+
+    async def middleware(scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/v1/feedback" or scope["method"] != "POST":
+            return await app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _send_error(send, 413, _too_large(limit))
+        chunks, seen, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                return await _send_error(send, 413, _too_large(limit))
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        try:
+            payload = await accept(headers.get(b"authorization", b"").decode("latin-1"), b"".join(chunks))
+        except ApiError as e:
+            return await _send_error(send, e.status, e.message, e.kind, e.headers)
+        await _send_json(send, 202, payload)
+
+    return middleware
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -183,8 +225,8 @@ def create_app(
     app = FastAPI(title="Flywheel", version="0.1.0")
     install_error_handlers(app)
 
-    def authenticate(request: Request) -> str:
-        header = request.headers.get("authorization", "")
+    def authenticate(request: Request | str) -> str:
+        header = request if isinstance(request, str) else request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
             raise ApiError(401, "missing API key: send Authorization: Bearer <key>", "authentication_error")
         app_id = ids.app_for_key(header[7:].strip(), cfg.api_keys)
@@ -300,12 +342,9 @@ def create_app(
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    @app.post("/v1/feedback", status_code=202, openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": FeedbackRequest.model_json_schema()}}}})
-    async def feedback(request: Request):
-        app_id = authenticate(request)
-        # Parsed here rather than by FastAPI's dependency machinery: this is the hottest route.
-        body = parse_body(FeedbackRequest, await request.body(), ApiError)
+    async def accept_feedback(authorization: str, raw: bytes) -> dict:
+        app_id = authenticate(authorization)
+        body = parse_body(FeedbackRequest, raw, ApiError)
         claims = ids.verify(secret, body.response_id)
         if claims is None:
             raise ApiError(404, "unknown response_id", "not_found_error")
@@ -319,8 +358,17 @@ def create_app(
         event = Feedback(event_id=uuid.uuid5(FEEDBACK_NAMESPACE, key), response_id=body.response_id, app_id=app_id,
                          user_id=claims.user_id, rating=rating, comment=body.comment, correction=body.correction)
         await log_event(feedback_topic, event)
-        return JSONResponse({"id": str(event.event_id), "object": "feedback", "accepted": True}, 202)
+        return {"id": str(event.event_id), "object": "feedback", "accepted": True}
+
+    # Documents the route in /openapi.json; requests are answered by `_fast_feedback` below, which skips
+    # Starlette's request objects and routing on the hottest route.
+    @app.post("/v1/feedback", status_code=202, openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": FeedbackRequest.model_json_schema()}}}})
+    async def feedback(request: Request):
+        return JSONResponse(await accept_feedback(request.headers.get("authorization", ""), await request.body()),
+                            202)
 
     add_review_routes(app, review, cfg.admin_keys, secret, ApiError)
-    app.add_middleware(lambda inner: _body_limit(inner, cfg.max_body_bytes))
+    app.add_middleware(lambda inner: _fast_feedback(_body_limit(inner, cfg.max_body_bytes), accept_feedback,
+                                                    cfg.max_body_bytes))
     return app

@@ -108,6 +108,27 @@ def test_feedback_is_checked_idempotent_and_lands_in_kafka(server):
     assert fb and fb[0].rating == -1 and fb[0].user_id == "user-7" and fb[0].correction.startswith("Returns")
 
 
+def test_feedback_errors(server):
+    """The feedback route is answered below FastAPI (serving.app._fast_feedback): it must keep every check."""
+    url, auth = server["url"] + "/v1/feedback", {"Authorization": f"Bearer {KEY_A}"}
+    reply = client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}],
+                                                   max_tokens=2, user="user-8")
+    assert post_feedback(server, "wrong", reply.id).status_code == 401
+    missing = httpx.post(url, json={"response_id": reply.id, "rating": "up"})
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    declared = httpx.post(url, headers=auth, content=b"{" + b" " * 30_000 + b"}")
+    assert declared.status_code == 413 and "max_body_bytes" in declared.json()["error"]["message"]
+    streamed = httpx.post(url, headers=auth, content=iter([b"{" + b" " * 10_000] * 3))  # chunked: no length
+    assert streamed.status_code == 413
+    assert httpx.post(url, headers=auth, content=b"{not json").status_code == 400
+    unknown_field = post_feedback(server, KEY_A, reply.id, stars=5)
+    assert unknown_field.status_code == 400 and "stars" in unknown_field.json()["error"]["message"]
+    sideways = post_feedback(server, KEY_A, reply.id, "sideways")
+    assert sideways.status_code == 400 and "rating" in sideways.json()["error"]["message"]
+    assert httpx.get(url, headers=auth).status_code == 405
+    assert post_feedback(server, KEY_A, reply.id).status_code == 202
+
+
 def test_the_longest_ids_still_round_trip(server):
     user = "u" * 128  # the longest user id the contracts accept
     reply = client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}],

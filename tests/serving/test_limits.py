@@ -27,6 +27,8 @@ def test_rate_limit_metrics_and_health(tiny_lm, tmp_path):
         assert codes == [200, 200, 200, 429, 429]
         limited = client.get("/v1/models", headers=auth)
         assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
+        feedback = client.post("/v1/feedback", headers=auth, json={"response_id": "x", "rating": "up"})
+        assert feedback.status_code == 429 and feedback.headers["Retry-After"] == "1"
         metrics = client.get("/metrics").text
         assert 'flywheel_generated_tokens_total{variant="base"}' in metrics
         assert "flywheel_outbox_events 3.0" in metrics  # nothing ships them in this test
