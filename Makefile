@@ -8,12 +8,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.flywheel-installed
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 PYTEST_ARGS ?=
-DEMO_SECONDS ?= 20
+DEMO_ARGS ?=
 
 .PHONY: demo test install clean browser
 
 demo: $(STAMP)
-	$(VENV)/bin/flywheel up --duration $(DEMO_SECONDS) --simulate 2000
+	$(VENV)/bin/flywheel demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -8,10 +8,12 @@ Problems the user can fix (bad config, busy port, unreachable broker, ...) print
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -275,6 +277,52 @@ def build_app() -> typer.Typer:
             thread.join()
             typer.echo(f"ingested  {_totals(ingest.totals)}")
         typer.echo("stopped cleanly")
+
+    @app.command()
+    def demo(
+        ctx: typer.Context,
+        users: Annotated[int, typer.Option(min=8, help="Simulated customers (a quarter are support agents).")] = 240,
+        control: Annotated[bool, typer.Option(
+            "--control", help="Shuffle the agents' corrections across topics: the challenger must not be promoted."
+        )] = False,
+        keep_running: Annotated[bool, typer.Option(
+            "--keep-running", help="Leave the service up afterwards (review page, A/B dashboard) until Ctrl-C."
+        )] = False,
+        seed: Annotated[int, typer.Option(help="Seed of the simulated population and its questions.")] = 0,
+    ) -> None:
+        """The whole loop on the real base model: simulated customers chat and rate through the API, then
+        ingest, curation (policy auto), retraining, gates, a canary and a live A/B test decide."""
+        from demo import run as demo_run
+
+        state = _state(ctx)
+        base = state.config()
+        cfg = demo_run.demo_config(base, state.config_path, state.overrides, control)
+        logging.getLogger().setLevel(cfg.log_level)
+        for noisy in ("httpx", "httpx2", "openai", "kafka"):  # a line per request or connection
+            logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "kafka" else logging.ERROR)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes
+        if users * cfg.curation.max_user_share < 1:
+            raise FlywheelError(f"--users {users}: the per-user cap (curation.max_user_share="
+                                f"{cfg.curation.max_user_share:g}) needs at least "
+                                f"{math.ceil(1 / cfg.curation.max_user_share)} users")
+        demo_run.prepare_data_dir(cfg, ensure_data_dir(base.data_dir) / "models")
+        typer.echo(f"demo      data in {cfg.data_dir} (emptied first); settings: {' '.join(demo_run.DEMO_SETTINGS)}")
+        with StopSignal() as stop:
+            result = demo_run.run(cfg, users=users, control=control, keep_running=keep_running, seed=seed,
+                                  echo=typer.echo, stop=stop.event)
+        for line in demo_run.summary(result, cfg, control):
+            typer.echo(line)
+        promoted = result.decision == "promote"
+        if control and promoted:
+            typer.echo("flywheel: the control run promoted its challenger: the gates let noise through", err=True)
+            raise typer.Exit(1)
+        if not control and not promoted:
+            typer.echo("flywheel: the loop did not promote a better adapter this time (see the decision above)",
+                       err=True)
+            raise typer.Exit(1)
 
     @app.command()
     def serve(

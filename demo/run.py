@@ -1,0 +1,415 @@
+"""`flywheel demo`: the whole loop on the real base model, driven by simulated customers (demo.store).
+
+Every stage runs through the code a deployment runs: the bundled broker, ingest with PII scrubbing into
+DuckDB, the OpenAI-compatible API (called with the `openai` client), curation (review policy `auto`,
+recorded as such in the audit log), retraining in a subprocess, the artifact and offline gates, a canary
+share and a live A/B test decided by the same evaluation `flywheel up` runs every few minutes.
+
+The demo works in a data dir of its own (DATA_DIR/demo, or DATA_DIR/demo-control) that it empties first;
+the base model's converted copy is shared with DATA_DIR/models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from demo import store
+from infra.config import Config, load_config
+
+log = logging.getLogger(__name__)
+
+API_KEY = "flywheel-demo-key"  # the default config's demo app (serving.api_keys)
+
+# The demo's settings on top of the embedded defaults; KEY=VALUE overrides on the command line win.
+DEMO_SETTINGS = [
+    "curation.review_policy=auto",  # no reviewer in the loop: approvals are logged as policy:auto
+    "serving.max_tokens=40",  # short answers: one stream of the 135M model makes ~13 tokens/s on 2 cores
+    "serving.max_batch=24",
+    "retrain.epochs=2",
+    "retrain.learning_rate=0.001",  # ~90 small steps over ~280 answers: enough to learn the 8 policies
+    "retrain.tokens_per_batch=512",
+    "retrain.min_new_samples=20",
+    "abtest.min_users_per_arm=12",  # the canary stage sees 10% of the population
+    "abtest.min_duration_s=0",
+    "log_level=WARNING",  # the demo prints its own lines; KEY=VALUE log_level=INFO shows the services' logs
+]
+
+
+@dataclass
+class Chat:
+    user_id: str
+    topic: str
+    variant: str
+    answer: str
+    rating: int | None
+    corrected: bool
+
+
+@dataclass
+class Traffic:
+    sent: int = 0
+    answered: int = 0
+    failed: int = 0
+    ratings: int = 0
+    accepted: int = 0
+    corrections: int = 0
+    chats: list[Chat] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: Traffic) -> None:
+        for name in ("sent", "answered", "failed", "ratings", "accepted", "corrections"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.chats += other.chats
+        self.errors += other.errors
+
+
+def demo_config(base: Config, config_path: Path | None, overrides: list[str], control: bool) -> Config:
+    folder = Path(base.data_dir) / ("demo-control" if control else "demo")
+    return load_config(config_path, [*DEMO_SETTINGS, *overrides, f"data_dir={folder}"])
+
+
+def prepare_data_dir(cfg: Config, shared_models: Path) -> None:
+    """An empty data dir whose models/ is the shared converted base model."""
+    shutil.rmtree(cfg.data_dir, ignore_errors=True)
+    cfg.data_dir.mkdir(parents=True)
+    shared_models.mkdir(parents=True, exist_ok=True)
+    (cfg.data_dir / "models").symlink_to(shared_models.resolve(), target_is_directory=True)
+
+
+def drive(url: str, tasks: list[tuple[store.Customer, store.Topic]], *, seed: int, control: bool,
+          max_tokens: int, workers: int = 24, rate_share: float = 0.85) -> Traffic:
+    """Each task: one customer asks one question through the openai client, then (usually) rates it; agents
+    always rate and correct a missed answer. Tasks run `workers` at a time, like many app sessions."""
+    import httpx
+    import openai
+
+    local = threading.local()
+    lock = threading.Lock()
+    total = Traffic()
+
+    def one(i: int, who: store.Customer, topic: store.Topic) -> None:
+        rng = random.Random(f"{seed}-{i}-{who.user_id}")
+        if not hasattr(local, "client"):
+            local.client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=3, timeout=600)
+            local.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+        mine = Traffic(sent=1)
+        try:
+            reply = local.client.chat.completions.create(
+                model="flywheel", user=who.user_id, max_tokens=max_tokens, temperature=0.2, seed=rng.randrange(1 << 30),
+                messages=[{"role": "system", "content": store.SYSTEM},
+                          {"role": "user", "content": store.question(rng, who, topic)}])
+        except openai.APIError as e:
+            log.warning("demo: a chat failed: %s", e)
+            mine.failed = 1
+            mine.errors.append(f"chat: {type(e).__name__}: {e}"[:300])
+        else:
+            mine.answered = 1
+            answer = reply.choices[0].message.content or ""
+            rating = store.judge(topic, answer, who) if who.agent or rng.random() < rate_share else None
+            chat = Chat(who.user_id, topic.name, reply.model, answer, rating, False)
+            if rating is not None:
+                body = {"response_id": reply.id, "rating": "up" if rating > 0 else "down"}
+                if who.agent and rating < 0:
+                    body["correction"] = store.correction(topic, rng, control)
+                    chat.corrected = True
+                mine.ratings = 1
+                for attempt in range(5):  # 202 means durable; 429/503 are worth a retry
+                    r = local.http.post("/v1/feedback", json=body)
+                    if r.status_code not in (429, 503):
+                        break
+                    time.sleep(0.5 * (attempt + 1))
+                if r.status_code == 202:
+                    mine.accepted = 1
+                    mine.corrections = int(chat.corrected)
+                else:
+                    log.warning("demo: feedback refused: %s %s", r.status_code, r.text[:200])
+                    mine.errors.append(f"feedback: {r.status_code} {r.text[:200]}")
+            mine.chats.append(chat)
+        with lock:
+            total.add(mine)
+
+    with ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(one, i, who, topic) for i, (who, topic) in enumerate(tasks)]:
+            f.result()
+    return total
+
+
+def wait_serving(api, cfg: Config, timeout: float = 120) -> None:
+    """Block until the API serves the split last published in routing.json (it follows within seconds,
+    after loading the adapters), so that no simulated user is routed by the previous split."""
+    import json
+
+    want = json.loads((cfg.data_dir / "routing.json").read_text())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = api.router.current
+        if r.experiment_id == want["experiment_id"] and [[v, float(x)] for v, x in r.split] == want["split"]:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"serving did not follow routing.json within {timeout:.0f} s")
+
+
+def wait_ingested(con, chats: int, feedback: int, timeout: float = 300) -> tuple[int, int]:
+    """Block until DuckDB holds at least this many chats and feedback events (ingest is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = con.execute("SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback)").fetchone()
+        if (got[0] >= chats and got[1] >= feedback) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.5)
+
+
+def kafka_counts(cfg: Config, bootstrap: str) -> dict[str, int]:
+    """Events on each topic (sum of the partitions' end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from infra.kafka import client_settings
+
+    consumer = KafkaConsumer(**client_settings(cfg.kafka, bootstrap))
+    try:
+        out = {}
+        for topic in (cfg.kafka.chats_topic, cfg.kafka.feedback_topic):
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+            out[topic] = sum(consumer.end_offsets(parts).values()) if parts else 0
+        return out
+    finally:
+        consumer.close()
+
+
+def pii_leaks(folder: Path, people: list[store.Customer]) -> dict[str, int]:
+    """How many canary values (each customer's email and phone number) appear in any file under `folder`
+    (DuckDB file and WAL, Parquet snapshots, adapters, logs), except the base model's copy."""
+    canaries = {kind: [getattr(p, kind).encode() for p in people] for kind in ("email", "phone")}
+    found = {kind: set() for kind in canaries}
+    for path in folder.rglob("*"):
+        if path.is_symlink() or not path.is_file() or "models" in path.relative_to(folder).parts[:1]:
+            continue
+        data = path.read_bytes()
+        for kind, values in canaries.items():
+            found[kind] |= {v for v in values if v in data}
+    return {kind: len(v) for kind, v in found.items()}
+
+
+@dataclass
+class Result:
+    stages: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    pii_types: dict[str, int] = field(default_factory=dict)
+    retrain: object = None
+    decision: str | None = None
+    reason: str | None = None
+    numbers: dict = field(default_factory=dict)
+    before: tuple[int, int] = (0, 0)  # (ups, ratings) of the base model before any training
+    after: dict[str, tuple[int, int]] = field(default_factory=dict)  # variant -> (ups, ratings) in the A/B
+    leaks: dict[str, int] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "retrain"}
+        o = self.retrain
+        out["retrain"] = {"status": o.status, "reason": o.reason, "version": o.version, "seconds": o.seconds,
+                          "metrics": o.metrics} if o else None
+        return out
+
+
+def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: int = 4, seed: int = 0,
+        control: bool = False, keep_running: bool = False, echo=print, stop=None) -> Result:
+    """The loop, stage by stage; `echo` gets one line per event worth seeing."""
+    from abtest import experiment as ab
+    from curation import curate, snapshot
+    from infra import control as ctl
+    from infra import db
+    from infra.cli import _close_store, start_kafka
+    from infra.services import Api, ReviewStore, build_ingest, start_ingest_thread
+    from retrain import registry
+
+    result = Result()
+    people = store.population(users, seed)
+    stop = stop or threading.Event()
+    clock = time.monotonic()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        result.stages[name] = round(now - clock, 1)
+        clock = now
+
+    with ExitStack() as stack:
+        bootstrap, kind = start_kafka(cfg, stack)
+        con = db.open_store(cfg.db_path, cfg.db.threads)
+        stack.callback(_close_store, con, cfg.db_path)
+        ingest = build_ingest(cfg, bootstrap, con.cursor())
+        ingest_stop = threading.Event()
+        thread = start_ingest_thread(ingest, ingest_stop)
+        stack.callback(thread.join)
+        stack.callback(ingest_stop.set)
+        api = Api(cfg, bootstrap, review=ReviewStore(con, cfg))
+        stack.callback(api.close)
+        result.urls = {"review": f"{api.url}/review", "ab": f"{api.url}/ab"}
+        stage("start")
+        echo(f"started   {kind} at {bootstrap}; DuckDB {cfg.db_path}; API {api.url}/v1 on {cfg.base_model}")
+        reader = con.cursor()
+
+        # 1. Traffic on the base model: every customer asks once, agents ask several times and correct.
+        rng = random.Random(seed)
+        tasks = [(p, rng.choice(store.TOPICS)) for p in people for _ in range(agent_questions if p.agent else 1)]
+        rng.shuffle(tasks)
+        agents = sum(p.agent for p in people)
+        echo(f"traffic   {len(people)} simulated customers ({agents} support agents) ask {len(tasks)} questions "
+             f"about the policies of {store.STORE} ...")
+        traffic = drive(api.url, tasks, seed=seed, control=control, max_tokens=cfg.serving.max_tokens)
+        rated = [c for c in traffic.chats if c.rating is not None]
+        result.before = (sum(c.rating > 0 for c in rated), len(rated))
+        echo(f"          {traffic.answered} answered, {traffic.ratings} rated ({_rate(*result.before)} thumbs-up), "
+             f"{traffic.corrections} corrections" + (" (control: shuffled across topics)" if control else ""))
+        stage("traffic")
+
+        stored = wait_ingested(reader, traffic.answered, traffic.accepted)
+        stage("ingest")
+        echo(f"ingest    {stored[0]} chats and {stored[1]} ratings in DuckDB, PII scrubbed")
+
+        # 2. Curation and snapshot (review policy auto).
+        report = curate.run(reader, cfg.curation, actor="demo")
+        snap = snapshot.build(reader, cfg.curation, cfg.data_dir / "snapshots", actor="demo")
+        stage("curate")
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(report.dropped.items())) or "none"
+        echo(f"curate    {report.candidates} candidates -> {report.kept} samples kept (dropped: {dropped}); "
+             f"{report.auto_approved} approved by policy:{cfg.curation.review_policy}")
+        if snap is not None:
+            echo(f"snapshot  {snap.snapshot_id}: {snap.manifest['counts']['train']} train, "
+                 f"{snap.manifest['counts']['eval']} eval rows")
+
+        # 3. Retrain from the snapshot in a subprocess, then the artifact and offline gates.
+        echo(f"retrain   LoRA on {cfg.base_model} ({cfg.retrain.objective}, {cfg.retrain.epochs:g} epochs) ...")
+        outcome = result.retrain = ctl.retrain(cfg, reader)
+        stage("retrain")
+        echo(f"          {outcome.version or '-'}: {outcome.status} in {outcome.seconds:.0f} s"
+             + (f" ({outcome.reason})" if outcome.reason else ""))
+        if outcome.status == "candidate":
+            off = outcome.metrics.get("offline", {})
+            echo(f"gates     artifact ok; offline: {_offline_line(off)}")
+
+            # 4. Canary, then the live A/B test on the same population, evaluated after every round.
+            ab_traffic = Traffic()
+            exp = ctl.start_experiment(cfg, reader, outcome.version)
+            wait_serving(api, cfg)
+            echo(f"canary    {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}")
+            for round_ in range(1, ab_rounds + 1):
+                if stop.is_set():
+                    break
+                tasks = [(p, rng.choice(store.TOPICS)) for p in people]
+                rng.shuffle(tasks)
+                more = drive(api.url, tasks, seed=seed * 1000 + round_, control=control,
+                             max_tokens=cfg.serving.max_tokens)
+                traffic.add(more)
+                ab_traffic.add(more)
+                wait_ingested(reader, traffic.answered, traffic.accepted)
+                said = ctl.ab_tick(cfg, reader)
+                last = ab.decisions(reader, exp.experiment_id)[-1]
+                result.decision, result.reason, result.numbers = last["decision"], last["reason"], last["numbers"]
+                arms = result.numbers["arms"]
+                echo(f"a/b       round {round_}: {_arm(arms['incumbent'])} | {_arm(arms['challenger'])} -> "
+                     f"{'; '.join(s.split(': ', 1)[1] for s in said if s.startswith(exp.experiment_id))}")
+                wait_serving(api, cfg)
+                if result.decision in ("promote", "rollback"):
+                    break
+            stage("a/b")
+        else:
+            result.decision, result.reason = "not started", f"no candidate: {outcome.status} ({outcome.reason})"
+
+        # 5. Counts at every hop.
+        wait_ingested(reader, traffic.answered, traffic.accepted)
+        topics = kafka_counts(cfg, bootstrap)  # after ingest: what DuckDB holds went through Kafka first
+        row = reader.execute(
+            "SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback), "
+            "(SELECT count(*) FROM samples WHERE keep), (SELECT count(*) FROM samples WHERE status = 'approved'), "
+            "(SELECT count(*) FROM pii_findings)").fetchone()
+        result.counts = {
+            "requests": traffic.sent, "answered": traffic.answered, "failed": traffic.failed, "ratings": traffic.ratings,
+            "ratings_accepted": traffic.accepted, "corrections": traffic.corrections,
+            "kafka_chats": topics[cfg.kafka.chats_topic], "kafka_feedback": topics[cfg.kafka.feedback_topic],
+            "duckdb_chats": row[0], "duckdb_feedback": row[1], "samples_kept": row[2], "samples_approved": row[3],
+            "snapshot_train": snap.manifest["counts"]["train"] if snap else 0,
+            "snapshot_eval": snap.manifest["counts"]["eval"] if snap else 0,
+            "snapshot_over_user_cap": snap.manifest["counts"]["over_user_cap"] if snap else 0, "pii_findings": row[4]}
+        result.errors = traffic.errors
+        result.pii_types = dict(reader.execute(
+            "SELECT entity_type, count(*) FROM pii_findings GROUP BY 1 ORDER BY 2 DESC").fetchall())
+        by_variant: dict[str, Counter] = {}
+        for c in ab_traffic.chats if outcome.status == "candidate" else []:
+            if c.rating is not None:
+                by_variant.setdefault(c.variant, Counter())[c.rating > 0] += 1
+        result.after = {v: (n[True], n[True] + n[False]) for v, n in by_variant.items()}
+        live = registry.live(reader)
+        if live:
+            echo(f"live      {live['version']}")
+        if keep_running:
+            echo(f"running   review {result.urls['review']}  A/B {result.urls['ab']}  (Ctrl-C stops)")
+            while not stop.wait(0.5):
+                pass
+    result.leaks = pii_leaks(cfg.data_dir, people)
+    (cfg.data_dir / "demo-summary.json").write_text(json.dumps(result.as_dict(), indent=1, default=str) + "\n")
+    return result
+
+
+def _rate(ups: int, n: int) -> str:
+    return f"{ups / n:.0%}" if n else "-"
+
+
+def _arm(arm: dict) -> str:
+    ci = arm.get("ci") or [None, None]
+    interval = f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci[0] is not None else ""
+    rate = f"{arm['up_rate']:.0%}" if arm.get("up_rate") is not None else "-"
+    return f"{arm['variant']} {rate}{interval} of {arm['users']} users"
+
+
+def _offline_line(off: dict) -> str:
+    c, i = off.get("candidate") or {}, off.get("incumbent") or {}
+    parts = []
+    for key, value in c.items():
+        if isinstance(value, (int, float)) and key in i:
+            parts.append(f"{key} {value:.3f} vs {i[key]:.3f}")
+    return ", ".join(parts) or "passed"
+
+
+def summary(result: Result, cfg: Config, control: bool) -> list[str]:
+    """The closing report, one line each."""
+    n = result.numbers.get("arms", {})
+    inc, ch = n.get("incumbent"), n.get("challenger")
+    lines = ["", "== summary " + ("(control run: corrections shuffled across topics) " if control else "") + "=="]
+    lines.append(f"thumbs-up before training: {result.before[0]}/{result.before[1]} = "
+                 f"{_rate(*result.before)} (base model)")
+    if inc and ch:
+        lines.append(f"A/B incumbent  {_arm(inc)}")
+        lines.append(f"A/B challenger {_arm(ch)}")
+        if result.numbers.get("difference") is not None:
+            lo, hi = result.numbers["difference_ci"]
+            lines.append(f"difference {result.numbers['difference']:+.1%} (95% confidence sequence "
+                         f"[{lo:+.1%}, {hi:+.1%}]), mSPRT {result.numbers['msprt']:.3g} vs {result.numbers['threshold']:g}")
+    lines.append(f"decision: {result.decision}: {result.reason}")
+    lines.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
+                 + f"; total {sum(result.stages.values()) / 60:.1f} min")
+    c = result.counts
+    lines.append(f"chats:    {c['requests']} requests -> {c['answered']} answered -> {c['kafka_chats']} in Kafka -> "
+                 f"{c['duckdb_chats']} in DuckDB")
+    lines.append(f"ratings:  {c['ratings']} sent -> {c['ratings_accepted']} accepted ({c['corrections']} corrections) "
+                 f"-> {c['kafka_feedback']} in Kafka -> {c['duckdb_feedback']} in DuckDB")
+    lines.append(f"training: {c['samples_kept']} samples kept -> {c['samples_approved']} approved -> snapshot "
+                 f"{c['snapshot_train']} train + {c['snapshot_eval']} eval")
+    lines.append("PII placeholders: " + (", ".join(f"{k} {v}" for k, v in result.pii_types.items()) or "none")
+                 + f"; canary emails/phones found in {cfg.data_dir}: {result.leaks.get('email', 0)}/"
+                 f"{result.leaks.get('phone', 0)}")
+    lines.append(f"pages: review {result.urls.get('review')}  A/B dashboard {result.urls.get('ab')}  "
+                 "(key flywheel-review-key; up while --keep-running)")
+    return lines
