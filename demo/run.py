@@ -330,11 +330,17 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
 
         # 5. Counts at every hop.
         wait_ingested(reader, traffic.answered, traffic.accepted)
-        topics = kafka_counts(cfg, bootstrap)  # after ingest: what DuckDB holds went through Kafka first
         row = reader.execute(
             "SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback), "
             "(SELECT count(*) FROM samples WHERE keep), (SELECT count(*) FROM samples WHERE status = 'approved'), "
             "(SELECT count(*) FROM pii_findings)").fetchone()
+        # What DuckDB holds went through Kafka first; the broker's end offsets can lag a moment behind.
+        deadline = time.monotonic() + 15
+        topics = kafka_counts(cfg, bootstrap)
+        while (topics[cfg.kafka.chats_topic] < row[0] or topics[cfg.kafka.feedback_topic] < row[1]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+            topics = kafka_counts(cfg, bootstrap)
         result.counts = {
             "requests": traffic.sent, "answered": traffic.answered, "failed": traffic.failed, "ratings": traffic.ratings,
             "ratings_accepted": traffic.accepted, "corrections": traffic.corrections,

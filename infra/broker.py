@@ -58,13 +58,16 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, setting: str = "kafka.port") -> None:
+    """A one-line error when something listens on the port. SO_REUSEADDR as the servers use it: the
+    TIME_WAIT connections of a service that just stopped do not count."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
             raise FlywheelError(
-                f"port {port} on {host} is in use: stop what holds it, or set kafka.port=0 for a free port"
+                f"port {port} on {host} is in use: stop what holds it, or set {setting}=0 for a free port"
             ) from None
 
 

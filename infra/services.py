@@ -169,7 +169,7 @@ class Api:
 
         s = cfg.serving
         if s.port:
-            check_port_free(s.host, s.port)
+            check_port_free(s.host, s.port, "serving.port")
         path = resolve_base_model(cfg.base_model, cfg.data_dir / "models")
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # fp32: faster on CPU
