@@ -17,14 +17,15 @@ import random
 import shutil
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo import store
 from infra.config import Config, load_config
+from infra.control import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +47,19 @@ DEMO_SETTINGS = [
 
 
 @dataclass
-class Chat:
-    user_id: str
-    topic: str
-    variant: str
-    answer: str
-    rating: int | None
-    corrected: bool
-
-
-@dataclass
 class Traffic:
     sent: int = 0
     answered: int = 0
     failed: int = 0
     ratings: int = 0
+    ups: int = 0
     accepted: int = 0
     corrections: int = 0
-    chats: list[Chat] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: Traffic) -> None:
-        for name in ("sent", "answered", "failed", "ratings", "accepted", "corrections"):
+        for name in ("sent", "answered", "failed", "ratings", "ups", "accepted", "corrections"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.chats += other.chats
         self.errors += other.errors
 
 
@@ -116,13 +106,11 @@ def drive(url: str, tasks: list[tuple[store.Customer, store.Topic]], *, seed: in
             mine.answered = 1
             answer = reply.choices[0].message.content or ""
             rating = store.judge(topic, answer, who) if who.agent or rng.random() < rate_share else None
-            chat = Chat(who.user_id, topic.name, reply.model, answer, rating, False)
             if rating is not None:
                 body = {"response_id": reply.id, "rating": "up" if rating > 0 else "down"}
                 if who.agent and rating < 0:
                     body["correction"] = store.correction(topic, rng, control)
-                    chat.corrected = True
-                mine.ratings = 1
+                mine.ratings, mine.ups = 1, int(rating > 0)
                 for attempt in range(5):  # 202 means durable; 429/503 are worth a retry
                     r = local.http.post("/v1/feedback", json=body)
                     if r.status_code not in (429, 503):
@@ -130,11 +118,10 @@ def drive(url: str, tasks: list[tuple[store.Customer, store.Topic]], *, seed: in
                     time.sleep(0.5 * (attempt + 1))
                 if r.status_code == 202:
                     mine.accepted = 1
-                    mine.corrections = int(chat.corrected)
+                    mine.corrections = int("correction" in body)
                 else:
                     log.warning("demo: feedback refused: %s %s", r.status_code, r.text[:200])
                     mine.errors.append(f"feedback: {r.status_code} {r.text[:200]}")
-            mine.chats.append(chat)
         with lock:
             total.add(mine)
 
@@ -147,8 +134,6 @@ def drive(url: str, tasks: list[tuple[store.Customer, store.Topic]], *, seed: in
 def wait_serving(api, cfg: Config, timeout: float = 120) -> None:
     """Block until the API serves the split last published in routing.json (it follows within seconds,
     after loading the adapters), so that no simulated user is routed by the previous split."""
-    import json
-
     want = json.loads((cfg.data_dir / "routing.json").read_text())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -188,22 +173,17 @@ class Result:
     stages: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     pii_types: dict[str, int] = field(default_factory=dict)
-    retrain: object = None
+    retrain: Outcome | None = None
     decision: str | None = None
     reason: str | None = None
     numbers: dict = field(default_factory=dict)
     before: tuple[int, int] = (0, 0)  # (ups, ratings) of the base model before any training
-    after: dict[str, tuple[int, int]] = field(default_factory=dict)  # variant -> (ups, ratings) in the A/B
     leaks: dict[str, int] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "retrain"}
-        o = self.retrain
-        out["retrain"] = {"status": o.status, "reason": o.reason, "version": o.version, "seconds": o.seconds,
-                          "metrics": o.metrics} if o else None
-        return out
+        return dataclasses.asdict(self)  # the retrain Outcome is a dataclass too
 
 
 def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: int = 4, seed: int = 0,
@@ -212,9 +192,7 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
     from abtest import experiment as ab
     from curation import curate, snapshot
     from infra import control as ctl
-    from infra import db
-    from infra.cli import _close_store, start_kafka
-    from infra.services import Api, ReviewStore, build_ingest, start_ingest_thread
+    from infra.services import start_services
     from retrain import registry
 
     result = Result()
@@ -229,19 +207,11 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
         clock = now
 
     with ExitStack() as stack:
-        bootstrap, kind = start_kafka(cfg, stack)
-        con = db.open_store(cfg.db_path, cfg.db.threads)
-        stack.callback(_close_store, con, cfg.db_path)
-        ingest = build_ingest(cfg, bootstrap, con.cursor())
-        ingest_stop = threading.Event()
-        thread = start_ingest_thread(ingest, ingest_stop)
-        stack.callback(thread.join)
-        stack.callback(ingest_stop.set)
-        api = Api(cfg, bootstrap, review=ReviewStore(con, cfg))
-        stack.callback(api.close)
+        svc = start_services(cfg, stack, threading.Event(), echo=lambda line: None)  # one line of ours instead
+        api, ingest, con = svc.api, svc.ingest, svc.con
         result.urls = {"review": f"{api.url}/review", "ab": f"{api.url}/ab"}
         stage("start")
-        echo(f"started   {kind} at {bootstrap}; DuckDB {cfg.db_path}; API {api.url}/v1 on {cfg.base_model}")
+        echo(f"started   {svc.kafka} at {svc.bootstrap}; DuckDB {cfg.db_path}; API {api.url}/v1 on {cfg.base_model}")
         reader = con.cursor()
 
         # 1. Traffic on the base model: every customer asks once, agents ask several times and correct.
@@ -252,8 +222,7 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
         echo(f"traffic   {len(people)} simulated customers ({agents} support agents) ask {len(tasks)} questions "
              f"about the policies of {store.STORE} ...")
         traffic = drive(api.url, tasks, seed=seed, control=control, max_tokens=cfg.serving.max_tokens)
-        rated = [c for c in traffic.chats if c.rating is not None]
-        result.before = (sum(c.rating > 0 for c in rated), len(rated))
+        result.before = (traffic.ups, traffic.ratings)
         echo(f"          {traffic.answered} answered, {traffic.ratings} rated ({_rate(*result.before)} thumbs-up), "
              f"{traffic.corrections} corrections" + (" (control: shuffled across topics)" if control else ""))
         stage("traffic")
@@ -284,7 +253,6 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
             echo(f"gates     artifact ok; offline: {_offline_line(off)}")
 
             # 4. Canary, then the live A/B test on the same population, evaluated after every round.
-            ab_traffic = Traffic()
             exp = ctl.start_experiment(cfg, reader, outcome.version)
             wait_serving(api, cfg)
             echo(f"canary    {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}")
@@ -296,7 +264,6 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
                 more = drive(api.url, tasks, seed=seed * 1000 + round_, control=control,
                              max_tokens=cfg.serving.max_tokens)
                 traffic.add(more)
-                ab_traffic.add(more)
                 wait_ingested(reader, traffic.answered, traffic.accepted)
                 said = ctl.ab_tick(cfg, reader)
                 last = ab.decisions(reader, exp.experiment_id)[-1]
@@ -329,11 +296,6 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
         result.errors = traffic.errors
         result.pii_types = dict(reader.execute(
             "SELECT entity_type, count(*) FROM pii_findings GROUP BY 1 ORDER BY 2 DESC").fetchall())
-        by_variant: dict[str, Counter] = {}
-        for c in ab_traffic.chats if outcome.status == "candidate" else []:
-            if c.rating is not None:
-                by_variant.setdefault(c.variant, Counter())[c.rating > 0] += 1
-        result.after = {v: (n[True], n[True] + n[False]) for v, n in by_variant.items()}
         live = registry.live(reader)
         if live:
             echo(f"live      {live['version']}")

@@ -59,20 +59,6 @@ def ensure_data_dir(path: Path) -> Path:
     return Path(path)
 
 
-def start_kafka(cfg: Config, stack: ExitStack) -> tuple[str, str]:
-    """(bootstrap, description): a configured cluster, a running bundled broker, or a new one owned here."""
-    from infra import broker, kafka
-
-    if cfg.kafka.bootstrap_servers:
-        kafka.ensure_topics(cfg.kafka, cfg.kafka.bootstrap_servers)
-        return cfg.kafka.bootstrap_servers, "Kafka cluster"
-    running = broker.read_state(cfg.data_dir)
-    if running is not None:
-        return running.bootstrap, f"bundled broker (pid {running.pid}, started by `flywheel broker start`)"
-    embedded = stack.enter_context(broker.EmbeddedBroker(cfg.kafka, cfg.data_dir))
-    return embedded.bootstrap, f"bundled broker (pid {embedded.proc.pid})"
-
-
 class StopSignal:
     """SIGINT/SIGTERM set a flag instead of killing the process, so that shutdown runs in order.
 
@@ -144,16 +130,6 @@ def _store(ctx: typer.Context, read_only: bool = False):
         yield con
     finally:
         con.close()
-
-
-def _close_store(con, path: Path) -> None:
-    """Close the service's connection; a forget done through the admin API is compacted now."""
-    from infra import db
-
-    con.close()
-    if db.compact_marker(path).exists():
-        before, after = db.compact(path)
-        typer.echo(f"database  compacted after a forget ({before:,} -> {after:,} bytes)")
 
 
 def _outcome_line(outcome) -> str:
@@ -229,34 +205,14 @@ def build_app() -> typer.Typer:
         ] = 0,
     ) -> None:
         """Start everything: broker (when embedded), database, ingest; Ctrl-C or SIGTERM stops all."""
-        from infra import db
-
         cfg = _state(ctx).config()
         ensure_data_dir(cfg.data_dir)
         with StopSignal() as stop, ExitStack() as stack:
-            bootstrap, kind = start_kafka(cfg, stack)
-            typer.echo(f"kafka     {bootstrap}  {kind}; topics {cfg.kafka.chats_topic}, {cfg.kafka.feedback_topic}")
-            con = db.open_store(cfg.db_path, cfg.db.threads)
-            stack.callback(_close_store, con, cfg.db_path)
-            info = db.describe(con)
-            typer.echo(f"database  {cfg.db_path}  schema v{info['schema_version']}, {len(info['tables'])} tables")
-            from prometheus_client import CollectorRegistry
-
-            from infra.services import build_ingest, start_ingest_thread
-
-            registry = CollectorRegistry()  # one /metrics for ingest and the API
-            ingest = build_ingest(cfg, bootstrap, con.cursor(), registry)
-            thread = start_ingest_thread(ingest, stop.event)
-            stack.callback(thread.join)
-            typer.echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
-            from infra.services import Api, ReviewStore
-
-            api = Api(cfg, bootstrap, registry, review=ReviewStore(con, cfg))
-            stack.callback(api.close)
-            typer.echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
-            typer.echo(f"review    {api.url}/review  and A/B dashboard {api.url}/ab  (sign in with a key from "
-                       "serving.admin_keys)")
             from infra import control
+            from infra.services import start_services
+
+            svc = start_services(cfg, stack, stop.event, typer.echo)
+            con, ingest = svc.con, svc.ingest
 
             scheduler, job = control.start_scheduler(cfg, con)
             stack.callback(control.stop_jobs, scheduler)
@@ -267,14 +223,14 @@ def build_app() -> typer.Typer:
             if simulate:
                 from infra.services import produce_synthetic
 
-                produce_synthetic(cfg, bootstrap, simulate)
+                produce_synthetic(cfg, svc.bootstrap, simulate)
                 typer.echo(f"simulate  produced {simulate} synthetic events")
             until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
             typer.echo(f"flywheel is up {until}")
             why = stop.wait(duration)
             stop.event.set()
             typer.echo(f"stopping ({why})")
-            thread.join()
+            svc.ingest_thread.join()
             typer.echo(f"ingested  {_totals(ingest.totals)}")
         typer.echo("stopped cleanly")
 

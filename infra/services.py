@@ -7,12 +7,76 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 
 from infra.config import Config
 
 log = logging.getLogger(__name__)
+
+
+def start_kafka(cfg: Config, stack: ExitStack) -> tuple[str, str]:
+    """(bootstrap, description): a configured cluster, a running bundled broker, or a new one owned here."""
+    from infra import broker, kafka
+
+    if cfg.kafka.bootstrap_servers:
+        kafka.ensure_topics(cfg.kafka, cfg.kafka.bootstrap_servers)
+        return cfg.kafka.bootstrap_servers, "Kafka cluster"
+    running = broker.read_state(cfg.data_dir)
+    if running is not None:
+        return running.bootstrap, f"bundled broker (pid {running.pid}, started by `flywheel broker start`)"
+    embedded = stack.enter_context(broker.EmbeddedBroker(cfg.kafka, cfg.data_dir))
+    return embedded.bootstrap, f"bundled broker (pid {embedded.proc.pid})"
+
+
+def close_store(con, path: Path, echo: Callable[[str], None] = print) -> None:
+    """Close the service's connection; a forget done through the admin API is compacted now."""
+    from infra import db
+
+    con.close()
+    if db.compact_marker(path).exists():
+        before, after = db.compact(path)
+        echo(f"database  compacted after a forget ({before:,} -> {after:,} bytes)")
+
+
+@dataclass
+class Services:
+    bootstrap: str
+    kafka: str  # which Kafka: "bundled broker (pid N)", "Kafka cluster", ...
+    con: duckdb.DuckDBPyConnection
+    ingest: object
+    ingest_thread: threading.Thread
+    api: Api
+
+
+def start_services(cfg: Config, stack: ExitStack, stop: threading.Event,
+                   echo: Callable[[str], None] = print) -> Services:
+    """Broker (unless one runs or a cluster is configured), DuckDB, ingest and the API with the review pages,
+    in this process; `stack` stops them in reverse order (setting `stop` ends ingest)."""
+    from prometheus_client import CollectorRegistry
+
+    from infra import db
+
+    bootstrap, kind = start_kafka(cfg, stack)
+    echo(f"kafka     {bootstrap}  {kind}; topics {cfg.kafka.chats_topic}, {cfg.kafka.feedback_topic}")
+    con = db.open_store(cfg.db_path, cfg.db.threads)
+    stack.callback(close_store, con, cfg.db_path, echo)
+    info = db.describe(con)
+    echo(f"database  {cfg.db_path}  schema v{info['schema_version']}, {len(info['tables'])} tables")
+    registry = CollectorRegistry()  # one /metrics for ingest and the API
+    ingest = build_ingest(cfg, bootstrap, con.cursor(), registry)
+    thread = start_ingest_thread(ingest, stop)
+    stack.callback(thread.join)
+    stack.callback(stop.set)
+    echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
+    api = Api(cfg, bootstrap, registry, review=ReviewStore(con, cfg))
+    stack.callback(api.close)
+    echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
+    echo(f"review    {api.url}/review  and A/B dashboard {api.url}/ab  (sign in with a key from serving.admin_keys)")
+    return Services(bootstrap, kind, con, ingest, thread, api)
 
 
 def build_ingest(cfg: Config, bootstrap: str, con: duckdb.DuckDBPyConnection, registry=None):

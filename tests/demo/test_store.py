@@ -1,0 +1,55 @@
+"""The demo's simulated world: the hidden preference, the agents' corrections, the canary scan."""
+
+import random
+
+from demo import run, store
+
+
+def topic(name):
+    return next(t for t in store.TOPICS if t.name == name)
+
+
+def test_the_hidden_preference_rewards_the_right_policy_and_punishes_a_wrong_one():
+    people = store.population(40, 0)
+    lenient = next(p for p in people if p.lenient and not p.agent)
+    strict = next(p for p in people if not p.lenient and not p.agent)
+    agent = next(p for p in people if p.agent)
+    returns = topic("returns")
+    for who in (lenient, strict, agent):
+        assert store.judge(returns, returns.policy, who) == 1
+        assert store.judge(returns, "Returns are accepted within forty-five days.", who) == 1
+        assert store.judge(returns, topic("warranty").policy, who) == -1  # another topic's policy: wrong
+        assert store.judge(returns, returns.policy + " " + topic("shipping").policy, who) == -1
+    vague = "Please contact our support team about returns."
+    assert store.judge(returns, vague, lenient) == 1
+    assert store.judge(returns, vague, strict) == store.judge(returns, vague, agent) == -1
+    # Every policy states its own fact and no other topic's: a correct correction is always a thumbs-up.
+    for t in store.TOPICS:
+        assert store.judge(t, t.policy, strict) == 1, t.name
+
+
+def test_agents_correct_with_the_policy_and_the_control_world_shuffles_it():
+    rng = random.Random(0)
+    for t in store.TOPICS:
+        assert store.correction(t, rng, control=False) == t.policy
+        shuffled = store.correction(t, rng, control=True)
+        assert shuffled != t.policy and shuffled in {o.policy for o in store.TOPICS}
+
+
+def test_population_and_questions_carry_the_canary_pii():
+    people = store.population(240, 0)
+    assert sum(p.agent for p in people) == 60 and len({p.user_id for p in people}) == 240
+    rng = random.Random(1)
+    texts = [store.question(rng, p, store.TOPICS[i % 8]) for i, p in enumerate(people)]
+    assert sum(p.email in t for p, t in zip(people, texts)) > 40
+    assert sum(p.phone in t for p, t in zip(people, texts)) > 20
+
+
+def test_the_canary_scan_finds_a_leaked_value_and_skips_the_model_copy(tmp_path):
+    people = store.population(10, 0)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "weights.bin").write_bytes(people[0].email.encode())  # not ours to scan
+    assert run.pii_leaks(tmp_path, people) == {"email": 0, "phone": 0}
+    (tmp_path / "snapshots").mkdir()
+    (tmp_path / "snapshots" / "train.parquet").write_bytes(b"x" + people[1].email.encode() + people[2].phone.encode())
+    assert run.pii_leaks(tmp_path, people) == {"email": 1, "phone": 1}
