@@ -1,11 +1,17 @@
-"""Rows on different LoRA adapters in one forward pass, with one gather and two batched matmuls per layer.
+"""Rows on different LoRA adapters in one forward pass, with one fused matmul and one addmm per layer.
 
 peft's `adapter_names` path registers a hook on every LoRA layer per call and, inside each layer, builds
 index lists and runs each adapter on its sub-batch in Python: a third of the 135M model's throughput on
-CPU. Here each LoRA layer keeps its adapters' A side by side and B stacked (rank-padded): one matmul
-computes every adapter's low-rank projection for every row, a mask keeps each row's own adapter columns
-(none for the base model), and one matmul maps back. The extra work is n*r columns per layer.
-Outside `rows(...)` the layers behave exactly as peft's.
+CPU. Here each LoRA layer keeps its adapters' A matrices stacked under the base weight, so that one matmul
+gives the base output and every adapter's low-rank projection for every row; a mask keeps each row's own
+adapter columns (none for the base model), and one in-place addmm maps them back through the adapters' B
+matrices (stacked, scaled, rank-padded). The base weight becomes a view into the fused matrix, so the
+model holds no second copy of it. Decoding a batch of 16 on two adapters this way costs ~12% over the plain
+model on 2 CPU cores, most of it reading the adapters' own weights; before (a separate matmul for A and an
+add) it cost ~18%.
+
+Outside `rows(...)` the layers behave exactly as peft's. Base layers that are not a plain float
+`nn.Linear` of the adapters' dtype (a 4-bit base, say) take an unfused path with the same arithmetic.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ def rows(adapter_per_row: list[str], names: tuple[str, ...]):
     slot = {n: i for i, n in enumerate(names)}
     _active["names"] = names
     _active["index"] = torch.tensor([slot.get(a, len(names)) for a in adapter_per_row])
-    _active["keep"] = {}  # per column layout, shared by all layers of the same rank
+    _active["keep"] = {}  # per (columns, tokens per row), shared by all layers of the same rank
     try:
         yield
     finally:
@@ -32,8 +38,8 @@ def rows(adapter_per_row: list[str], names: tuple[str, ...]):
 
 
 def _stacks(layer, names: tuple[str, ...]):
-    """A of all adapters side by side [in, n*r] and B stacked [n*r, out] (scaled, rank-padded), plus the
-    adapter slot of every one of the n*r columns."""
+    """(fused weight [out + n*r, in] or None, bias, out, B stacked [n*r, out] scaled and rank-padded, A side by
+    side [in, n*r], the adapter slot of each of the n*r columns)."""
     import torch
 
     cached = getattr(layer, "_flywheel_stacks", None)
@@ -45,23 +51,50 @@ def _stacks(layer, names: tuple[str, ...]):
     b = torch.cat([pad(layer.lora_B[n].weight * layer.scaling[n], (0, rank - layer.lora_B[n].weight.shape[1]))
                    for n in names], dim=1)
     slots = torch.arange(len(names) * rank) // rank
-    stacks = (a.t().contiguous(), b.t().contiguous(), slots)
+    base = layer.base_layer
+    w = getattr(base, "weight", None)
+    fused = bias = None
+    if type(base) is torch.nn.Linear and w.dtype == a.dtype and w.device == a.device:
+        fused = torch.cat([w.data, a]).contiguous()
+        base.weight.data = fused[: w.shape[0]]  # same values, now sharing the fused matrix's storage
+        if base.bias is not None:
+            bias = torch.cat([base.bias.data, base.bias.new_zeros(a.shape[0])])
+    stacks = (fused, bias, w.shape[0] if fused is not None else None, b.t().contiguous(), a.t().contiguous(), slots)
     layer._flywheel_stacks = (names, stacks)
     return stacks
 
 
+def _keep(slots, tokens: int, dtype):
+    """Row i (repeated for each of its tokens) keeps the r columns of its own adapter."""
+    key = (len(slots), tokens, dtype)
+    keep = _active["keep"].get(key)
+    if keep is None:
+        keep = (slots[None, :] == _active["index"][:, None]).to(dtype)
+        if tokens > 1:
+            keep = keep.repeat_interleave(tokens, dim=0)
+        _active["keep"][key] = keep
+    return keep
+
+
 def _forward(self, x, *args, **kwargs):
+    import torch
+    import torch.nn.functional as F
+
     names = _active["names"]
     if names is None or kwargs.get("adapter_names") is not None or self.merged:
         return self._flywheel_peft_forward(x, *args, **kwargs)
+    fused, bias, out, b, a, slots = _stacks(self, names)
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1])
+    keep = _keep(slots, flat.shape[0] // len(_active["index"]), b.dtype)
+    if fused is not None:
+        y = F.linear(flat, fused, bias)  # [rows, out + n*r]: the base output, then every adapter's A
+        # A fresh, contiguous result (an in-place add into the strided view is no faster, and the layers
+        # after it are slower on strided input).
+        return torch.addmm(y[:, :out], y[:, out:] * keep, b).view(*shape[:-1], out)
     result = self.base_layer(x, *args, **kwargs)
-    a, b, slots = _stacks(self, names)  # [in, n*r], [n*r, out], [n*r]
-    keep = _active["keep"].get(len(slots))
-    if keep is None:  # row i keeps the r columns of its own adapter
-        keep = _active["keep"][len(slots)] = (slots[None, :] == _active["index"][:, None]).to(a.dtype)
-    h = x.to(a.dtype) @ a  # every adapter's down-projection at once: n*r extra columns, no gather
-    h = h * (keep[:, None, :] if h.dim() == 3 else keep)
-    return result + (h @ b).to(result.dtype)
+    h = (flat.to(a.dtype) @ a) * keep
+    return result + (h @ b).view(*shape[:-1], -1).to(result.dtype)
 
 
 def install(model) -> int:
@@ -78,7 +111,7 @@ def install(model) -> int:
 
 
 def forget_stacks(model) -> None:
-    """Adapters changed: rebuild the stacks on next use."""
+    """Adapters changed: rebuild the stacks on next use (the base weights keep their values)."""
     for module in model.modules():
         if hasattr(module, "_flywheel_stacks"):
             del module._flywheel_stacks

@@ -12,7 +12,6 @@ import pytest
 
 from infra.broker import EmbeddedBroker
 from infra.config import KafkaConfig
-from infra.db import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 # Nothing may reach a hub at run time, in tests least of all.
@@ -44,6 +43,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def db(tmp_path: Path):
+    from infra.db import open_store  # here, not at the top: the model tests run where DuckDB is not installed
+
     con = open_store(tmp_path / "flywheel.duckdb")
     yield con
     con.close()

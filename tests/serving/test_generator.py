@@ -90,6 +90,8 @@ def test_rows_on_different_adapters_share_a_batch(lm, tmp_path):
         alone[BASE] = reference(peft_model, tokenizer, prompt, 8)
     assert [r.text for r in mixed] == [alone["v0001"], alone[BASE], alone["v0002"]]
     assert len({r.text for r in mixed}) == 3  # the adapters really differ
+    fused = [m._flywheel_stacks[1][0] for m in peft_model.modules() if hasattr(m, "_flywheel_stacks")]
+    assert fused and all(f is not None for f in fused)  # the fused path answered, and answered the same
 
 
 def test_queue_depth_bounds_waiting_requests(lm):
