@@ -130,17 +130,27 @@ def _body_limit(app, limit: int):
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return await _send_error(send, 413, _too_large(limit))
-        seen = 0
+        seen, refused = 0, False
 
+        # A streamed body: once over the limit, answer 413 here and tell the app the client left. (An
+        # exception raised from `receive` would reach FastAPI's body parsing, which answers it with a 400.)
         async def limited():
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise ApiError(413, _too_large(limit))
+                refused = True
+                await _send_error(send, 413, _too_large(limit))
+                return {"type": "http.disconnect"}
             return message
 
-        return await app(scope, limited, send)
+        async def unless_refused(message):
+            if not refused:  # the 413 is already out: whatever the app says after it is dropped
+                await send(message)
+
+        return await app(scope, limited, unless_refused)
 
     return middleware
 
@@ -162,7 +172,7 @@ async def _send_json(send, status: int, payload: dict, headers: dict | None = No
 def _fast_feedback(app, accept: Callable):
     """ASGI: POST /v1/feedback answered straight from the ASGI messages (about twice the throughput of the
     same handler behind Starlette's routing); everything else goes on to `app`. Sits inside `_body_limit`,
-    whose `receive` raises the 413."""
+    which answers 413 for a body over the limit and then reports a disconnect here."""
 
     async def middleware(scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/v1/feedback" or scope["method"] != "POST":

@@ -8,6 +8,7 @@ row only after the broker acknowledged it (acks=all). Rows go out in insertion o
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -132,10 +133,14 @@ def _relay_main(path: str, settings: dict, healthy, stop) -> None:
     from kafka import KafkaProducer
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through `stop`, after draining
+    parent = os.getppid()
     outbox = Outbox(Path(path))
     sender = OutboxSender(outbox, lambda: KafkaProducer(**settings, **PRODUCER_OPTIONS)).start()
     while not stop.wait(0.2):
         healthy.value = sender.healthy
+        if os.getppid() != parent:  # the API was killed (kill -9, OOM): its restart starts a relay of its own
+            log.warning("the API process %d is gone: the outbox relay stops", parent)
+            break
     sender.close()
     outbox.close()
 

@@ -155,3 +155,10 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
         assert "promote" in decisions and "better" in decisions and "ramp" in decisions
         assert "v0002" in browser.find_element(By.ID, "history").text
         browser.save_screenshot(str(cfg.data_dir / "ab.png"))
+        # Free text on the dashboard (an operator's reason) is shown as text, never run.
+        from tests.curation.test_review_page import XSS
+
+        registry.set_status(db, "v0001", "retired", f"operator note {XSS}")
+        browser.get(url + "/ab")
+        assert "operator note <script>document.title" in browser.find_element(By.ID, "history").text
+        assert browser.title == "Flywheel A/B"

@@ -135,3 +135,36 @@ def test_the_longest_ids_still_round_trip(server):
                                                    max_tokens=2, user=user)
     assert len(reply.id) > 128
     assert post_feedback(server, KEY_A, reply.id).status_code == 202
+
+
+def rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.chaos
+def test_oversized_bodies_get_413_without_memory_growth(server):
+    """320 MB of oversized bodies (declared or streamed) against a 20 kB limit: every one 413, and the server
+    (in this process) does not buffer them."""
+    body = b"x" * (8 << 20)
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+
+    def chunks():
+        for i in range(0, len(body), 1 << 16):
+            yield body[i:i + (1 << 16)]
+
+    codes = []
+    with httpx.Client(base_url=server["url"], headers=auth, timeout=30) as c:
+        codes.append(c.post("/v1/chat/completions", content=body).status_code)  # warm-up
+        before = rss_bytes()
+        for i in range(40):
+            path = "/v1/feedback" if i % 2 else "/v1/chat/completions"
+            try:
+                codes.append(c.post(path, content=body if i % 4 < 2 else chunks()).status_code)
+            except httpx.HTTPError:  # the server may close the connection before the upload ends
+                codes.append("closed")
+        grown = rss_bytes() - before
+    assert set(codes) <= {413, "closed"} and codes.count(413) >= 30, codes
+    assert grown < 48 << 20, f"RSS grew {grown >> 20} MB over 320 MB of refused bodies"
