@@ -112,6 +112,6 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(broker, tmp_path):
     finally:
         con.close()
     mid_write = sum(b > a for a, b in zip([0] + progress, progress))
-    assert progress == sorted(progress) and mid_write >= KILLS * 3 // 4, progress  # most runs wrote before their kill
+    assert progress == sorted(progress) and mid_write >= KILLS // 2, progress  # half the runs or more wrote before their kill
     print(f"\n{KILLS} kills, {mid_write} runs stored rows before their kill; {len(stream)} events sent "
           f"({len(resent)} re-sent): stored {EVENTS}, 0 lost, 0 duplicated")
