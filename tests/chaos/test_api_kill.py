@@ -4,7 +4,6 @@ had not), and the killed API's outbox relay does not outlive it."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 from infra.broker import free_port
 from infra.db import open_store
-from tests.ingest.test_consumer import ingest_until_caught_up, topic_config
+from tests.ingest.test_consumer import ingest_until_caught_up, process_env, topic_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 KEY = "flywheel-demo-key"  # the embedded demo app's key
@@ -47,7 +46,7 @@ def test_kill_9_under_load_loses_no_acknowledged_event(broker, tmp_path, tiny_lm
     port = free_port("127.0.0.1")
     cfg, overrides = topic_config(broker, tmp_path, base_model=str(tiny_lm), **{
         "serving.port": port, "serving.max_tokens": 4, "serving.rate_limit_per_s": 10_000})
-    env = {**os.environ, **{f"FLYWHEEL_{k.upper().replace('.', '__')}": v for k, v in (o.split("=", 1) for o in overrides)}}
+    env = process_env(overrides)
     url = f"http://127.0.0.1:{port}"
 
     def start():

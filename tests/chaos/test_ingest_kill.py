@@ -4,7 +4,6 @@ stored offsets equal Kafka's end offsets once the last run catches up."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -15,10 +14,10 @@ import time
 import pytest
 
 from infra.db import open_store
+from infra.kafka import admin, end_offsets
 from ingest.contracts import ChatLog
 from ingest.synthetic import events
-from infra.kafka import admin, end_offsets
-from tests.ingest.test_consumer import producer, stored_all, topic_config
+from tests.ingest.test_consumer import process_env, producer, stored_all, topic_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -39,13 +38,13 @@ def counts(db_path):
 
 def test_kill_9_at_random_points_loses_and_doubles_nothing(broker, tmp_path):
     cfg, overrides = topic_config(broker, tmp_path, **{"ingest.pii.workers": 1, "ingest.batch_max_events": 500})
-    env = {**os.environ, **{f"FLYWHEEL_{k.upper().replace('.', '__')}": v for k, v in (o.split("=", 1) for o in overrides)}}
+    env = process_env(overrides)
     evs = events(EVENTS, seed=11)
     rng = random.Random(2)
-    resent = rng.sample(evs, int(EVENTS * RESENT_SHARE))
-    stream = evs + resent
+    resent = rng.sample(range(EVENTS), int(EVENTS * RESENT_SHARE))
+    stream = evs + [evs[i] for i in resent]
     # Re-sends arrive later than their first copy, mixed into the traffic (a client retrying).
-    order = sorted(range(len(stream)), key=lambda i: i if i < EVENTS else evs.index(stream[i]) + rng.randrange(50, 5000))
+    order = sorted(range(len(stream)), key=lambda i: i if i < EVENTS else resent[i - EVENTS] + rng.randrange(50, 5000))
     done = threading.Event()
 
     def produce():

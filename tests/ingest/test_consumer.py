@@ -38,6 +38,13 @@ def topic_config(broker, tmp_path, **extra):
     return cfg, overrides
 
 
+def process_env(overrides: list[str]) -> dict:
+    """The environment of a `flywheel` subprocess that sees the same settings as `topic_config`'s overrides."""
+    import os
+
+    return {**os.environ, **{f"FLYWHEEL_{k.upper().replace('.', '__')}": v for k, v in (o.split("=", 1) for o in overrides)}}
+
+
 def producer(cfg, broker):
     return EventProducer.connect(client_settings(cfg.kafka, broker.bootstrap), cfg.kafka.chats_topic,
                                  cfg.kafka.feedback_topic)
