@@ -13,6 +13,10 @@ class ReviewError(ValueError):
     """A decision that cannot be recorded (unknown samples, a rejection without a reason)."""
 
 
+class UnknownSamples(ReviewError):
+    """Some of the sample ids do not exist (the API answers 404)."""
+
+
 def pending(con, limit: int = 50, offset: int = 0) -> list[dict]:
     """Kept samples waiting for a decision, oldest first, with the PII types found in their chat."""
     rows = con.execute("""
@@ -61,7 +65,7 @@ def decide(con, sample_ids: list[str], decision: str, reviewer: str, reason: str
             "SELECT sample_id FROM samples WHERE sample_id IN (SELECT sample_id FROM _ids)").fetchall()}
         unknown = [i for i in ids if i not in known]
         if unknown:
-            raise ReviewError(f"unknown sample ids: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+            raise UnknownSamples(f"unknown sample ids: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
         status = "approved" if decision == "approve" else "rejected"
         con.execute("UPDATE samples SET status = ? WHERE sample_id IN (SELECT sample_id FROM _ids)", [status])
         con.execute("INSERT INTO reviews (sample_id, decision, reason, reviewer, policy) "

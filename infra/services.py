@@ -189,7 +189,7 @@ class ReviewStore:
         try:
             return review.decide(self.con.cursor(), sample_ids, decision, reviewer, reason)
         except review.ReviewError as e:
-            raise BadDecision(str(e)) from None
+            raise BadDecision(str(e), 404 if isinstance(e, review.UnknownSamples) else 400) from None
 
     def ab(self) -> dict:
         """What the /ab dashboard shows: experiments with their decisions (numbers included) and the live

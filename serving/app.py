@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingest.contracts import ChatLog, Feedback, Message
-from serving import ids
+from serving import ids, openapi
 from serving.config import ServingConfig
 from serving.generator import BASE, AdapterGone, GenRequest, QueueFull
 from serving.outbox import Outbox
 from serving.pages import add_review_routes, first_error, parse_body
 
+log = logging.getLogger(__name__)
 FEEDBACK_NAMESPACE = uuid.UUID("5b0e9c1e-8d6f-4c38-9a57-0c1f3f0e7b21")
 
 
@@ -34,9 +38,12 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})  # checked in the handler, with a clearer message
     content: str | None = ""
 
 
@@ -49,7 +56,7 @@ class ChatRequest(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = None  # any integer: the generator takes it modulo 2**64
     stream: bool = False
     user: str | None = Field(None, max_length=128)
 
@@ -57,7 +64,7 @@ class ChatRequest(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     response_id: str = Field(max_length=1024)
-    rating: str | int = Field(description="up | down (or 1 | -1)")
+    rating: str | int = Field(description="up | down (or 1 | -1)", json_schema_extra={"enum": ["up", "down", 1, -1]})
     comment: str | None = Field(None, max_length=16_000)
     correction: str | None = Field(None, max_length=16_000)
 
@@ -201,10 +208,41 @@ def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_request, e: ApiError):
         return JSONResponse({"error": {"message": e.message, "type": e.kind, "code": e.status}}, e.status, e.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, e: StarletteHTTPException):  # unknown route, wrong method, unreadable body
+        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}.get(
+            e.status_code, "invalid_request_error" if e.status_code < 500 else "server_error")
+        return JSONResponse({"error": {"message": str(e.detail), "type": kind, "code": e.status_code}},
+                            e.status_code, e.headers)
+
+    @app.exception_handler(Exception)
+    async def server_error(_request, e: Exception):
+        log.error("request failed", exc_info=e)
+        return JSONResponse({"error": {"message": f"internal error ({type(e).__name__}); it is logged",
+                                       "type": "server_error", "code": 500}}, 500)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request, e: RequestValidationError):
         return JSONResponse({"error": {"message": first_error(e.errors()), "type": "invalid_request_error",
                                        "code": 400}}, 400)
+
+
+def document_limits(app: FastAPI, cfg: ServingConfig) -> None:
+    """/openapi.json states this server's limits (serving.max_messages, max_message_chars), which the
+    handlers enforce with messages that name the setting."""
+
+    def schema() -> dict:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            models = doc["components"]["schemas"]
+            models["ChatRequest"]["properties"]["messages"]["maxItems"] = cfg.max_messages
+            for option in models["ChatMessage"]["properties"]["content"]["anyOf"]:
+                if option.get("type") == "string":
+                    option["maxLength"] = cfg.max_message_chars
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = schema
 
 
 def create_app(
@@ -245,28 +283,34 @@ def create_app(
         """Returns once the event is durable (committed to the outbox)."""
         await commits.put((topic, event.user_id.encode(), event.model_dump_json().encode()))
 
-    @app.get("/healthz")
+    keyed = [Depends(openapi.bearer)]
+
+    @app.get("/healthz", response_model=openapi.Health)
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=openapi.Readiness,
+             responses={503: {"model": openapi.Readiness, "description": "Kafka is away: events wait in the outbox."}})
     async def readyz():
         ok = ready()
         return JSONResponse({"ready": ok}, 200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():
         metrics.queue.set(generator.depth)
         metrics.outbox.set(outbox.size())
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=openapi.ModelList, responses=openapi.errors(), dependencies=keyed)
     async def models(request: Request):
         authenticate(request)
         return {"object": "list", "data": [{"id": v, "object": "model", "created": 0, "owned_by": "flywheel"}
                                            for v in variants()]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=openapi.ChatCompletion, dependencies=keyed,
+              responses={200: {"content": {"text/event-stream": {"schema": openapi.SSE_EVENT}},
+                               "description": "The answer; with `stream: true`, server-sent chunks ending in [DONE]."},
+                         **openapi.errors(503)})
     async def chat_completions(body: ChatRequest, request: Request):
         started = time.perf_counter()
         app_id = authenticate(request)
@@ -276,7 +320,7 @@ def create_app(
             if len(m.content or "") > cfg.max_message_chars:
                 raise ApiError(400, f"a message of {len(m.content)} characters: at most {cfg.max_message_chars} "
                                     "(serving.max_message_chars)")
-            if m.role not in ("system", "user", "assistant", "tool"):
+            if m.role not in ROLES:
                 raise ApiError(400, f"unknown role {m.role!r}")
         user_id = body.user or request.headers.get("x-flywheel-user") or "anonymous"
         variant, experiment = route(user_id)
@@ -366,12 +410,13 @@ def create_app(
 
     # Documents the route in /openapi.json; requests are answered by `_fast_feedback` below, which skips
     # Starlette's request objects and routing on the hottest route.
-    @app.post("/v1/feedback", status_code=202, openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": FeedbackRequest.model_json_schema()}}}})
+    @app.post("/v1/feedback", status_code=202, response_model=openapi.FeedbackAccepted, dependencies=keyed,
+              responses=openapi.errors(), openapi_extra=openapi.json_body(FeedbackRequest))
     async def feedback(request: Request):
         return JSONResponse(await accept_feedback(request.headers.get("authorization", ""), await request.body()),
                             202)
 
     add_review_routes(app, review, cfg.admin_keys, secret, ApiError)
+    document_limits(app, cfg)
     app.add_middleware(lambda inner: _body_limit(_fast_feedback(inner, accept_feedback), cfg.max_body_bytes))
     return app

@@ -63,7 +63,7 @@ def _run_into(fn: Callable[[], object], future: Future) -> None:
 class _Row:
     def __init__(self, req: GenRequest, torch):
         self.req, self.ids, self.sent, self.done = req, [], 0, False
-        self.rng = torch.Generator().manual_seed(req.seed if req.seed is not None else int(time.time_ns() % 2**63))
+        self.rng = torch.Generator().manual_seed(req.seed % 2**64 if req.seed is not None else int(time.time_ns() % 2**63))
 
 
 class BatchGenerator:
@@ -111,24 +111,25 @@ class BatchGenerator:
         rows: list[_Row] = []
         state = None  # (KV cache, attention mask, the token each row feeds next)
         while not self._stop.is_set():
+            admitted: list[GenRequest] = []
             try:
-                if not self._tasks.empty():
-                    if not rows:  # adapter changes wait until no row is mid-answer
+                if not self._tasks.empty():  # adapter changes wait until no row is mid-answer; meanwhile
+                    if not rows:             # nobody is admitted
                         while not self._tasks.empty():
                             _run_into(*self._tasks.get())
                         continue
-                    admitted = []  # drain: admit nobody until the change has run
                 else:
                     admitted = self._take(block=not rows, room=self.max_batch - len(rows))
                 if admitted:
                     rows, state = self._join(rows, state, admitted)
+                    admitted = []
                 if rows:
                     rows, state = self._step(rows, state)
-            except Exception as e:  # a broken batch fails its requests, never the thread
-                log.exception("generation failed for %d rows", len(rows))
-                for row in rows:
-                    if not row.req.future.done():
-                        row.req.future.set_exception(e)
+            except Exception as e:  # a broken batch fails its requests (admitted ones too), never the thread
+                log.exception("generation failed for %d rows", len(rows) + len(admitted))
+                for req in [row.req for row in rows] + admitted:
+                    if not req.future.done():
+                        req.future.set_exception(e)
                 rows, state = [], None
 
     def _take(self, block: bool, room: int) -> list[GenRequest]:
@@ -248,7 +249,10 @@ class BatchGenerator:
         req = row.req
         if row.done or req.temperature <= 0:
             return int(logits.argmax())
-        probs = torch.softmax(logits.float() / req.temperature, dim=-1)
+        # In float64, with the top logit moved to 0 first: a tiny temperature (1e-300) then gives 0 and -inf,
+        # that is greedy, where float32 would round it to 0 and divide 0 by 0.
+        logits = logits.double()
+        probs = torch.softmax((logits - logits.max()) / req.temperature, dim=-1)
         if req.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             keep = sorted_probs.cumsum(-1) - sorted_probs < req.top_p  # always keeps the top token

@@ -17,13 +17,13 @@ import time
 from typing import Protocol
 from urllib.parse import parse_qs, quote
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serving import ids
+from serving import ids, openapi
 
 COOKIE = "flywheel_reviewer"
 SESSION_S = 8 * 3600
@@ -40,11 +40,19 @@ class ReviewBackend(Protocol):
 
 
 class BadDecision(ValueError):
-    """Raised by a backend for a decision that cannot be recorded; its message is shown to the user."""
+    """Raised by a backend for a decision that cannot be recorded; its message is shown to the user, and
+    `status` is the API's answer (404 for unknown samples, else 400)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 class DecisionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A rejection needs a reason (curation.review checks it; the schema says so for clients).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"decision": {"const": "reject"}}},
+        "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "pattern": "\\S"}}}})
     sample_ids: list[str] = Field(min_length=1, max_length=10_000)
     decision: str = Field(pattern="^(approve|reject)$")
     reason: str | None = Field(None, max_length=2_000)
@@ -52,7 +60,7 @@ class DecisionRequest(BaseModel):
 
 class ForgetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user: str = Field(min_length=1, max_length=128)
+    user: str = Field(min_length=1, max_length=128, description="The user id, exactly as apps sent it.")
 
 
 _ENV = Environment(autoescape=True)
@@ -305,7 +313,10 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         word = "Approved" if decision == "approve" else "Rejected"
         return RedirectResponse("/review?message=" + quote(f"{word} {n} sample{'s' * (n != 1)}."), 303)
 
-    @app.post("/v1/admin/reviews")
+    keyed = [Depends(openapi.bearer)]
+
+    @app.post("/v1/admin/reviews", response_model=openapi.Decided, responses=openapi.errors(503), dependencies=keyed,
+              openapi_extra=openapi.json_body(DecisionRequest))
     async def admin_reviews(request: Request):
         """Approve or reject samples as the reviewer whose admin key is sent."""
         reviewer = admin(request)
@@ -313,12 +324,17 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         try:
             n = await run_in_threadpool(need_backend().decide, body.sample_ids, body.decision, reviewer, body.reason)
         except BadDecision as e:
-            raise api_error(400, str(e)) from None
+            raise api_error(e.status, str(e), "not_found_error" if e.status == 404 else "invalid_request_error") from None
         return {"decided": n, "decision": body.decision, "reviewer": reviewer}
 
-    @app.post("/v1/admin/forget")
+    @app.post("/v1/admin/forget", response_model=openapi.Forgotten, responses=openapi.errors(503), dependencies=keyed,
+              openapi_extra=openapi.json_body(ForgetRequest))
     async def admin_forget(request: Request):
         """Erase a user's data (right to be forgotten); answers what was deleted and what was trained on it."""
         actor = admin(request)
         body = parse_body(ForgetRequest, await request.body(), api_error)
-        return JSONResponse(await run_in_threadpool(need_backend().forget, body.user, actor))
+        backend = need_backend()
+        try:
+            return JSONResponse(await run_in_threadpool(backend.forget, body.user, actor))
+        except ValueError as e:  # curation.forget refuses what it cannot erase (a blank id), with why
+            raise api_error(400, str(e)) from None

@@ -95,7 +95,10 @@ def test_admin_api_needs_an_admin_key_and_forgets_a_user(review_server):
                       headers={"Authorization": "Bearer nope"}).status_code == 401
     bad = httpx.post(url + "/v1/admin/reviews", json={"sample_ids": ["smp-x"], "decision": "approve"},
                      headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-    assert bad.status_code == 400 and "unknown sample ids" in bad.json()["error"]["message"]
+    assert bad.status_code == 404 and "unknown sample ids" in bad.json()["error"]["message"]
+    unreasoned = httpx.post(url + "/v1/admin/reviews", json={"sample_ids": ["smp-x"], "decision": "reject"},
+                            headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert unreasoned.status_code == 400 and "needs a reason" in unreasoned.json()["error"]["message"]
     done = httpx.post(url + "/v1/admin/forget", json={"user": "ann"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert done.status_code == 200 and done.json()["deleted"]["chats"] == 1
     assert db.execute("SELECT count(*) FROM chats WHERE user_id = 'ann'").fetchone() == (0,)

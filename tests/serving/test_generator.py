@@ -147,3 +147,30 @@ def test_a_request_joins_a_running_batch_and_answers_as_if_alone(lm):
     for p, r in zip(PROMPTS[:2], late_results):
         assert r.text == reference(model, tokenizer, ids(tokenizer, p), 6)
     assert long_result.text == reference(model, tokenizer, ids(tokenizer, PROMPTS[2]), 40)
+
+
+def test_a_tiny_temperature_samples_greedily_and_a_broken_batch_fails_its_requests(lm, monkeypatch):
+    """Found by Schemathesis: temperature 1e-300 made the probabilities NaN, and a request that failed while
+    joining the batch was never answered (its client waited forever)."""
+    model, tokenizer = lm
+    gen = BatchGenerator(model, tokenizer).start()
+    try:
+        gen.eos = set()
+
+        def answer(**settings):
+            return gen.submit(GenRequest(ids(tokenizer, PROMPTS[0]), max_tokens=8, **settings)).result(timeout=60)
+
+        greedy, tiny = answer(temperature=0), answer(temperature=1e-300, seed=3)
+        assert tiny.text == greedy.text
+
+        def broken(*args):
+            raise RuntimeError("injected: the batch could not be built")
+
+        monkeypatch.setattr(gen, "_join", broken)
+        req = gen.submit(GenRequest(ids(tokenizer, PROMPTS[1]), max_tokens=4, temperature=0))
+        with pytest.raises(RuntimeError, match="injected"):
+            req.result(timeout=30)
+        monkeypatch.undo()
+        assert answer(temperature=0).text == greedy.text  # the thread lives on
+    finally:
+        gen.close()

@@ -1,0 +1,115 @@
+"""What `/openapi.json` says the API answers: response bodies, the error shape every route shares, and the
+Bearer key. Handlers build their JSON by hand (the hot routes skip response-model validation); these models
+document it, and `tests/serving/test_openapi.py` (Schemathesis) checks every answer against them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape."""
+
+    error: ErrorDetail
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class FeedbackAccepted(BaseModel):
+    id: str
+    object: Literal["feedback"]
+    accepted: bool
+
+
+class Decided(BaseModel):
+    decided: int
+    decision: Literal["approve", "reject"]
+    reviewer: str
+
+
+class Forgotten(BaseModel):
+    user_hash: str
+    deleted: dict[str, int]
+    snapshots: list[str]
+    adapters: list[str]
+    compaction: str
+
+
+# One server-sent event of a streamed answer (Open API 3.1: the schema of `text/event-stream` is one event).
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
+    "type": "string", "description": "A chat.completion.chunk as JSON; the last event is [DONE]."}}}
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+
+
+# Declares the Bearer scheme in the schema; `auto_error=False` leaves the 401 (in OpenAI's shape) to the
+# handlers, which also rate-limit per key.
+bearer = HTTPBearer(auto_error=False, description="An app's API key (serving.api_keys) or, for /v1/admin, an "
+                                                  "admin key (serving.admin_keys).")
+
+
+def errors(*statuses: int) -> dict:
+    """Error answers for `responses=`: any 4xx (400 bad input, 401 no or a wrong key, 403 another app's
+    response, 404 unknown id, 413 body over serving.max_body_bytes, 429 rate limit) plus `statuses`.
+    Declaring 4XX also keeps FastAPI from documenting a 422 that the API never sends (bad input is 400)."""
+    shared = {"model": ErrorBody, "description": "The request was refused; `error.message` says why."}
+    return {"4XX": shared, **{status: {**shared, "description": _WHY[status]} for status in statuses}}
+
+
+_WHY = {503: "Not now: the model is busy, its version changed, or the route needs the database (Retry-After)."}
+
+
+def json_body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` for a route that parses its own body: documents `model` as the required JSON body."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
