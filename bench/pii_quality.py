@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import string
 import sys
 from pathlib import Path
 
@@ -21,90 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.config import PiiConfig  # noqa: E402
 from ingest.scrub import Scrubber  # noqa: E402
-
-FIRST = ["Maria", "John", "Aisha", "Wei", "Carlos", "Emma", "Liam", "Olivia", "Noah", "Sophia", "James", "Priya",
-         "Lucas", "Hannah", "Ahmed", "Yuki", "Elena", "David", "Fatima", "Oliver", "Chloe", "Mateo", "Grace",
-         "Ivan", "Sarah", "Michael", "Anna", "Robert", "Laura", "Daniel", "Jennifer", "Thomas", "Ravi", "Sofia"]
-LAST = ["Garcia", "Smith", "Khan", "Chen", "Rossi", "Muller", "Brown", "Johnson", "Patel", "Kim", "Nguyen",
-        "Silva", "Kowalski", "Martin", "Lopez", "Wilson", "Anderson", "Taylor", "Moore", "Jackson", "Williams",
-        "Davis", "Miller", "Thompson", "White", "Harris", "Clark", "Lewis", "Walker", "Young", "Schmidt"]
-STREETS = ["Baker", "Maple", "Oak", "Elm", "Sunset", "Evergreen", "Lincoln", "Washington", "Park", "Cedar",
-           "Highland", "Lakeview", "Hillcrest", "Riverside", "Church", "Mill"]
-SUFFIX = ["Street", "St", "Avenue", "Ave", "Road", "Rd", "Boulevard", "Blvd", "Lane", "Drive", "Court", "Way"]
-CITIES = ["Springfield", "Portland", "Austin", "Denver", "Boston", "Seattle"]
-
-TEMPLATES = [
-    ("PERSON", "Hi, my name is {v} and I need help with my order."),
-    ("PERSON", "This is {v}, I ordered a blue jacket last week."),
-    ("PERSON", "Please ask {v} to call me back about the refund."),
-    ("PERSON", "Thanks, {v}. The package arrived today."),
-    ("PERSON", "The delivery was signed for by {v} at the front desk."),
-    ("EMAIL_ADDRESS", "You can reach me at {v} anytime."),
-    ("EMAIL_ADDRESS", "Send the invoice to {v} please."),
-    ("EMAIL_ADDRESS", "My account email is {v}, can you reset it?"),
-    ("PHONE_NUMBER", "Call me on {v} after 5pm."),
-    ("PHONE_NUMBER", "My phone number is {v}."),
-    ("PHONE_NUMBER", "Text {v} when the courier is close."),
-    ("CREDIT_CARD", "I paid with my card {v} and was charged twice."),
-    ("CREDIT_CARD", "Please refund the credit card {v}."),
-    ("US_SSN", "For the credit check my SSN is {v}."),
-    ("US_SSN", "My social security number is {v}, do you need it?"),
-    ("IBAN_CODE", "Refund to my bank account IBAN {v}, thanks."),
-    ("IBAN_CODE", "My IBAN is {v}."),
-    ("IP_ADDRESS", "I keep getting blocked from the IP {v} when I log in."),
-    ("IP_ADDRESS", "The checkout failed from address {v} this morning."),
-    ("STREET_ADDRESS", "Please ship it to {v} instead."),
-    ("STREET_ADDRESS", "I moved, my new address is {v}."),
-    ("STREET_ADDRESS", "Can you deliver to {v} on Saturday?"),
-]
-
-
-def luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
-    body = prefix + "".join(rng.choice(string.digits) for _ in range(length - len(prefix) - 1))
-    total = 0
-    for i, d in enumerate(reversed(body)):
-        n = int(d) * (2 if i % 2 == 0 else 1)
-        total += n - 9 if n > 9 else n
-    return body + str((10 - total % 10) % 10)
-
-
-def iban(rng: random.Random) -> str:
-    country, length = rng.choice([("DE", 18), ("GB", 18), ("FR", 23), ("NL", 14)])
-    if country == "GB":
-        bban = "".join(rng.choice(string.ascii_uppercase) for _ in range(4)) + "".join(rng.choice(string.digits) for _ in range(14))
-    elif country == "NL":
-        bban = "".join(rng.choice(string.ascii_uppercase) for _ in range(4)) + "".join(rng.choice(string.digits) for _ in range(10))
-    else:
-        bban = "".join(rng.choice(string.digits) for _ in range(length))
-    numeric = "".join(str(int(c, 36)) for c in bban + country + "00")
-    check = 98 - int(numeric) % 97
-    return f"{country}{check:02d}{bban}"
-
-
-def value(kind: str, rng: random.Random) -> str:
-    first, last = rng.choice(FIRST), rng.choice(LAST)
-    if kind == "PERSON":
-        return f"{first} {last}"
-    if kind == "EMAIL_ADDRESS":
-        return f"{first.lower()}{rng.choice(['.', '_', ''])}{last.lower()}{rng.randint(1, 999)}@{rng.choice(['gmail.com', 'example.org', 'mail.co.uk', 'outlook.com'])}"
-    if kind == "PHONE_NUMBER":
-        a, b, c = rng.randint(201, 989), rng.randint(200, 999), rng.randint(1000, 9999)
-        return rng.choice([f"({a}) {b}-{c}", f"+1 {a} {b} {c}", f"{a}-{b}-{c}", f"+44 20 {rng.randint(7000, 7999)} {c}"])
-    if kind == "CREDIT_CARD":
-        number = luhn_complete(rng.choice(["4", "51", "55"]), 16, rng)
-        return rng.choice([number, " ".join(number[i : i + 4] for i in range(0, 16, 4))])
-    if kind == "US_SSN":
-        area = rng.choice([a for a in range(1, 900) if a != 666])
-        return f"{area:03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"
-    if kind == "IBAN_CODE":
-        return iban(rng)
-    if kind == "IP_ADDRESS":
-        return ".".join(str(rng.randint(1, 254)) for _ in range(4))
-    if kind == "STREET_ADDRESS":
-        street = f"{rng.randint(1, 9999)} {rng.choice(STREETS)} {rng.choice(SUFFIX)}"
-        return rng.choice([street, f"{street}, {rng.choice(CITIES)}", f"{street}, Apt {rng.randint(1, 40)}"])
-    raise ValueError(kind)
-
+from ingest.synthetic import PII_TEMPLATES as TEMPLATES, pii_value as value  # noqa: E402
 
 def corpus(n: int, seed: int) -> list[tuple[str, list[tuple[str, int, int]]]]:
     rng = random.Random(seed)

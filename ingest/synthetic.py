@@ -6,6 +6,7 @@ Deterministic for a seed. Names, emails, phones and order numbers appear the way
 from __future__ import annotations
 
 import random
+import string
 import uuid
 from datetime import datetime, timezone
 
@@ -88,3 +89,93 @@ def events(n: int, seed: int = 0, users: int = 500, feedback_share: float = 0.3)
         if len(out) < n and rng.random() < feedback_share:
             out.append(feedback(rng, c))
     return out
+
+
+# Labelled PII, one entity per sentence: the scrubbing-quality bench (bench/pii_quality.py) and the canary
+# test (tests/chaos/test_canary_pii.py).
+PII_FIRST = ["Maria", "John", "Aisha", "Wei", "Carlos", "Emma", "Liam", "Olivia", "Noah", "Sophia", "James", "Priya",
+         "Lucas", "Hannah", "Ahmed", "Yuki", "Elena", "David", "Fatima", "Oliver", "Chloe", "Mateo", "Grace",
+         "Ivan", "Sarah", "Michael", "Anna", "Robert", "Laura", "Daniel", "Jennifer", "Thomas", "Ravi", "Sofia"]
+PII_LAST = ["Garcia", "Smith", "Khan", "Chen", "Rossi", "Muller", "Brown", "Johnson", "Patel", "Kim", "Nguyen",
+        "Silva", "Kowalski", "Martin", "Lopez", "Wilson", "Anderson", "Taylor", "Moore", "Jackson", "Williams",
+        "Davis", "Miller", "Thompson", "White", "Harris", "Clark", "Lewis", "Walker", "Young", "Schmidt"]
+PII_STREETS = ["Baker", "Maple", "Oak", "Elm", "Sunset", "Evergreen", "Lincoln", "Washington", "Park", "Cedar",
+           "Highland", "Lakeview", "Hillcrest", "Riverside", "Church", "Mill"]
+PII_SUFFIX = ["Street", "St", "Avenue", "Ave", "Road", "Rd", "Boulevard", "Blvd", "Lane", "Drive", "Court", "Way"]
+PII_CITIES = ["Springfield", "Portland", "Austin", "Denver", "Boston", "Seattle"]
+
+PII_TEMPLATES = [
+    ("PERSON", "Hi, my name is {v} and I need help with my order."),
+    ("PERSON", "This is {v}, I ordered a blue jacket last week."),
+    ("PERSON", "Please ask {v} to call me back about the refund."),
+    ("PERSON", "Thanks, {v}. The package arrived today."),
+    ("PERSON", "The delivery was signed for by {v} at the front desk."),
+    ("EMAIL_ADDRESS", "You can reach me at {v} anytime."),
+    ("EMAIL_ADDRESS", "Send the invoice to {v} please."),
+    ("EMAIL_ADDRESS", "My account email is {v}, can you reset it?"),
+    ("PHONE_NUMBER", "Call me on {v} after 5pm."),
+    ("PHONE_NUMBER", "My phone number is {v}."),
+    ("PHONE_NUMBER", "Text {v} when the courier is close."),
+    ("CREDIT_CARD", "I paid with my card {v} and was charged twice."),
+    ("CREDIT_CARD", "Please refund the credit card {v}."),
+    ("US_SSN", "For the credit check my SSN is {v}."),
+    ("US_SSN", "My social security number is {v}, do you need it?"),
+    ("IBAN_CODE", "Refund to my bank account IBAN {v}, thanks."),
+    ("IBAN_CODE", "My IBAN is {v}."),
+    ("IP_ADDRESS", "I keep getting blocked from the IP {v} when I log in."),
+    ("IP_ADDRESS", "The checkout failed from address {v} this morning."),
+    ("STREET_ADDRESS", "Please ship it to {v} instead."),
+    ("STREET_ADDRESS", "I moved, my new address is {v}."),
+    ("STREET_ADDRESS", "Can you deliver to {v} on Saturday?"),
+]
+
+
+def _luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
+    body = prefix + "".join(rng.choice(string.digits) for _ in range(length - len(prefix) - 1))
+    total = 0
+    for i, d in enumerate(reversed(body)):
+        n = int(d) * (2 if i % 2 == 0 else 1)
+        total += n - 9 if n > 9 else n
+    return body + str((10 - total % 10) % 10)
+
+
+def _iban(rng: random.Random) -> str:
+    country, length = rng.choice([("DE", 18), ("GB", 18), ("FR", 23), ("NL", 14)])
+    def chars(alphabet: str, n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(n))
+
+    if country in ("GB", "NL"):  # a bank code of 4 letters, then digits
+        bban = chars(string.ascii_uppercase, 4) + chars(string.digits, 14 if country == "GB" else 10)
+    else:
+        bban = chars(string.digits, length)
+    numeric = "".join(str(int(c, 36)) for c in bban + country + "00")
+    check = 98 - int(numeric) % 97
+    return f"{country}{check:02d}{bban}"
+
+
+def pii_value(kind: str, rng: random.Random) -> str:
+    """A realistic value of a Presidio entity type (checksums valid where the type has one)."""
+    first, last = rng.choice(PII_FIRST), rng.choice(PII_LAST)
+    if kind == "PERSON":
+        return f"{first} {last}"
+    if kind == "EMAIL_ADDRESS":
+        local = f"{first.lower()}{rng.choice(['.', '_', ''])}{last.lower()}{rng.randint(1, 999)}"
+        return f"{local}@{rng.choice(['gmail.com', 'example.org', 'mail.co.uk', 'outlook.com'])}"
+    if kind == "PHONE_NUMBER":
+        a, b, c = rng.randint(201, 989), rng.randint(200, 999), rng.randint(1000, 9999)
+        london = f"+44 20 {rng.randint(7000, 7999)} {c}"
+        return rng.choice([f"({a}) {b}-{c}", f"+1 {a} {b} {c}", f"{a}-{b}-{c}", london])
+    if kind == "CREDIT_CARD":
+        number = _luhn_complete(rng.choice(["4", "51", "55"]), 16, rng)
+        return rng.choice([number, " ".join(number[i : i + 4] for i in range(0, 16, 4))])
+    if kind == "US_SSN":
+        area = rng.choice([a for a in range(1, 900) if a != 666])
+        return f"{area:03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"
+    if kind == "IBAN_CODE":
+        return _iban(rng)
+    if kind == "IP_ADDRESS":
+        return ".".join(str(rng.randint(1, 254)) for _ in range(4))
+    if kind == "STREET_ADDRESS":
+        street = f"{rng.randint(1, 9999)} {rng.choice(PII_STREETS)} {rng.choice(PII_SUFFIX)}"
+        return rng.choice([street, f"{street}, {rng.choice(PII_CITIES)}", f"{street}, Apt {rng.randint(1, 40)}"])
+    raise ValueError(kind)

@@ -63,7 +63,8 @@ def _run_into(fn: Callable[[], object], future: Future) -> None:
 class _Row:
     def __init__(self, req: GenRequest, torch):
         self.req, self.ids, self.sent, self.done = req, [], 0, False
-        self.rng = torch.Generator().manual_seed(req.seed % 2**64 if req.seed is not None else int(time.time_ns() % 2**63))
+        seed = req.seed % 2**64 if req.seed is not None else time.time_ns() % 2**63
+        self.rng = torch.Generator().manual_seed(seed)
 
 
 class BatchGenerator:

@@ -99,8 +99,10 @@ def test_admin_api_needs_an_admin_key_and_forgets_a_user(review_server):
     unreasoned = httpx.post(url + "/v1/admin/reviews", json={"sample_ids": ["smp-x"], "decision": "reject"},
                             headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert unreasoned.status_code == 400 and "needs a reason" in unreasoned.json()["error"]["message"]
+    blank = httpx.post(url + "/v1/admin/forget", json={"user": " "}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert blank.status_code == 200 and blank.json()["deleted"]["chats"] == 0  # an id an app could send
     done = httpx.post(url + "/v1/admin/forget", json={"user": "ann"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert done.status_code == 200 and done.json()["deleted"]["chats"] == 1
     assert db.execute("SELECT count(*) FROM chats WHERE user_id = 'ann'").fetchone() == (0,)
-    assert db.execute("SELECT actor FROM audit_log WHERE action = 'forget'").fetchall() == [("dpo",)]
+    assert db.execute("SELECT actor FROM audit_log WHERE action = 'forget'").fetchall() == [("dpo",)] * 2
     assert httpx.post(url + "/review/decide", data={"one": "approve x"}, follow_redirects=False).status_code == 303

@@ -72,6 +72,13 @@ def test_auth_limits_and_errors(server):
     broken = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}"},
                         content=b"{not json")
     assert broken.status_code == 400
+    garbled = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}",
+                         "Content-Type": "application/json"}, content=b"\xff\xfe{")  # not UTF-8
+    assert garbled.status_code == 400 and garbled.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.get(server["url"] + "/v1/nowhere").json()["error"]["code"] == 404
+    huge_seed = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}"},
+                           json={"messages": [{"role": "user", "content": "hi"}], "seed": 2**70, "max_tokens": 2})
+    assert huge_seed.status_code == 200
 
 
 def post_feedback(server, key, response_id, rating="up", **extra):
