@@ -13,13 +13,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingest.contracts import ChatLog, Feedback, Message
@@ -41,30 +42,41 @@ class ApiError(Exception):
 ROLES = ("system", "user", "assistant", "tool")
 
 
+def _whole(value):
+    """JSON Schema's integers include 8.0; strict pydantic takes only 8."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON types as /openapi.json states them, strictly (no "stream": 0 for false, no "8" for 8), except that a
+# whole float is an integer as JSON Schema has it. Unknown fields are ignored.
+Int = Annotated[int, BeforeValidator(_whole)]
+Count = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: str = Field(json_schema_extra={"enum": list(ROLES)})  # checked in the handler, with a clearer message
     content: str | None = ""
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (n=1, logprobs=...)
+    model_config = ConfigDict(extra="ignore", strict=True)  # OpenAI clients send fields we do not use (n=1, ...)
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None  # any integer: the generator takes it modulo 2**64
+    seed: Int | None = None  # any integer: the generator takes it modulo 2**64
     stream: bool = False
     user: str | None = Field(None, max_length=128)
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     response_id: str = Field(max_length=1024)
-    rating: str | int = Field(description="up | down (or 1 | -1)", json_schema_extra={"enum": ["up", "down", 1, -1]})
+    rating: str | Int = Field(description="up | down (or 1 | -1)", json_schema_extra={"enum": ["up", "down", 1, -1]})
     comment: str | None = Field(None, max_length=16_000)
     correction: str | None = Field(None, max_length=16_000)
 
@@ -398,9 +410,9 @@ def create_app(
             raise ApiError(404, "unknown response_id", "not_found_error")
         if claims.app_id != app_id:
             raise ApiError(403, "this response_id was issued to another app", "permission_error")
-        rating = {"up": 1, "down": -1, "1": 1, "-1": -1, "+1": 1}.get(str(body.rating).lower())
+        rating = {"up": 1, "down": -1, 1: 1, -1: -1}.get(body.rating)
         if rating is None:
-            raise ApiError(400, "rating: 'up' or 'down'")
+            raise ApiError(400, "rating: 'up' or 'down' (or 1 or -1)")
         # The same rating sent twice is one event: the id is derived from what it says.
         key = json.dumps([body.response_id, rating, body.comment, body.correction])
         event = Feedback(event_id=uuid.uuid5(FEEDBACK_NAMESPACE, key), response_id=body.response_id, app_id=app_id,

@@ -50,7 +50,7 @@ class BadDecision(ValueError):
 
 class DecisionRequest(BaseModel):
     # A rejection needs a reason (curation.review checks it; the schema says so for clients).
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "if": {"properties": {"decision": {"const": "reject"}}},
         "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "pattern": "\\S"}}}})
     sample_ids: list[str] = Field(min_length=1, max_length=10_000)
@@ -59,7 +59,7 @@ class DecisionRequest(BaseModel):
 
 
 class ForgetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     user: str = Field(min_length=1, max_length=128, description="The user id, exactly as apps sent it.")
 
 

@@ -55,7 +55,7 @@ def live(tiny_lm, tmp_path_factory, scrub_pool):
     con.close()
 
 
-EXAMPLES = 100  # per operation and mode (Schemathesis' default)
+EXAMPLES = 200  # per operation and mode (Schemathesis' default is 100)
 
 
 @pytest.mark.chaos
