@@ -181,7 +181,8 @@ def concurrent_clients(url: str, clients: int, rounds: int, max_tokens: int) -> 
     return sum(totals) / (time.perf_counter() - started)
 
 
-def start_api(tmp: Path, tokenizer, model, routing: dict | None):
+def start_api(tmp: Path, tokenizer, model, routing: dict | None, loaded: bool = False):
+    """An API in threads of this process; `loaded`: `model` already holds `routing`'s adapters."""
     import uvicorn
 
     from serving import ids
@@ -192,7 +193,10 @@ def start_api(tmp: Path, tokenizer, model, routing: dict | None):
     from serving.routing import ModelHolder, Router, publish
 
     gen = BatchGenerator(model, tokenizer, max_batch=16, max_wait_ms=20).start()
-    router = Router(tmp / "routing.json", ModelHolder(gen))
+    holder = ModelHolder(gen)
+    if routing and loaded:
+        holder.loaded = dict(routing["adapters"])
+    router = Router(tmp / "routing.json", holder)
     if routing:
         publish(tmp, routing)
     router.refresh()
@@ -258,16 +262,18 @@ def bench_generation(parts: set[str], max_tokens: int = 48, rounds: int = 2, rep
             routing = {"experiment_id": "bench", "salt": "b", "split": [["v0001", 0.5], ["v0002", 0.5]],
                        "adapters": adapters}
             models = {"base": (model, None), "mixed": (off_main(load_model)[1], routing)}
-            ratios, turns = [], itertools.count()
+            ratios, turns, ready = [], itertools.count(), {}
 
             def measure(name: str) -> float:
                 folder = tmp / f"{name}-{next(turns)}"
                 folder.mkdir()
-                server, gen, url = start_api(folder, tokenizer, models[name][0], models[name][1])
+                model, route = models[name]
+                server, gen, url = start_api(folder, tokenizer, model, route, loaded=name in ready)
                 try:
                     concurrent_clients(url, 16, 1, 8)  # warm up (the fused stacks are built once per model)
                     return concurrent_clients(url, 16, rounds, max_tokens)
                 finally:
+                    models[name], ready[name] = (gen.model, route), True  # adapters load once
                     server.should_exit = True
                     gen.close()
 

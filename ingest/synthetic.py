@@ -141,6 +141,7 @@ def _luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
 
 def _iban(rng: random.Random) -> str:
     country, length = rng.choice([("DE", 18), ("GB", 18), ("FR", 23), ("NL", 14)])
+
     def chars(alphabet: str, n: int) -> str:
         return "".join(rng.choice(alphabet) for _ in range(n))
 

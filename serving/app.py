@@ -34,9 +34,18 @@ log = logging.getLogger(__name__)
 FEEDBACK_NAMESPACE = uuid.UUID("5b0e9c1e-8d6f-4c38-9a57-0c1f3f0e7b21")
 
 
+_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
-        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
+    """An answer in OpenAI's error shape; `kind` follows from the status unless given."""
+
+    def __init__(self, status: int, message: str, kind: str | None = None, headers: dict | None = None):
+        self.status, self.message, self.headers = status, message, headers or {}
+        self.kind = kind or _KINDS.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "code": self.status}}
 
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -148,7 +157,7 @@ def _body_limit(app, limit: int):
             return await app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            return await _send_error(send, 413, _too_large(limit))
+            return await _send_error(send, ApiError(413, _too_large(limit)))
         seen, refused = 0, False
 
         # A streamed body: once over the limit, answer 413 here and tell the app the client left. (An
@@ -161,7 +170,7 @@ def _body_limit(app, limit: int):
             seen += len(message.get("body", b""))
             if seen > limit:
                 refused = True
-                await _send_error(send, 413, _too_large(limit))
+                await _send_error(send, ApiError(413, _too_large(limit)))
                 return {"type": "http.disconnect"}
             return message
 
@@ -174,9 +183,8 @@ def _body_limit(app, limit: int):
     return middleware
 
 
-async def _send_error(send, status: int, message: str, kind: str = "invalid_request_error",
-                      headers: dict | None = None) -> None:
-    await _send_json(send, status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+async def _send_error(send, e: ApiError) -> None:
+    await _send_json(send, e.status, e.body(), e.headers)
 
 
 async def _send_json(send, status: int, payload: dict, headers: dict | None = None) -> None:
@@ -207,7 +215,7 @@ def _fast_feedback(app, accept: Callable):
             authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             payload = await accept(authorization, b"".join(chunks))
         except ApiError as e:
-            return await _send_error(send, e.status, e.message, e.kind, e.headers)
+            return await _send_error(send, e)
         await _send_json(send, 202, payload)
 
     return middleware
@@ -216,27 +224,25 @@ def _fast_feedback(app, accept: Callable):
 def install_error_handlers(app: FastAPI) -> None:
     """Errors in OpenAI's shape: {"error": {"message", "type", "code"}}."""
 
+    def answer(e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), e.status, e.headers)
+
     @app.exception_handler(ApiError)
     async def api_error(_request, e: ApiError):
-        return JSONResponse({"error": {"message": e.message, "type": e.kind, "code": e.status}}, e.status, e.headers)
+        return answer(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, e: StarletteHTTPException):  # unknown route, wrong method, unreadable body
-        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}.get(
-            e.status_code, "invalid_request_error" if e.status_code < 500 else "server_error")
-        return JSONResponse({"error": {"message": str(e.detail), "type": kind, "code": e.status_code}},
-                            e.status_code, e.headers)
+        return answer(ApiError(e.status_code, str(e.detail), headers=e.headers))
 
     @app.exception_handler(Exception)
     async def server_error(_request, e: Exception):
         log.error("request failed", exc_info=e)
-        return JSONResponse({"error": {"message": f"internal error ({type(e).__name__}); it is logged",
-                                       "type": "server_error", "code": 500}}, 500)
+        return answer(ApiError(500, f"internal error ({type(e).__name__}); it is logged"))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request, e: RequestValidationError):
-        return JSONResponse({"error": {"message": first_error(e.errors()), "type": "invalid_request_error",
-                                       "code": 400}}, 400)
+        return answer(ApiError(400, first_error(e.errors())))
 
 
 def document_limits(app: FastAPI, cfg: ServingConfig) -> None:
@@ -282,13 +288,13 @@ def create_app(
     def authenticate(request: Request | str) -> str:
         header = request if isinstance(request, str) else request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
-            raise ApiError(401, "missing API key: send Authorization: Bearer <key>", "authentication_error")
+            raise ApiError(401, "missing API key: send Authorization: Bearer <key>")
         app_id = ids.app_for_key(header[7:].strip(), cfg.api_keys)
         if app_id is None:
-            raise ApiError(401, "invalid API key", "authentication_error")
+            raise ApiError(401, "invalid API key")
         if not limiter.allow(app_id):
-            raise ApiError(429, f"rate limit of {cfg.rate_limit_per_s:g} requests/s exceeded", "rate_limit_error",
-                           {"Retry-After": "1"})
+            raise ApiError(429, f"rate limit of {cfg.rate_limit_per_s:g} requests/s exceeded",
+                           headers={"Retry-After": "1"})
         return app_id
 
     async def log_event(topic: str, event) -> None:
@@ -313,7 +319,7 @@ def create_app(
         metrics.outbox.set(outbox.size())
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", response_model=openapi.ModelList, responses=openapi.errors(), dependencies=keyed)
+    @app.get("/v1/models", response_model=openapi.ModelList, responses=openapi.ERRORS, dependencies=keyed)
     async def models(request: Request):
         authenticate(request)
         return {"object": "list", "data": [{"id": v, "object": "model", "created": 0, "owned_by": "flywheel"}
@@ -322,7 +328,7 @@ def create_app(
     @app.post("/v1/chat/completions", response_model=openapi.ChatCompletion, dependencies=keyed,
               responses={200: {"content": {"text/event-stream": {"schema": openapi.SSE_EVENT}},
                                "description": "The answer; with `stream: true`, server-sent chunks ending in [DONE]."},
-                         **openapi.errors(503)})
+                         **openapi.ERRORS_OR_BUSY})
     async def chat_completions(body: ChatRequest, request: Request):
         started = time.perf_counter()
         app_id = authenticate(request)
@@ -351,7 +357,7 @@ def create_app(
         try:
             future = generator.submit(req)
         except QueueFull:
-            raise ApiError(503, "the model is busy: try again shortly", "server_error", {"Retry-After": "1"}) from None
+            raise ApiError(503, "the model is busy: try again shortly", headers={"Retry-After": "1"}) from None
         created = int(time.time())
 
         async def finish(result) -> None:
@@ -366,8 +372,7 @@ def create_app(
             try:
                 result = await asyncio.wrap_future(future)
             except AdapterGone:
-                raise ApiError(503, "the model version changed: try again", "server_error",
-                               {"Retry-After": "1"}) from None
+                raise ApiError(503, "the model version changed: try again", headers={"Retry-After": "1"}) from None
             await finish(result)
             return JSONResponse({
                 "id": response_id, "object": "chat.completion", "created": created, "model": variant,
@@ -407,9 +412,9 @@ def create_app(
         body = parse_body(FeedbackRequest, raw, ApiError)
         claims = ids.verify(secret, body.response_id)
         if claims is None:
-            raise ApiError(404, "unknown response_id", "not_found_error")
+            raise ApiError(404, "unknown response_id")
         if claims.app_id != app_id:
-            raise ApiError(403, "this response_id was issued to another app", "permission_error")
+            raise ApiError(403, "this response_id was issued to another app")
         rating = {"up": 1, "down": -1, 1: 1, -1: -1}.get(body.rating)
         if rating is None:
             raise ApiError(400, "rating: 'up' or 'down' (or 1 or -1)")
@@ -423,7 +428,7 @@ def create_app(
     # Documents the route in /openapi.json; requests are answered by `_fast_feedback` below, which skips
     # Starlette's request objects and routing on the hottest route.
     @app.post("/v1/feedback", status_code=202, response_model=openapi.FeedbackAccepted, dependencies=keyed,
-              responses=openapi.errors(), openapi_extra=openapi.json_body(FeedbackRequest))
+              responses=openapi.ERRORS, openapi_extra=openapi.json_body(FeedbackRequest))
     async def feedback(request: Request):
         return JSONResponse(await accept_feedback(request.headers.get("authorization", ""), await request.body()),
                             202)

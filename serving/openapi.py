@@ -99,15 +99,12 @@ bearer = HTTPBearer(auto_error=False, description="An app's API key (serving.api
                                                   "admin key (serving.admin_keys).")
 
 
-def errors(*statuses: int) -> dict:
-    """Error answers for `responses=`: any 4xx (400 bad input, 401 no or a wrong key, 403 another app's
-    response, 404 unknown id, 413 body over serving.max_body_bytes, 429 rate limit) plus `statuses`.
-    Declaring 4XX also keeps FastAPI from documenting a 422 that the API never sends (bad input is 400)."""
-    shared = {"model": ErrorBody, "description": "The request was refused; `error.message` says why."}
-    return {"4XX": shared, **{status: {**shared, "description": _WHY[status]} for status in statuses}}
-
-
-_WHY = {503: "Not now: the model is busy, its version changed, or the route needs the database (Retry-After)."}
+# Error answers for `responses=`: any 4xx (400 bad input, 401 no or a wrong key, 403 another app's response,
+# 404 unknown id, 413 body over serving.max_body_bytes, 429 rate limit), and 503 where a route can be busy.
+# Declaring 4XX also keeps FastAPI from documenting a 422 that the API never sends (bad input is 400).
+ERRORS = {"4XX": {"model": ErrorBody, "description": "The request was refused; `error.message` says why."}}
+ERRORS_OR_BUSY = {**ERRORS, 503: {"model": ErrorBody, "description": "Not now: the model is busy, its version "
+                                  "changed, or the route needs the database (Retry-After)."}}
 
 
 def json_body(model: type[BaseModel]) -> dict:

@@ -238,16 +238,15 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
     def admin(request: Request) -> str:
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
-            raise api_error(401, "missing admin key: send Authorization: Bearer <key>", "authentication_error")
+            raise api_error(401, "missing admin key: send Authorization: Bearer <key>")
         name = ids.app_for_key(header[7:].strip(), admin_keys)
         if name is None:
-            raise api_error(401, "invalid admin key", "authentication_error")
+            raise api_error(401, "invalid admin key")
         return name
 
     def need_backend():
         if backend is None:
-            raise api_error(503, "review needs the database: run `flywheel up` (not `flywheel serve`)",
-                            "server_error")
+            raise api_error(503, "review needs the database: run `flywheel up` (not `flywheel serve`)")
         return backend
 
     async def form(request: Request) -> dict[str, list[str]]:
@@ -315,7 +314,7 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
 
     keyed = [Depends(openapi.bearer)]
 
-    @app.post("/v1/admin/reviews", response_model=openapi.Decided, responses=openapi.errors(503), dependencies=keyed,
+    @app.post("/v1/admin/reviews", response_model=openapi.Decided, responses=openapi.ERRORS_OR_BUSY, dependencies=keyed,
               openapi_extra=openapi.json_body(DecisionRequest))
     async def admin_reviews(request: Request):
         """Approve or reject samples as the reviewer whose admin key is sent."""
@@ -324,17 +323,13 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         try:
             n = await run_in_threadpool(need_backend().decide, body.sample_ids, body.decision, reviewer, body.reason)
         except BadDecision as e:
-            raise api_error(e.status, str(e), "not_found_error" if e.status == 404 else "invalid_request_error") from None
+            raise api_error(e.status, str(e)) from None
         return {"decided": n, "decision": body.decision, "reviewer": reviewer}
 
-    @app.post("/v1/admin/forget", response_model=openapi.Forgotten, responses=openapi.errors(503), dependencies=keyed,
-              openapi_extra=openapi.json_body(ForgetRequest))
+    @app.post("/v1/admin/forget", response_model=openapi.Forgotten, responses=openapi.ERRORS_OR_BUSY,
+              dependencies=keyed, openapi_extra=openapi.json_body(ForgetRequest))
     async def admin_forget(request: Request):
         """Erase a user's data (right to be forgotten); answers what was deleted and what was trained on it."""
         actor = admin(request)
         body = parse_body(ForgetRequest, await request.body(), api_error)
-        backend = need_backend()
-        try:
-            return JSONResponse(await run_in_threadpool(backend.forget, body.user, actor))
-        except ValueError as e:  # curation.forget refuses what it cannot erase (a blank id), with why
-            raise api_error(400, str(e)) from None
+        return JSONResponse(await run_in_threadpool(need_backend().forget, body.user, actor))

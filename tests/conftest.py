@@ -139,6 +139,18 @@ def browser(tmp_path):
     driver.quit()
 
 
+def tiny_generator(tiny_lm: Path, **settings):
+    """The tiny model's tokenizer and a started BatchGenerator on it (fp32): what an API test serves."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from serving.generator import BatchGenerator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    return tokenizer, BatchGenerator(model, tokenizer, **settings).start()
+
+
 @contextmanager
 def serve_in_thread(app):
     """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL."""

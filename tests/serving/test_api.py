@@ -6,9 +6,7 @@ import uuid
 import httpx
 import openai
 import pytest
-import torch
 from kafka import KafkaConsumer, KafkaProducer
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from infra.config import KafkaConfig
 from infra.kafka import client_settings, ensure_topics
@@ -16,18 +14,15 @@ from ingest.contracts import parse_event
 from serving import ids
 from serving.app import create_app
 from serving.config import ServingConfig
-from serving.generator import BatchGenerator
 from serving.outbox import Outbox, OutboxSender
-from tests.conftest import serve_in_thread
+from tests.conftest import serve_in_thread, tiny_generator
 
 KEY_A, KEY_B = "key-of-app-a", "key-of-app-b"
 
 
 @pytest.fixture(scope="module")
 def server(tiny_lm, broker, tmp_path_factory):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
-    model = AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval()
-    generator = BatchGenerator(model, tokenizer, queue_depth=8).start()
+    tokenizer, generator = tiny_generator(tiny_lm, queue_depth=8)
     kafka = KafkaConfig(chats_topic=f"chats-{uuid.uuid4().hex[:6]}", feedback_topic=f"fb-{uuid.uuid4().hex[:6]}")
     ensure_topics(kafka, broker.bootstrap)
     outbox = Outbox(tmp_path_factory.mktemp("outbox") / "outbox.sqlite")

@@ -6,10 +6,8 @@ wrong one are refused."""
 import openai
 import pytest
 import schemathesis
-import torch
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from curation import curate
 from curation.config import CurationConfig
@@ -18,10 +16,9 @@ from infra.services import ReviewStore
 from serving import ids
 from serving.app import create_app
 from serving.config import ServingConfig
-from serving.generator import BatchGenerator
 from serving.outbox import Outbox
-from tests.conftest import serve_in_thread
-from tests.curation.conftest import chat, rate
+from tests.conftest import serve_in_thread, tiny_generator
+from tests.curation.conftest import chat, rate, store
 
 KEY, ADMIN_KEY = "key-of-app-a", "key-of-the-dpo"
 
@@ -30,13 +27,9 @@ KEY, ADMIN_KEY = "key-of-app-a", "key-of-the-dpo"
 def live(tiny_lm, tmp_path_factory, scrub_pool):
     from infra.db import open_store
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
-    model = AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval()
-    generator = BatchGenerator(model, tokenizer, queue_depth=8).start()
+    tokenizer, generator = tiny_generator(tiny_lm, queue_depth=8)
     data = tmp_path_factory.mktemp("openapi")
     con = open_store(data / "flywheel.duckdb")
-    from tests.curation.conftest import store
-
     rated = [chat(f"user-{i}", f"Where is order #{i}?", "It ships tomorrow.") for i in range(4)]
     store(con, rated + [rate(c, 1) for c in rated], scrub_pool.scrub)
     curate.run(con, CurationConfig(max_user_share=1.0))

@@ -2,10 +2,8 @@
 
 import time
 
-import torch
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, KafkaProducer
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from infra.broker import EmbeddedBroker
 from infra.config import KafkaConfig
@@ -13,8 +11,8 @@ from infra.kafka import client_settings, ensure_topics
 from serving import ids
 from serving.app import create_app
 from serving.config import ServingConfig
-from serving.generator import BatchGenerator
 from serving.outbox import PRODUCER_OPTIONS, Outbox, OutboxSender
+from tests.conftest import tiny_generator
 
 KEY = "k"
 
@@ -24,8 +22,7 @@ def test_broker_outage_loses_nothing(tiny_lm, tmp_path):
 
     kafka = KafkaConfig(port=free_port("127.0.0.1"), partitions=1)
     broker = EmbeddedBroker(kafka, tmp_path / "b1").start()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
-    gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer).start()
+    tokenizer, gen = tiny_generator(tiny_lm)
     outbox = Outbox(tmp_path / "outbox.sqlite")
     settings = client_settings(kafka, broker.bootstrap)
     sender = OutboxSender(outbox, lambda: KafkaProducer(**settings, **PRODUCER_OPTIONS)).start()
