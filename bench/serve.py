@@ -241,7 +241,7 @@ def api_tokens_per_s(folder: Path, tokenizer, model, routing: dict | None, max_t
         gen.close()
 
 
-def bench_generation(parts: set[str], max_tokens: int = 48, rounds: int = 2, repeat: int = 3) -> None:
+def bench_generation(parts: set[str], max_tokens: int = 48, rounds: int = 2, repeat: int = 5) -> None:
     import statistics
 
     tokenizer, model = off_main(load_model)
@@ -281,8 +281,8 @@ def bench_generation(parts: set[str], max_tokens: int = 48, rounds: int = 2, rep
                 base, mixed = measure("base"), measure("mixed")
                 ratios.append(mixed / base)
                 print(f"turn {i + 1}: base model only {base:,.1f} tokens/s, users split across two adapters "
-                      f"{mixed:,.1f} tokens/s, ratio {mixed / base:.2f}")
-            print(f"ratio (median of {repeat} turns): {statistics.median(ratios):.2f} (target >= 0.9)")
+                      f"{mixed:,.1f} tokens/s, ratio {mixed / base:.3f}")
+            print(f"ratio (median of {repeat} turns): {statistics.median(ratios):.3f} (target >= 0.9)")
 
 
 def off_main(fn):

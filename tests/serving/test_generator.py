@@ -40,7 +40,13 @@ def test_a_padded_batch_answers_like_each_prompt_alone(lm):
     gen = BatchGenerator(model, tokenizer)
     gen.eos = set()  # the random model may emit EOS anywhere; compare full-length continuations
     reqs = [GenRequest(ids(tokenizer, p), max_tokens=12, temperature=0) for p in PROMPTS]
-    results = run(gen, reqs)
+    positions = []  # the prefill asks the lm_head for the last position only, not the whole prompt
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: positions.append(args[0].shape[1]))
+    try:
+        results = run(gen, reqs)
+    finally:
+        hook.remove()
+    assert positions and set(positions) == {1}
     for p, r in zip(PROMPTS, results):
         assert r.text == reference(model, tokenizer, ids(tokenizer, p), 12)
         assert (r.finish_reason, r.completion_tokens) == ("length", 12)

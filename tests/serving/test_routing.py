@@ -52,6 +52,17 @@ def test_adapters_come_and_go_while_serving(tiny_lm, adapters, tmp_path):
         router.refresh()
         assert answer(gen, tokenizer, "v0001").text == with_adapter  # untouched by its neighbour's arrival
 
+        def fused():
+            return [m._flywheel_stacks[1][0] for m in gen.model.modules() if hasattr(m, "_flywheel_stacks")]
+
+        before = fused()
+        publish(tmp_path, {"experiment_id": "exp-2", "salt": "s2", "split": [["v0001", 0.5], ["v0002", 0.5]],
+                           "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]}})
+        assert router.refresh() and dict(router.current.split)["v0002"] == 0.5  # an A/B ramp
+        assert answer(gen, tokenizer, "v0002").text != with_adapter
+        after = fused()
+        assert before and len(after) == len(before) and all(a is b for a, b in zip(after, before))  # not rebuilt
+
         publish(tmp_path, {"split": [["base", 1.0]], "adapters": {}})
         router.refresh()
         assert router.variants() == [BASE] and answer(gen, tokenizer, BASE).text == base_before
