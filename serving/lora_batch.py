@@ -30,7 +30,7 @@ def rows(adapter_per_row: list[str], names: tuple[str, ...]):
     slot = {n: i for i, n in enumerate(names)}
     _active["names"] = names
     _active["index"] = torch.tensor([slot.get(a, len(names)) for a in adapter_per_row])
-    _active["keep"] = {}  # per (columns, rows, dtype), shared by all layers of the same rank
+    _active["keep"] = {}  # per (columns, tokens per row), shared by all layers of the same rank
     try:
         yield
     finally:
@@ -64,15 +64,14 @@ def _stacks(layer, names: tuple[str, ...]):
     return stacks
 
 
-def _keep(slots, rows: int, dtype):
+def _keep(slots, tokens: int, dtype):
     """Row i (repeated for each of its tokens) keeps the r columns of its own adapter."""
-    key = (len(slots), rows, dtype)
+    key = (len(slots), tokens, dtype)
     keep = _active["keep"].get(key)
     if keep is None:
-        index = _active["index"]
-        keep = (slots[None, :] == index[:, None]).to(dtype)
-        if rows > len(index):
-            keep = keep.repeat_interleave(rows // len(index), dim=0)
+        keep = (slots[None, :] == _active["index"][:, None]).to(dtype)
+        if tokens > 1:
+            keep = keep.repeat_interleave(tokens, dim=0)
         _active["keep"][key] = keep
     return keep
 
@@ -87,7 +86,7 @@ def _forward(self, x, *args, **kwargs):
     fused, bias, out, b, a, slots = _stacks(self, names)
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
-    keep = _keep(slots, flat.shape[0], b.dtype)
+    keep = _keep(slots, flat.shape[0] // len(_active["index"]), b.dtype)
     if fused is not None:
         # One matmul gives the base output, then every adapter's A projection: [rows, out + n*r]. Each row keeps
         # its own adapter's columns, which go through the stacked B and are added in place into the base half.

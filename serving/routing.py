@@ -107,7 +107,7 @@ class ModelHolder:
         from peft import PeftModel
 
         model = self.generator.model
-        changed = False
+        before = dict(self.loaded)
         for version, folder in wanted.items():
             if version in self.loaded:
                 if self.loaded[version] != folder:
@@ -121,7 +121,6 @@ class ModelHolder:
                 model = PeftModel.from_pretrained(model, folder, adapter_name=version)
             model.eval()
             self.loaded[version] = folder
-            changed = True
             log.info("loaded adapter %s from %s", version, folder)
         retired = [v for v in self.loaded if v not in wanted]
         if retired and not wanted:
@@ -132,7 +131,7 @@ class ModelHolder:
         for version in retired:
             del self.loaded[version]
             log.info("unloaded adapter %s", version)
-        if self.loaded and (changed or retired):
+        if self.loaded and self.loaded != before:
             # Only when the set changed: a new split over the same adapters (an A/B ramp) keeps the fused
             # matrices; rebuilding them reallocates ~40 MB on the 135M model and was measured to slow decoding.
             lora_batch.install(model)

@@ -151,6 +151,11 @@ def tiny_generator(tiny_lm: Path, **settings):
     return tokenizer, BatchGenerator(model, tokenizer, **settings).start()
 
 
+def fused_matrices(model) -> list:
+    """The fused [base; adapters' A] matrices serving.lora_batch built in `model`'s LoRA layers."""
+    return [m._flywheel_stacks[1][0] for m in model.modules() if hasattr(m, "_flywheel_stacks")]
+
+
 @contextmanager
 def serve_in_thread(app):
     """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL."""

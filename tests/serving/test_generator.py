@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serving.generator import BASE, BatchGenerator, GenRequest, QueueFull
+from tests.conftest import fused_matrices
 
 PROMPTS = ["Where is my order?", "Returns", "Our headphones come with a warranty. Orders ship within 2 days."]
 
@@ -96,7 +97,7 @@ def test_rows_on_different_adapters_share_a_batch(lm, tmp_path):
         alone[BASE] = reference(peft_model, tokenizer, prompt, 8)
     assert [r.text for r in mixed] == [alone["v0001"], alone[BASE], alone["v0002"]]
     assert len({r.text for r in mixed}) == 3  # the adapters really differ
-    fused = [m._flywheel_stacks[1][0] for m in peft_model.modules() if hasattr(m, "_flywheel_stacks")]
+    fused = fused_matrices(peft_model)
     assert fused and all(f is not None for f in fused)  # the fused path answered, and answered the same
 
 

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serving.generator import BASE, AdapterGone, BatchGenerator, GenRequest
 from serving.routing import ModelHolder, Router, publish
+from tests.conftest import fused_matrices
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +53,12 @@ def test_adapters_come_and_go_while_serving(tiny_lm, adapters, tmp_path):
         router.refresh()
         assert answer(gen, tokenizer, "v0001").text == with_adapter  # untouched by its neighbour's arrival
 
-        def fused():
-            return [m._flywheel_stacks[1][0] for m in gen.model.modules() if hasattr(m, "_flywheel_stacks")]
-
-        before = fused()
+        before = fused_matrices(gen.model)
         publish(tmp_path, {"experiment_id": "exp-2", "salt": "s2", "split": [["v0001", 0.5], ["v0002", 0.5]],
                            "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]}})
         assert router.refresh() and dict(router.current.split)["v0002"] == 0.5  # an A/B ramp
         assert answer(gen, tokenizer, "v0002").text != with_adapter
-        after = fused()
+        after = fused_matrices(gen.model)
         assert before and len(after) == len(before) and all(a is b for a, b in zip(after, before))  # not rebuilt
 
         publish(tmp_path, {"split": [["base", 1.0]], "adapters": {}})
