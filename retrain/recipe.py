@@ -12,11 +12,18 @@
 
 Why our own loop rather than TRL's trainers: a token-budget bucketed sampler, the head on labelled
 positions only and KTO's reference log-probabilities computed once up front (no second model in memory)
-are each a few lines here and would each be a subclass there. The KTO loss follows Ethayarajh et al. 2024
-(https://arxiv.org/abs/2402.01306) and TRL's `kto_loss`; its reference point z0 (an estimate of the KL
-between policy and reference) is a running mean of the policy/reference log-ratio over recent batches,
-clamped at 0 and detached, instead of TRL's extra forward pass over mismatched pairs: length-bucketed
-batches are often all desirable or all undesirable, and a batch's own mean would cancel their signal.
+are each a few lines here and would each be a subclass there. The KTO loss is TRL's `loss_type="kto"`
+(Ethayarajh et al. 2024, https://arxiv.org/abs/2402.01306, eq. 7), checked against TRL's trainer on the
+same batch in tests/retrain/test_kto_vs_trl.py: the same per-example losses, the reference point z0 the
+same estimate of KL(policy || reference) (the mean log-ratio of mismatched prompt/answer pairs under
+the policy, detached, clamped at 0), and every optimizer step sees desirable and undesirable answers.
+
+Two earlier shortcuts broke that on some machines (issue 17): z0 was a running mean of the *matched*
+log-ratios, which is the implied reward, not a KL: it rose with every desirable answer learned and made
+each undesirable one look too likely; and length bucketing put the short undesirable answers into
+batches of their own, so a step only pushed down. One such step could drag the shared tokens (".", the
+end of turn) of the desirable answers so far down that their sigmoid saturated (beta * logratio < -5),
+their gradient vanished and they never came back: -331 nats on one machine, +30 on another.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class Example:
     desirable: bool
     sample_id: str
     ref_logp: float | None = None  # KTO: log-probability of the answer under the starting weights
+    kl: Example | None = None  # KTO: this prompt with another sample's answer, for the estimate of z0
 
     @property
     def n_labels(self) -> int:
@@ -128,6 +136,39 @@ def bucketed(examples: list[Example], tokens_per_batch: int, seed: int) -> list[
     return batches
 
 
+def steps(examples: list[Example], tokens_per_batch: int, seed: int, mixed: bool) -> list[list[list[Example]]]:
+    """The optimizer steps of one epoch, each a list of length-bucketed micro-batches.
+
+    Plain: one micro-batch a step. Mixed (KTO): desirable and undesirable samples are bucketed apart,
+    each under its share of the token budget, and every step takes micro-batches of both, so no step
+    pushes only one way and no padding is spent on joining a short answer to a long one."""
+    good = [e for e in examples if e.desirable]
+    bad = [e for e in examples if not e.desirable]
+    if not mixed or not good or not bad:
+        return [[b] for b in bucketed(examples, tokens_per_batch, seed)]
+    share = sum(len(e.input_ids) for e in good) / sum(len(e.input_ids) for e in examples)
+    a = bucketed(good, max(1, round(tokens_per_batch * share)), seed)
+    b = bucketed(bad, max(1, round(tokens_per_batch * (1 - share))), seed + 1)
+    n = min(len(a), len(b))  # every batch is used once; the larger class may give a step two
+    return [a[k * len(a) // n:(k + 1) * len(a) // n] + b[k * len(b) // n:(k + 1) * len(b) // n] for k in range(n)]
+
+
+def with_kl_pairs(examples: list[Example], max_len: int, seed: int) -> None:
+    """Give every sample its mismatched pair for KTO's KL estimate: its prompt with the answer of another
+    sample (a seeded cycle over all samples, as TRL rotates answers within a batch). Fixed for the run, so
+    the pairs' reference log-probabilities are computed once, with the matched ones."""
+    order = examples[:]
+    random.Random(seed).shuffle(order)
+    for e, other in zip(order, order[1:] + order[:1]):
+        if other is e:  # one sample: no pair, z0 stays 0
+            continue
+        cut = next(i for i, x in enumerate(e.labels) if x != IGNORE)
+        start = next(i for i, x in enumerate(other.labels) if x != IGNORE)
+        ids = e.input_ids[:cut] + other.input_ids[start:]
+        labels = [IGNORE] * cut + other.labels[start:]
+        e.kl = Example(ids[-max_len:], labels[-max_len:], e.desirable, e.sample_id)
+
+
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -202,13 +243,28 @@ def sft_loss(model, batch) -> torch.Tensor:
     return -logp.mean()
 
 
-def kto_loss(model, batch, ref_logp: torch.Tensor, desirable: torch.Tensor, beta: float,
-             w_desirable: float, w_undesirable: float, z0: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """KTO's loss and the batch's mean log-ratio (for the running reference point z0)."""
-    logratio = sequence_logprobs(model, batch) - ref_logp
-    loss = torch.where(desirable, w_desirable * (1 - torch.sigmoid(beta * (logratio - z0))),
+def kto_losses(logp: torch.Tensor, ref_logp: torch.Tensor, desirable: torch.Tensor, beta: float,
+               w_desirable: float, w_undesirable: float, z0: float) -> torch.Tensor:
+    """KTO's per-sample losses from the answers' summed log-probabilities (TRL's `loss_type="kto"`)."""
+    logratio = logp - ref_logp
+    return torch.where(desirable, w_desirable * (1 - torch.sigmoid(beta * (logratio - z0))),
                        w_undesirable * (1 - torch.sigmoid(beta * (z0 - logratio))))
-    return loss.mean(), logratio.detach().mean()
+
+
+@torch.no_grad()
+def kl_estimate(model, step: list[list[Example]], pad_id: int) -> float:
+    """KTO's reference point z0 for one step: the mean log(policy / reference) of the step's mismatched
+    pairs, clamped at 0 (TRL's estimate). Computed without gradient: z0 is a baseline, not a target."""
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    for micro in step:
+        pairs = [e.kl for e in micro if e.kl is not None]
+        if pairs:
+            tensors = {k: v.to(device) for k, v in collate(pairs, pad_id).items()}
+            ref = torch.tensor([p.ref_logp for p in pairs], device=device)
+            total += float((sequence_logprobs(model, tensors) - ref).sum())
+            n += len(pairs)
+    return max(0.0, total / n) if n else 0.0
 
 
 def kto_weights(examples: list[Example]) -> tuple[float, float]:
@@ -239,16 +295,21 @@ def train(model, examples: list[Example], cfg: RetrainConfig, pad_id: int,
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = next(model.parameters()).device
-    if cfg.objective == "sft":
+    kto = cfg.objective == "kto"
+    if not kto:
         examples = [e for e in examples if e.desirable]
     if not examples:
         raise ValueError("no training samples for this objective")
-    if cfg.objective == "kto":
-        reference_logprobs(model, examples, pad_id, cfg.tokens_per_batch)
+    if kto:
+        # Policy and reference log-probabilities must be comparable: no dropout (TRL's disable_dropout).
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        with_kl_pairs(examples, cfg.max_seq_len, cfg.seed)
+        reference_logprobs(model, examples + [e.kl for e in examples if e.kl], pad_id, cfg.tokens_per_batch)
         w_d, w_u = kto_weights(examples)
-        kl = 0.0  # running mean of log(policy/reference): KTO's reference point z0
     epochs = max(1, math.ceil(cfg.epochs))
-    plan = [b for ep in range(epochs) for b in bucketed(examples, cfg.tokens_per_batch, cfg.seed + ep)]
+    plan = [s for ep in range(epochs) for s in steps(examples, cfg.tokens_per_batch, cfg.seed + ep, kto)]
     plan = plan[: max(1, int(len(plan) * cfg.epochs / epochs))]
     if cfg.max_steps:
         plan = plan[: cfg.max_steps]
@@ -260,26 +321,30 @@ def train(model, examples: list[Example], cfg: RetrainConfig, pad_id: int,
     model.train()
     result = Result()
     started = time.perf_counter()
-    for step, batch in enumerate(plan, 1):
-        tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-        if cfg.objective == "kto":
-            ref = torch.tensor([e.ref_logp for e in batch], device=device)
-            desirable = torch.tensor([e.desirable for e in batch], device=device)
-            loss, batch_kl = kto_loss(model, tensors, ref, desirable, cfg.kto_beta, w_d, w_u, max(0.0, kl))
-            kl = 0.9 * kl + 0.1 * batch_kl.item()
-        else:
-            loss = sft_loss(model, tensors)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise BadLoss(f"loss is {value} at step {step}")
-        loss.backward()
+    for step, micros in enumerate(plan, 1):
+        z0 = kl_estimate(model, micros, pad_id) if kto else 0.0
+        n = sum(len(b) for b in micros)
+        value = 0.0
+        for batch in micros:  # gradients add up over the step's micro-batches: the loss is the step's mean
+            tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+            if kto:
+                ref = torch.tensor([e.ref_logp for e in batch], device=device)
+                desirable = torch.tensor([e.desirable for e in batch], device=device)
+                loss = kto_losses(sequence_logprobs(model, tensors), ref, desirable, cfg.kto_beta, w_d, w_u,
+                                  z0).sum() / n
+            else:
+                loss = sft_loss(model, tensors) * len(batch) / n
+            value += loss.item()
+            if not math.isfinite(value):
+                raise BadLoss(f"loss is {value} at step {step}")
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         result.steps = step
-        result.tokens += sum(len(e.input_ids) for e in batch)
-        result.label_tokens += sum(e.n_labels for e in batch)
+        result.tokens += sum(len(e.input_ids) for b in micros for e in b)
+        result.label_tokens += sum(e.n_labels for b in micros for e in b)
         result.losses.append(value)
         result.seconds = time.perf_counter() - started
         if progress:
