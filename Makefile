@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK) $(CUDA_LOCK)
 	@# CUDA build and the runtime wheels of $(CUDA_LOCK).
 	@$(PIP) --no-deps -r $(LOCK) $(if $(HAS_CUDA),-r $(CUDA_LOCK))
 	@$(PIP) --no-deps --no-build-isolation -e .
-	@$(PY) scripts/lock.py check
+	@$(PY) scripts/lock.py sync
 	@# The review page and dashboard are tested in a real browser: Debian's Chromium and its driver.
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || $(MAKE) --no-print-directory browser
 	@touch $(STAMP)

@@ -2,7 +2,8 @@
 
 1. Load an approved snapshot (Parquet, `datasets`) and replay a share of samples from earlier snapshots.
 2. Render every sample with the model's chat template; the loss is on the assistant's tokens only.
-3. Bucket by length under a token budget, so little compute goes to padding.
+3. Bucket by length under a token budget, so little compute goes to padding. A KTO step takes a
+   length-bucketed micro-batch of each class (desirable, undesirable), never one class alone.
 4. Load the base model: QLoRA on CUDA (nf4, double quantization, bf16 compute, gradient checkpointing),
    plain LoRA in fp32 on CPU. Start from the production adapter's weights when there is one.
 5. Train: SFT on desirable answers, or KTO on desirable and undesirable ones. The output head runs only

@@ -1,7 +1,8 @@
 """The dependency lock: every Python package `make demo` and `make test` install, pinned.
 
-    python3 scripts/lock.py refresh   # `make lock`: resolve pyproject.toml anew, rewrite both lock files
-    .venv/bin/python scripts/lock.py check   # the installed packages equal the lock (the Makefile runs it)
+    python3 scripts/lock.py refresh         # `make lock`: resolve pyproject.toml anew, rewrite both lock files
+    .venv/bin/python scripts/lock.py check  # the installed packages equal the lock
+    .venv/bin/python scripts/lock.py sync   # remove what the lock does not hold, then check (`make` runs it)
 
 requirements.lock pins everything (the project's dependencies, its `dev` extra and the two data wheels)
 for Linux x86_64, CPython 3.11, with torch's CPU build. requirements-cuda.lock adds what torch's CUDA
@@ -89,12 +90,22 @@ def check() -> int:
     cuda = has_cuda()
     problems = diff(installed(), locked(cuda))
     if problems:
-        print(f"the installed packages differ from {LOCK.name}{' + ' + CUDA_LOCK.name if cuda else ''}:",
-              *problems, "fix: `make clean install` (or `make lock` to move the lock on purpose)", sep="\n",
-              file=sys.stderr)
+        print(f"the installed packages differ from {LOCK.name}{' + ' + CUDA_LOCK.name if cuda else ''}:", *problems,
+              "fix: `.venv/bin/python scripts/lock.py sync` (the lock's versions, nothing else), or move the lock "
+              "on purpose with `make lock`", sep="\n", file=sys.stderr)
         return 1
     print(f"installed packages equal the lock ({len(locked(cuda))} pinned)")
     return 0
+
+
+def sync() -> int:
+    """After `pip install --no-deps -r LOCK`: uninstall what the lock does not hold (a package installed by
+    hand, or one a newer lock dropped), so that the environment is the lock and nothing more."""
+    extra = sorted(set(installed()) - set(locked(has_cuda())))
+    if extra:
+        print("removing packages that the lock does not hold:", " ".join(extra), flush=True)
+        pip(Path(sys.executable), "uninstall", "-q", "-y", *extra)
+    return check()
 
 
 def pip(python: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
@@ -134,7 +145,7 @@ def refresh() -> int:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"check": check, "refresh": refresh}
+    commands = {"check": check, "refresh": refresh, "sync": sync}
     if len(argv) != 1 or argv[0] not in commands:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
