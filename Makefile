@@ -41,10 +41,6 @@ $(STAMP): pyproject.toml Makefile $(LOCK) $(CUDA_LOCK)
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || $(MAKE) --no-print-directory browser
 	@touch $(STAMP)
 
-browser: Debian's Chromium and its driver.
-	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || $(MAKE) --no-print-directory browser
-	@touch $(STAMP)
-
 browser:
 	@echo "installing chromium and chromium-driver (Debian packages, for the page tests)"
 	@SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
