@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,20 +82,19 @@ def diff(have: dict[str, str], want: dict[str, str]) -> list[str]:
 
 
 def has_cuda() -> bool:
-    from shutil import which
-
-    return which("nvidia-smi") is not None
+    return shutil.which("nvidia-smi") is not None
 
 
 def check() -> int:
     cuda = has_cuda()
-    problems = diff(installed(), locked(cuda))
+    pins = locked(cuda)
+    problems = diff(installed(), pins)
     if problems:
         print(f"the installed packages differ from {LOCK.name}{' + ' + CUDA_LOCK.name if cuda else ''}:", *problems,
               "fix: `.venv/bin/python scripts/lock.py sync` (the lock's versions, nothing else), or move the lock "
               "on purpose with `make lock`", sep="\n", file=sys.stderr)
         return 1
-    print(f"installed packages equal the lock ({len(locked(cuda))} pinned)")
+    print(f"installed packages equal the lock ({len(pins)} pinned)")
     return 0
 
 

@@ -15,6 +15,8 @@ lock = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lock)
 
 PINS = lock.locked(cuda=False)
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+WANTED = [Requirement(r) for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["dev"]]
 
 
 def satisfied(req: Requirement, pins: dict[str, str]) -> bool:
@@ -23,9 +25,7 @@ def satisfied(req: Requirement, pins: dict[str, str]) -> bool:
 
 
 def test_every_dependency_of_pyproject_is_pinned_within_its_range():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
-    assert wanted and [str(r) for r in wanted if not satisfied(r, PINS)] == []
+    assert WANTED and [str(r) for r in WANTED if not satisfied(r, PINS)] == []
     assert set(lock.DATA_WHEELS) <= PINS.keys()  # the Makefile installed them by hand before the lock
 
 
@@ -34,8 +34,7 @@ def test_the_lock_is_closed_under_the_requirements_of_what_it_pins():
     every locked package (markers for this machine, extras as requested) is pinned and satisfied."""
     env = default_environment()
     requested: dict[str, set[str]] = {n: set() for n in PINS}
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["dev"]):
+    for r in WANTED:
         requested[lock.canonical(r.name)] |= r.extras
     problems, todo = [], list(PINS)
     while todo:

@@ -3,12 +3,11 @@ KL estimate (z0), loss and every LoRA gradient agree within 1e-4 (fp32, the tiny
 
 import pytest
 import torch
+import trl  # a dev dependency, pinned in the lock: a missing one is a broken install, not a skip
 from transformers import AutoTokenizer
 
 from retrain import recipe
 from retrain.config import LoraConfig, RetrainConfig
-
-trl = pytest.importorskip("trl")  # a dev dependency in the lock: present wherever `make test` installed
 
 QA = [("Where is my order?", "It ships on Tuesday.", "No."), ("Can I return shoes?", "Yes, within 30 days.", "Never."),
       ("What warranty do headphones have?", "One year.", "None at all."),
@@ -38,7 +37,8 @@ def trainer_and_model(tiny_lm, tmp_path):
     data = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "label")} for r in rows()])
     args = trl.KTOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=BATCH, beta=BETA,
                          desirable_weight=W_D, undesirable_weight=W_U, precompute_ref_log_probs=True,
-                         report_to=[], use_cpu=True, bf16=False, seed=0, disable_tqdm=True)
+                         report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+                         bf16=False)  # TRL's default autocasts its reference pass to bf16, even on CPU
     trainer = trl.KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     return trainer, model, tokenizer
 
