@@ -2,8 +2,10 @@
 
 `EmbeddedBroker` starts the binary on a free (or configured) port, waits until it answers a Metadata request
 and creates the topics. A state file in the data dir (`broker.json`) lets other `flywheel` processes find a
-running broker. Tansu here stores in memory only: what was not yet ingested is gone when it stops, which is
-why ingest runs promptly and serving keeps an outbox; production points `kafka.bootstrap_servers` at a cluster.
+running broker. Tansu here stores in memory only: what was not yet ingested is gone when it stops. Nothing
+accepted is lost with it: the API's outbox keeps each event until ingest has stored it and sends it again to
+the next broker (`serving/outbox.py`). With `supervise`, a broker that dies is restarted on the same port at
+once. Production points `kafka.bootstrap_servers` at a cluster.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -114,10 +117,13 @@ def read_state(data_dir: Path) -> BrokerState | None:
 class EmbeddedBroker:
     """A Tansu process on loopback; use as a context manager or call start()/stop()."""
 
-    def __init__(self, cfg: KafkaConfig, data_dir: Path, *, detach: bool = False):
-        self.cfg, self.data_dir, self.detach = cfg, Path(data_dir), detach
+    def __init__(self, cfg: KafkaConfig, data_dir: Path, *, detach: bool = False, supervise: bool = False):
+        self.cfg, self.data_dir, self.detach, self.supervise = cfg, Path(data_dir), detach, supervise
         self.proc: subprocess.Popen | None = None
         self.port = cfg.port
+        self.restarts = 0
+        self._watching = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -148,12 +154,32 @@ class EmbeddedBroker:
             self._wait_ready()
             ensure_topics(self.cfg, self.bootstrap)
         except BaseException:
-            self.stop()
+            self._end_process()
             raise
         state = BrokerState(self.proc.pid, self.cfg.host, self.port, "daemon" if self.detach else "up")
         (self.data_dir / STATE_FILE).write_text(json.dumps(asdict(state)))
         log.info("bundled Kafka broker (tansu, pid %d) listening on %s", self.proc.pid, self.bootstrap)
+        if self.supervise and self._watcher is None:
+            self._watching.set()
+            self._watcher = threading.Thread(target=self._watch, name="broker-watch", daemon=True)
+            self._watcher.start()
         return self
+
+    def _watch(self) -> None:
+        """Restart a broker that died (kill -9, OOM) on the same port; clients reconnect by themselves."""
+        while self._watching.is_set():
+            time.sleep(0.2)
+            proc = self.proc
+            if proc is None or proc.poll() is None or not self._watching.is_set():
+                continue
+            log.warning("bundled Kafka broker (pid %d) exited with code %s: starting a new one on %s",
+                        proc.pid, proc.returncode, self.bootstrap)
+            try:
+                self.start()
+                self.restarts += 1
+            except Exception as e:
+                log.error("restarting the bundled Kafka broker failed (%s); trying again", e)
+                time.sleep(1)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.cfg.connect_timeout_s
@@ -168,6 +194,13 @@ class EmbeddedBroker:
             time.sleep(0.02)
 
     def stop(self) -> None:
+        self._watching.clear()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+            self._watcher = None
+        self._end_process()
+
+    def _end_process(self) -> None:
         if self.proc is None:
             return
         stop_process(self.proc.pid, self.proc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -45,10 +46,12 @@ def _state(ctx: typer.Context) -> State:
 
 
 def ensure_data_dir(path: Path) -> Path:
-    """Create the data dir and prove it is writable, or say how to fix it."""
+    """Create the data dir (0700: it holds chat text, keys and secrets) and prove it is writable, or say how
+    to fix it."""
     probe = Path(path) / ".write-test"
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+        Path(path).chmod(0o700)  # one made by an earlier version, or by hand
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -228,10 +231,8 @@ def build_app() -> typer.Typer:
             until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
             typer.echo(f"flywheel is up {until}")
             why = stop.wait(duration)
-            stop.event.set()
-            typer.echo(f"stopping ({why})")
-            svc.ingest_thread.join()
-            typer.echo(f"ingested  {_totals(ingest.totals)}")
+            typer.echo(f"stopping ({why}): HTTP, then the outbox to Kafka, then ingest to the end offsets")
+        typer.echo(f"ingested  {_totals(ingest.totals)}")
         typer.echo("stopped cleanly")
 
     @app.command()
@@ -286,7 +287,7 @@ def build_app() -> typer.Typer:
         duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
     ) -> None:
         """Run the API alone (chat completions, feedback); events go through the outbox to Kafka."""
-        from infra.services import Api
+        from infra.services import DRAIN_TIMEOUT_S, Api
 
         cfg, bootstrap = _config_and_kafka(ctx)
         with StopSignal() as stop:
@@ -294,9 +295,14 @@ def build_app() -> typer.Typer:
             try:
                 typer.echo(f"api {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
                 why = stop.wait(duration)
-                typer.echo(f"stopping ({why})")
+                typer.echo(f"stopping ({why}): HTTP, then the outbox to Kafka")
+                api.close_http()
+                api.sender.drain(DRAIN_TIMEOUT_S)
             finally:
                 api.close()
+            if api.outbox_left:
+                typer.echo(f"outbox {api.outbox_left} events kept until ingest has stored them (sent again at the "
+                           "next start if Kafka loses them)")
 
     keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
     app.add_typer(keys_app, name="keys")
@@ -731,6 +737,7 @@ def build_app() -> typer.Typer:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failure, 2 usage or config problem)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    os.umask(0o077)  # every file this process and its children create (DuckDB, outbox, logs, adapters) is 0600
     rest, overrides = split_overrides(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is one line per connection

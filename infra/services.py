@@ -28,7 +28,7 @@ def start_kafka(cfg: Config, stack: ExitStack) -> tuple[str, str]:
     running = broker.read_state(cfg.data_dir)
     if running is not None:
         return running.bootstrap, f"bundled broker (pid {running.pid}, started by `flywheel broker start`)"
-    embedded = stack.enter_context(broker.EmbeddedBroker(cfg.kafka, cfg.data_dir))
+    embedded = stack.enter_context(broker.EmbeddedBroker(cfg.kafka, cfg.data_dir, supervise=True))
     return embedded.bootstrap, f"bundled broker (pid {embedded.proc.pid})"
 
 
@@ -52,10 +52,12 @@ class Services:
     api: Api
 
 
-def start_services(cfg: Config, stack: ExitStack, stop: threading.Event,
+def start_services(cfg: Config, stack: ExitStack, halt: threading.Event,
                    echo: Callable[[str], None] = print) -> Services:
     """Broker (unless one runs or a cluster is configured), DuckDB, ingest and the API with the review pages,
-    in this process; `stack` stops them in reverse order (setting `stop` ends ingest)."""
+    in this process; an error in ingest sets `halt` (the process's stop). `stack` stops them so that nothing accepted is left behind: HTTP closes, the outbox is
+    sent to Kafka, ingest reads to the end offsets and stores, the outbox deletes what ingest stored, then
+    ingest, DuckDB and the broker stop."""
     from prometheus_client import CollectorRegistry
 
     from infra import db
@@ -68,15 +70,36 @@ def start_services(cfg: Config, stack: ExitStack, stop: threading.Event,
     echo(f"database  {cfg.db_path}  schema v{info['schema_version']}, {len(info['tables'])} tables")
     registry = CollectorRegistry()  # one /metrics for ingest and the API
     ingest = build_ingest(cfg, bootstrap, con.cursor(), registry)
-    thread = start_ingest_thread(ingest, stop)
+    stop, drain = threading.Event(), threading.Event()
+    thread = start_ingest_thread(ingest, stop, drain, halt)
     stack.callback(thread.join)
-    stack.callback(stop.set)
+    stack.callback(stop.set)  # on an error during start-up; in a clean stop ingest has ended by now
     echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
     api = Api(cfg, bootstrap, registry, review=ReviewStore(con, cfg))
-    stack.callback(api.close)
+    stack.callback(shut_down, api, thread, drain, stop, echo)
     echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
     echo(f"review    {api.url}/review  and A/B dashboard {api.url}/ab  (sign in with a key from serving.admin_keys)")
     return Services(bootstrap, kind, con, ingest, thread, api)
+
+
+DRAIN_TIMEOUT_S = 120.0  # ingest stores ~500 events/s here: a minute of full-speed feedback
+
+
+def shut_down(api: Api, ingest: threading.Thread, drain: threading.Event, stop: threading.Event,
+              echo: Callable[[str], None] = print) -> None:
+    """The order that leaves nothing accepted behind. Whatever a step cannot finish in time stays in the
+    outbox file and is sent again at the next start (to a new bundled broker if this one is gone)."""
+    api.close_http()
+    if not api.sender.drain(DRAIN_TIMEOUT_S):
+        echo(f"outbox    {api.sender.outbox.unsent()} events not yet in Kafka: kept, sent at the next start")
+    drain.set()
+    ingest.join(DRAIN_TIMEOUT_S)
+    stop.set()
+    ingest.join()
+    api.close()
+    left = api.outbox_left
+    if left:
+        echo(f"outbox    {left} events not yet stored by ingest: kept in the outbox, sent again at the next start")
 
 
 def build_ingest(cfg: Config, bootstrap: str, con: duckdb.DuckDBPyConnection, registry=None):
@@ -99,23 +122,27 @@ def build_ingest(cfg: Config, bootstrap: str, con: duckdb.DuckDBPyConnection, re
     )
 
 
-def run_ingest(ingest, should_stop: Callable[[], bool]) -> None:
+def run_ingest(ingest, should_stop: Callable[[], bool], draining: Callable[[], bool] = lambda: False) -> None:
     try:
-        ingest.run(should_stop)
+        ingest.run(should_stop, draining)
     finally:
         ingest.consumer.close()
         ingest.scrubber.close()
 
 
-def start_ingest_thread(ingest, stop: threading.Event) -> threading.Thread:
-    """Ingest in a thread of this process (DuckDB has one writer process: this one)."""
+def start_ingest_thread(ingest, stop: threading.Event, drain: threading.Event | None = None,
+                        halt: threading.Event | None = None) -> threading.Thread:
+    """Ingest in a thread of this process (DuckDB has one writer process: this one). Setting `drain` ends it
+    once it has stored everything up to the end offsets; setting `stop` ends it after the batch in flight."""
 
     def target():
         try:
-            run_ingest(ingest, stop.is_set)
+            run_ingest(ingest, stop.is_set, drain.is_set if drain is not None else (lambda: False))
         except Exception:
             log.exception("ingest stopped on an error; stopping flywheel")
             stop.set()
+            if halt is not None:
+                halt.set()
 
     thread = threading.Thread(target=target, name="ingest", daemon=True)
     thread.start()
@@ -240,7 +267,8 @@ class Api:
         self.generator = BatchGenerator(model, tokenizer, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
                                         queue_depth=s.queue_depth).start()
         self.outbox = Outbox(cfg.data_dir / "outbox.sqlite")
-        self.sender = OutboxRelay(cfg.data_dir / "outbox.sqlite", client_settings(cfg.kafka, bootstrap))
+        self.sender = OutboxRelay(cfg.data_dir / "outbox.sqlite", client_settings(cfg.kafka, bootstrap),
+                                  cfg.ingest.group_id)
         self.router = Router(cfg.data_dir / "routing.json", ModelHolder(self.generator))
         self.router.refresh()
         app = create_app(
@@ -273,11 +301,17 @@ class Api:
             except Exception:
                 log.exception("routing refresh failed; keeping the current split")
 
-    def close(self) -> None:
+    def close_http(self) -> None:
+        """Stop taking requests (answering those in flight), the routing follower and the model."""
         self._stop.set()
         self.server.should_exit = True
         for t in self._threads:
             t.join(10)
         self.generator.close()
+
+    def close(self) -> None:
+        if not self._stop.is_set():
+            self.close_http()
         self.sender.close()
+        self.outbox_left = self.outbox.size()
         self.outbox.close()

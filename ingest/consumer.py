@@ -82,7 +82,9 @@ class IngestConsumer:
         self.flush()
 
     # -- the loop ----------------------------------------------------------------------------------
-    def run(self, should_stop: Callable[[], bool]) -> None:
+    def run(self, should_stop: Callable[[], bool], draining: Callable[[], bool] = lambda: False) -> None:
+        """Ingest until `should_stop()`, or, once `draining()`, until every assigned partition is read to its
+        end offset and stored (a clean stop leaves no ingest lag behind)."""
         this = self
 
         class Listener(ConsumerRebalanceListener):
@@ -96,6 +98,8 @@ class IngestConsumer:
         while not should_stop():
             self.poll_batch(should_stop)
             self.flush()
+            if draining() and self.caught_up():
+                break
         log.info("ingest stopped after the batch in flight: %s", self.totals)
 
     def poll_batch(self, should_stop: Callable[[], bool]) -> None:
@@ -108,6 +112,17 @@ class IngestConsumer:
                                         max_records=self.batch_max_events - len(self.pending))
             for records in polled.values():
                 self.pending += [Record(r.topic, r.partition, r.offset, r.value) for r in records]
+
+    def caught_up(self) -> bool:
+        """Every assigned partition stored up to its end offset (False while no partition is assigned)."""
+        assigned = self.consumer.assignment()
+        if not assigned or self.pending:
+            return False
+        try:
+            ends = self.consumer.end_offsets(list(assigned))
+            return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
+        except (KafkaError, AssertionError, KeyError):  # a rebalance or the broker away: not caught up yet
+            return False
 
     def flush(self) -> None:
         if not self.pending:

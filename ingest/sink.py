@@ -1,7 +1,8 @@
 """DuckDB sink: one transaction writes a prepared batch and the next offset of every partition in it.
 
 Rows go in through Arrow (DuckDB's executemany is slow). Inserts are idempotent on event_id via the primary
-key; `RETURNING` tells which events are new, so findings of a re-sent event are not stored twice.
+key; `RETURNING` tells which events are new, so findings of a re-sent event are not stored twice. A rating
+sent again (same id: up, down, up) only moves its stored time forward, so the latest rating wins.
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ def _insert(con, table: str, columns: tuple[str, ...], rows: list[dict], suffix:
         con.unregister("_batch")
 
 
+def _refresh_feedback_times(con, rows: list[dict]) -> None:
+    """A rating's id comes from what it says, so up, down, up again repeats the first id: the stored copy
+    takes the later time (never an earlier one: a re-sent old event changes nothing) and the latest rating
+    wins in `latest_feedback`."""
+    if not rows:
+        return
+    con.register("_times", pa.Table.from_pylist([{"event_id": r["event_id"], "created_at": r["created_at"]}
+                                                  for r in rows]))
+    try:
+        con.execute("UPDATE feedback SET created_at = t.created_at FROM _times t "
+                    "WHERE feedback.event_id = t.event_id AND t.created_at > feedback.created_at")
+    finally:
+        con.unregister("_times")
+
+
 def stored_offsets(con: duckdb.DuckDBPyConnection, group: str) -> dict[tuple[str, int], tuple[int, str | None]]:
     rows = con.execute(
         "SELECT topic, partition, next_offset, cluster_id FROM kafka_offsets WHERE consumer_group = ?", [group]
@@ -59,6 +75,7 @@ def write(con: duckdb.DuckDBPyConnection, group: str, cluster_id: str | None, ba
     con.execute("BEGIN TRANSACTION")
     try:
         new_chats = _insert(con, "chats", CHAT_COLUMNS, batch.chats, "ON CONFLICT DO NOTHING RETURNING event_id")
+        _refresh_feedback_times(con, batch.feedback)
         new_fb = _insert(con, "feedback", FEEDBACK_COLUMNS, batch.feedback, "ON CONFLICT DO NOTHING RETURNING event_id")
         new_ids = {str(r[0]) for r in new_chats + new_fb}
         findings = [f for f in batch.findings if f["event_id"] in new_ids]

@@ -89,3 +89,62 @@ def test_a_failed_write_leaves_neither_rows_nor_offsets(db, scrub_pool, monkeypa
         sink.write(db, "g", None, batch)
     for table in ("chats", "feedback", "pii_findings", "kafka_offsets"):
         assert db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+
+
+def _toggled_ratings(tmp_path) -> list[bytes]:
+    """Up, down, up on one answer, sent through the real feedback route: the outbox's three feedback values."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from serving import ids
+    from serving.app import create_app
+    from serving.config import ServingConfig
+    from serving.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    app = create_app(ServingConfig(api_keys={"app": ids.hash_key("k")}), generator=None, tokenizer=None,
+                     outbox=outbox, chats_topic="c", feedback_topic="f", secret=b"s" * 32,
+                     route=lambda u: ("base", None), variants=lambda: ["base"])
+    rid = ids.issue(b"s" * 32, ids.ResponseClaims("app", "u1", "base", None, time.time()))
+    client = TestClient(app)
+    for rating in ("up", "down", "up"):
+        r = client.post("/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid, "rating": rating})
+        assert r.status_code == 202
+        time.sleep(0.01)  # three clicks, three distinct times
+    values = [v for _, topic, _, v in outbox.oldest_unsent(10) if topic == "f"]
+    outbox.close()
+    return values
+
+
+@pytest.mark.parametrize("batches", ["one batch", "three batches", "three batches, then the first re-sent"])
+def test_a_toggled_rating_keeps_the_latest(db, scrub_pool, tmp_path, batches):
+    """up, down, up again: the third repeats the first's id (it says the same); the latest must win."""
+    values = _toggled_ratings(tmp_path)
+    assert len(values) == 3
+    recs = [Record("f", 0, i, v) for i, v in enumerate(values)]
+    groups = [recs] if batches == "one batch" else [[r] for r in recs]
+    if batches.endswith("re-sent"):
+        groups.append([Record("f", 0, 3, values[0])])  # a broker that lost its log gets the outbox again
+    for group in groups:
+        sink.write(db, "g", "cluster-1", prepare(group, KINDS, scrub_pool.scrub, SCRUBBER_VERSION))
+    assert db.execute("SELECT rating FROM latest_feedback").fetchall() == [(1,)]
+    assert db.execute("SELECT count(*) FROM feedback").fetchone()[0] == 2  # still idempotent on event_id
+
+
+def test_a_dead_letters_excerpt_is_cut_after_scrubbing(scrub_pool):
+    """Values that straddle the excerpt's 200th character: cut first, they were not recognised and stayed."""
+    from ingest.batch import EXCERPT_CHARS, EXCERPT_SCRUB_MAX
+
+    values = {"maria.gonzalez@example.com": "EMAIL", "4111 1111 1111 1111": "card", "536-22-8741": "SSN"}
+    recs = []
+    kept = {value: value[: 2 * len(value) // 3] for value in values}  # what a cut at 200 bytes keeps
+    for i, value in enumerate(values):
+        head = b'{"broken": "' + b"x" * (EXCERPT_CHARS - 13 - len(kept[value])) + b" "
+        recs.append(Record("c", 0, i, head + value.encode() + b' and more"'))
+    recs.append(Record("c", 0, 3, b"{" + b"y" * EXCERPT_SCRUB_MAX + b" maria.gonzalez@example.com"))
+    batch = prepare(recs, KINDS, scrub_pool.scrub, SCRUBBER_VERSION)
+    excerpts = [d["excerpt"] for d in batch.dead_letters]
+    for value, excerpt in zip(values, excerpts):
+        assert excerpt and len(excerpt) <= EXCERPT_CHARS and kept[value] not in excerpt, (value, excerpt)
+    assert excerpts[3] is None and batch.dead_letters[3]["length"] > EXCERPT_SCRUB_MAX  # too long: no excerpt

@@ -6,7 +6,7 @@ import uuid
 import httpx
 import openai
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 
 from infra.config import KafkaConfig
 from infra.kafka import client_settings, ensure_topics
@@ -26,7 +26,7 @@ def server(tiny_lm, broker, tmp_path_factory):
     kafka = KafkaConfig(chats_topic=f"chats-{uuid.uuid4().hex[:6]}", feedback_topic=f"fb-{uuid.uuid4().hex[:6]}")
     ensure_topics(kafka, broker.bootstrap)
     outbox = Outbox(tmp_path_factory.mktemp("outbox") / "outbox.sqlite")
-    sender = OutboxSender(outbox, lambda: KafkaProducer(**client_settings(kafka, broker.bootstrap), acks="all")).start()
+    sender = OutboxSender.to_kafka(outbox, client_settings(kafka, broker.bootstrap), "no-ingest-here").start()
     cfg = ServingConfig(api_keys={"app-a": ids.hash_key(KEY_A), "app-b": ids.hash_key(KEY_B)}, max_tokens=16,
                         max_messages=4, max_body_bytes=20_000, rate_limit_per_s=1000, rate_burst=1000)
     app = create_app(cfg, generator=generator, tokenizer=tokenizer, outbox=outbox, chats_topic=kafka.chats_topic,

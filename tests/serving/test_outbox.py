@@ -25,7 +25,7 @@ def test_broker_outage_loses_nothing(tiny_lm, tmp_path):
     tokenizer, gen = tiny_generator(tiny_lm)
     outbox = Outbox(tmp_path / "outbox.sqlite")
     settings = client_settings(kafka, broker.bootstrap)
-    sender = OutboxSender(outbox, lambda: KafkaProducer(**settings, **PRODUCER_OPTIONS)).start()
+    sender = OutboxSender.to_kafka(outbox, settings, "no-ingest-here").start()
     app = create_app(ServingConfig(api_keys={"app": ids.hash_key(KEY)}, max_tokens=4), generator=gen,
                      tokenizer=tokenizer, outbox=outbox, chats_topic=kafka.chats_topic,
                      feedback_topic=kafka.feedback_topic, secret=b"s", route=lambda u: ("base", None),
@@ -50,9 +50,10 @@ def test_broker_outage_loses_nothing(tiny_lm, tmp_path):
         broker = EmbeddedBroker(kafka, tmp_path / "b2").start()  # back, same address, empty
         ensure_topics(kafka, broker.bootstrap)
         deadline = time.monotonic() + 60
-        while outbox.size() and time.monotonic() < deadline:
+        while outbox.unsent() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert outbox.size() == 0 and client.get("/readyz").status_code == 200
+        assert outbox.unsent() == 0 and client.get("/readyz").status_code == 200
+        assert outbox.size() == 8  # kept until ingest has stored them: no ingest runs in this test
         consumer = KafkaConsumer(kafka.chats_topic, kafka.feedback_topic, **settings, auto_offset_reset="earliest",
                                  consumer_timeout_ms=5000)
         values = [r.value for r in consumer]
@@ -63,4 +64,113 @@ def test_broker_outage_loses_nothing(tiny_lm, tmp_path):
     finally:
         sender.close(drain_s=0)
         gen.close()
+        broker.stop()
+
+
+def _commit(settings: dict, group: str, offsets: dict[tuple[str, int], int]) -> None:
+    """Commit offsets for `group` as ingest does after its DuckDB transaction."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(**settings, group_id=group, enable_auto_commit=False)
+    try:
+        consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+    finally:
+        consumer.close()
+
+
+def _wait(condition, timeout=60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_rows_wait_for_ingest_and_go_again_to_a_new_broker(tmp_path):
+    """A row leaves the outbox only once the ingest group has committed past it; a broker that loses its log
+    (a new bundled broker, a new cluster id) is sent every row ingest had not stored, and nothing else."""
+    from infra.broker import free_port
+
+    kafka = KafkaConfig(port=free_port("127.0.0.1"), partitions=1)
+    broker = EmbeddedBroker(kafka, tmp_path / "b1").start()
+    settings = client_settings(kafka, broker.bootstrap)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    outbox.append_many([(kafka.chats_topic, b"u", b"event-%d" % i) for i in range(10)])
+    sender = OutboxSender.to_kafka(outbox, settings, "ingest").start()
+    try:
+        _wait(lambda: outbox.unsent() == 0)
+        time.sleep(3 * OutboxSender.CONFIRM_EVERY_S)
+        assert outbox.size() == 10  # in Kafka, not yet stored by ingest: kept
+        _commit(settings, "ingest", {(kafka.chats_topic, 0): 6})  # ingest stored offsets 0..5
+        _wait(lambda: outbox.size() == 4)
+
+        broker.stop()  # its log (and the group's offsets) die with it
+        broker = EmbeddedBroker(kafka, tmp_path / "b2").start()
+        _wait(lambda: outbox.size() == 4 and outbox.unsent() == 0 and _values(settings, kafka) == 4)
+        assert sorted(_read(settings, kafka)) == [b"event-%d" % i for i in range(6, 10)]
+        _commit(settings, "ingest", {(kafka.chats_topic, 0): 4})
+        _wait(lambda: outbox.size() == 0)
+    finally:
+        sender.close(drain_s=0)
+        outbox.close()
+        broker.stop()
+
+
+def _read(settings: dict, kafka: KafkaConfig) -> list[bytes]:
+    consumer = KafkaConsumer(kafka.chats_topic, **settings, auto_offset_reset="earliest", consumer_timeout_ms=2000)
+    try:
+        return [r.value for r in consumer]
+    finally:
+        consumer.close()
+
+
+def _values(settings: dict, kafka: KafkaConfig) -> int:
+    return len(_read(settings, kafka))
+
+
+def test_a_row_kafka_refuses_for_good_is_set_aside_and_the_rest_flows(tmp_path):
+    from infra.broker import free_port
+
+    kafka = KafkaConfig(port=free_port("127.0.0.1"), partitions=1)
+    broker = EmbeddedBroker(kafka, tmp_path / "b").start()
+    settings = client_settings(kafka, broker.bootstrap)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    outbox.append_many([(kafka.chats_topic, b"u", b"before"), (kafka.chats_topic, b"u", b"x" * 2_000_000),
+                        ("not a topic!", b"u", b"bad topic"), (kafka.chats_topic, b"u", b"after")])
+    sender = OutboxSender.to_kafka(outbox, settings, "ingest").start()
+    try:
+        _wait(lambda: outbox.unsent() == 0)
+        assert sorted(_read(settings, kafka)) == [b"after", b"before"]
+        assert outbox.rejected() == 2 and sender.rejected == 2 and outbox.size() == 2
+        reasons = sorted(r for (r,) in outbox._db.execute("SELECT reason FROM outbox_rejected"))
+        assert reasons[0].startswith("MessageSizeTooLargeError") and "illegal" in reasons[1]
+    finally:
+        sender.close(drain_s=0)
+        outbox.close()
+        broker.stop()
+
+
+def test_no_raw_copy_stays_in_the_file_once_ingest_has_stored_it(tmp_path):
+    """secure_delete overwrites the rows, the WAL is truncated after each deletion; the files are 0600."""
+    from infra.broker import free_port
+
+    kafka = KafkaConfig(port=free_port("127.0.0.1"), partitions=1)
+    broker = EmbeddedBroker(kafka, tmp_path / "b").start()
+    settings = client_settings(kafka, broker.bootstrap)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    canary = b"canary-maria.gonzalez@example.com"
+    for i in range(50):  # 50 transactions: 50 copies in the WAL before the fix
+        outbox.append_many([(kafka.chats_topic, b"u", canary + b" %d" % i)])
+    sender = OutboxSender.to_kafka(outbox, settings, "ingest").start()
+    try:
+        _wait(lambda: outbox.unsent() == 0)
+        _commit(settings, "ingest", {(kafka.chats_topic, 0): 50})
+        _wait(lambda: outbox.size() == 0)
+        sender.close(drain_s=0)
+        files = sorted(tmp_path.glob("outbox.sqlite*"))
+        assert files and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+        assert not any(canary in f.read_bytes() for f in files)
+    finally:
+        sender.close(drain_s=0)
+        outbox.close()
         broker.stop()
