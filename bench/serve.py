@@ -202,7 +202,7 @@ def start_api(tmp: Path, tokenizer, model, routing: dict | None, loaded: bool = 
     router.refresh()
     app = create_app(ServingConfig(api_keys={"bench": ids.hash_key(KEY)}, max_tokens=512, rate_limit_per_s=1e6,
                                    rate_burst=10**6), generator=gen, tokenizer=tokenizer,
-                     outbox=Outbox(tmp / "outbox.sqlite"), chats_topic="c", feedback_topic="f", secret=b"s",
+                     outbox=Outbox(tmp / "outbox.sqlite"), chats_topic="c", feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32,
                      route=router.route, variants=router.variants)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))

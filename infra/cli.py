@@ -62,6 +62,10 @@ def ensure_data_dir(path: Path) -> Path:
     return Path(path)
 
 
+DEMO_KEYS_HELP = ("Serve the default config's public keys (flywheel-demo-key, flywheel-review-key), on loopback "
+                  "only. Without it, keys left at their default are replaced by keys generated on the first run.")
+
+
 class StopSignal:
     """SIGINT/SIGTERM set a flag instead of killing the process, so that shutdown runs in order.
 
@@ -206,10 +210,14 @@ def build_app() -> typer.Typer:
         simulate: Annotated[
             int, typer.Option(help="Once up, produce this many synthetic chats and ratings to the topics.")
         ] = 0,
+        demo_keys: Annotated[bool, typer.Option("--demo-keys", help=DEMO_KEYS_HELP)] = False,
     ) -> None:
         """Start everything: broker (when embedded), database, ingest; Ctrl-C or SIGTERM stops all."""
+        from infra import keys
+
         cfg = _state(ctx).config()
         ensure_data_dir(cfg.data_dir)
+        cfg = keys.service_keys(cfg, demo_keys=demo_keys, echo=typer.echo)
         with StopSignal() as stop, ExitStack() as stack:
             from infra import control
             from infra.services import start_services
@@ -285,11 +293,18 @@ def build_app() -> typer.Typer:
     def serve(
         ctx: typer.Context,
         duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+        demo_keys: Annotated[bool, typer.Option("--demo-keys", help=DEMO_KEYS_HELP)] = False,
     ) -> None:
         """Run the API alone (chat completions, feedback); events go through the outbox to Kafka."""
+        from infra import keys
         from infra.services import DRAIN_TIMEOUT_S, Api
 
-        cfg, bootstrap = _config_and_kafka(ctx)
+        from infra import broker
+
+        cfg = _state(ctx).config()
+        ensure_data_dir(cfg.data_dir)
+        cfg = keys.service_keys(cfg, demo_keys=demo_keys, echo=typer.echo)
+        bootstrap = broker.resolve_bootstrap(cfg.kafka, cfg.data_dir)
         with StopSignal() as stop:
             api = Api(cfg, bootstrap)
             try:
@@ -446,24 +461,26 @@ def build_app() -> typer.Typer:
     @app.command()
     def forget(
         ctx: typer.Context,
-        user: Annotated[str, typer.Option("--user", help="The pseudonymous user id to erase.")],
+        app_id: Annotated[str, typer.Option("--app", help="The app that sent the user's requests (a name in "
+                                            "serving.api_keys): a user is (app, user).")],
+        user: Annotated[str, typer.Option("--user", help="The user id, exactly as the app sent it.")],
         actor: Annotated[Optional[str], typer.Option(help="Who asks (default: cli:<login>).")] = None,
     ) -> None:
         """Erase a user's chats, feedback, samples and findings (then compact the database file), and list
         the snapshots and adapters trained on their data; those adapters are never promoted again."""
-        from curation.forget import forget as erase
         from infra import db
+        from infra.services import forget_user
 
         cfg = _state(ctx).config()
         with _store(ctx) as con:
             try:
-                done = erase(con, user, actor or _actor())
+                done = forget_user(con, cfg, app_id, user, actor or _actor())
             except ValueError as e:
                 raise FlywheelError(str(e)) from None
         before, after = db.compact(cfg.db_path)
-        typer.echo("deleted    " + ", ".join(f"{n} {t}" for t, n in done.deleted.items()))
-        typer.echo(f"snapshots  {', '.join(done.snapshots) + ' held their data (Parquet files deleted)' if done.snapshots else 'none held their data'}")
-        typer.echo(f"adapters   {', '.join(done.adapters) + ' trained on it (marked tainted: never promoted again)' if done.adapters else 'none trained on it'}")
+        typer.echo("deleted    " + ", ".join(f"{n} {t}" for t, n in done["deleted"].items()))
+        typer.echo(f"snapshots  {', '.join(done['snapshots']) + ' held their data (Parquet files deleted)' if done['snapshots'] else 'none held their data'}")
+        typer.echo(f"adapters   {', '.join(done['adapters']) + ' trained on it (marked tainted: never promoted again)' if done['adapters'] else 'none trained on it'}")
         typer.echo(f"database   compacted ({before:,} -> {after:,} bytes); audit entry written")
 
     audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -169,17 +168,12 @@ def produce_synthetic(cfg: Config, bootstrap: str, n: int, seed: int = 0, malfor
 
 
 def response_secret(cfg: Config) -> bytes:
-    """The HMAC key of response ids: configured, or generated once and kept in the data dir (0600)."""
-    import secrets
+    """The HMAC key of response ids: configured (at least 32 bytes), or generated once into the data dir."""
+    from infra import keys
 
     if cfg.serving.response_secret is not None:
-        return cfg.serving.response_secret.get_secret_value().encode()
-    path = cfg.data_dir / "response.secret"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+        return keys.check_secret(cfg.serving.response_secret.get_secret_value().encode(), "serving.response_secret")
+    return keys.file_secret(cfg.data_dir / "response.secret")
 
 
 class ReviewStore:
@@ -231,15 +225,31 @@ class ReviewStore:
         return {"experiments": exps, "history": registry.history(cur), "live": live["version"] if live else "base",
                 "srm_threshold": self.cfg.abtest.srm_p}
 
-    def forget(self, user_id: str, actor: str) -> dict:
+    def forget(self, app_id: str, user_id: str, actor: str) -> dict:
         """Rows go now; the file is compacted (freed blocks overwritten) when the store is next opened
         alone: at the next start, on `flywheel db compact`, or when this service stops."""
-        from curation.forget import forget
         from infra.db import compact_marker
+        from serving.pages import BadDecision
 
-        done = forget(self.con.cursor(), user_id, actor).as_dict()
+        try:
+            done = forget_user(self.con.cursor(), self.cfg, app_id, user_id, actor)
+        except ValueError as e:
+            raise BadDecision(str(e)) from None
         compact_marker(self.cfg.db_path).touch()
         return {**done, "compaction": "pending: runs when the service stops or restarts"}
+
+
+def forget_user(con, cfg: Config, app_id: str, user_id: str, actor: str) -> dict:
+    """Erase the user `user_id` of app `app_id`, given as the app sent it: the stored id is its pseudonym."""
+    from curation.forget import forget
+    from infra import keys
+    from serving.ids import pseudonym
+
+    if app_id not in cfg.serving.api_keys:  # a typo would otherwise erase nobody, quietly
+        raise ValueError(f"unknown app {app_id!r}: one of {', '.join(sorted(cfg.serving.api_keys))} "
+                         "(serving.api_keys; keep a retired app there until its users are erased)")
+    return forget(con, pseudonym(keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), app_id, user_id),
+                  actor).as_dict()
 
 
 class Api:
@@ -250,6 +260,7 @@ class Api:
         import uvicorn
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from infra import keys
         from infra.broker import check_port_free
         from infra.kafka import client_settings
         from infra.models import resolve_base_model
@@ -274,7 +285,7 @@ class Api:
         app = create_app(
             s, generator=self.generator, tokenizer=tokenizer, outbox=self.outbox,
             chats_topic=cfg.kafka.chats_topic, feedback_topic=cfg.kafka.feedback_topic,
-            secret=response_secret(cfg), route=self.router.route, variants=self.router.variants,
+            secret=response_secret(cfg), user_key=keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), route=self.router.route, variants=self.router.variants,
             ready=lambda: self.sender.healthy, registry=registry, review=review,
         )
         self.server = uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",

@@ -200,6 +200,36 @@ async def _send_json(send, status: int, payload: dict, headers: dict | None = No
     await send({"type": "http.response.body", "body": body})
 
 
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8000" -> "::1", "a.example:80" -> "a.example")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def served_hosts(cfg: ServingConfig) -> list[str]:
+    """serving.allowed_hosts, plus the address it listens on when that is one address (not 0.0.0.0 or ::)."""
+    return cfg.allowed_hosts + ([cfg.host] if cfg.host not in ("0.0.0.0", "::", "") else [])
+
+
+def _host_check(app, allowed: list[str]):
+    """ASGI: a request whose Host is not one of `allowed` gets 400 before anything else runs (DNS rebinding:
+    a page on evil.example that resolves its name to 127.0.0.1 sends Host: evil.example)."""
+    names = {h.lower() for h in allowed}
+    if "*" in names:
+        return app
+
+    async def middleware(scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if host_name(host) not in names:
+                return await _send_error(send, ApiError(400, f"Host {host!r} is not served here (serving.allowed_hosts)"))
+        return await app(scope, receive, send)
+
+    return middleware
+
+
 def _fast_feedback(app, accept: Callable):
     """ASGI: POST /v1/feedback answered straight from the ASGI messages (about twice the throughput of the
     same handler behind Starlette's routing); everything else goes on to `app`. Sits inside `_body_limit`,
@@ -250,7 +280,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def document_limits(app: FastAPI, cfg: ServingConfig) -> None:
-    """/openapi.json states this server's limits (serving.max_messages, max_message_chars), which the
+    """/openapi.json states this server's limits (serving.max_messages, max_message_chars) and apps, which the
     handlers enforce with messages that name the setting."""
 
     def schema() -> dict:
@@ -261,6 +291,10 @@ def document_limits(app: FastAPI, cfg: ServingConfig) -> None:
             for option in models["ChatMessage"]["properties"]["content"]["anyOf"]:
                 if option.get("type") == "string":
                     option["maxLength"] = cfg.max_message_chars
+            forget = doc["paths"].get("/v1/admin/forget")
+            if forget:
+                body = forget["post"]["requestBody"]["content"]["application/json"]["schema"]
+                body["properties"]["app"]["enum"] = sorted(cfg.api_keys)
             app.openapi_schema = doc
         return app.openapi_schema
 
@@ -276,12 +310,16 @@ def create_app(
     chats_topic: str,
     feedback_topic: str,
     secret: bytes,
+    user_key: bytes,
     route: Callable[[str], tuple[str, str | None]],
     variants: Callable[[], list[str]],
     ready: Callable[[], bool] = lambda: True,
     registry: CollectorRegistry | None = None,
     review=None,
 ) -> FastAPI:
+    for name, key in (("secret", secret), ("user_key", user_key)):
+        if len(key) < 32:  # guessable: forged response ids, reviewer cookies, reversible pseudonyms
+            raise ValueError(f"create_app: {name} is {len(key)} bytes, at least 32 are needed")
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst)
@@ -346,7 +384,8 @@ def create_app(
                                     "(serving.max_message_chars)")
             if m.role not in ROLES:
                 raise ApiError(400, f"unknown role {m.role!r}")
-        user_id = body.user or request.headers.get("x-flywheel-user") or "anonymous"
+        # Past this line the user is a pseudonym of (app, user): the raw id is never stored, sent or logged.
+        user_id = ids.pseudonym(user_key, app_id, body.user or request.headers.get("x-flywheel-user") or "anonymous")
         variant, experiment = route(user_id)
         max_tokens = min(body.max_completion_tokens or body.max_tokens or cfg.max_tokens, cfg.max_tokens)
         messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
@@ -441,5 +480,6 @@ def create_app(
 
     add_review_routes(app, review, cfg.admin_keys, secret, ApiError)
     document_limits(app, cfg)
-    app.add_middleware(lambda inner: _body_limit(_fast_feedback(inner, accept_feedback), cfg.max_body_bytes))
+    app.add_middleware(lambda inner: _host_check(_body_limit(_fast_feedback(inner, accept_feedback),
+                                                             cfg.max_body_bytes), served_hosts(cfg)))
     return app

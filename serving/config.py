@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -21,8 +21,15 @@ class ServingConfig(Section):
         description="Reviewer/admin name -> SHA-256 hex of their key, for /review and /v1/admin/*. The "
         "default holds the demo reviewer's key 'flywheel-review-key': replace it outside a laptop.",
     )
+    allowed_hosts: list[str] = Field(
+        ["127.0.0.1", "localhost", "::1"],
+        description="Host header values (without port) this server answers; anything else gets 400, so a web "
+        "page that rebinds its name to this address reaches nothing. Add the names clients use when "
+        "serving.host is not loopback; [\"*\"] turns the check off.",
+    )
     response_secret: SecretStr | None = Field(
-        None, description="HMAC key of response ids; unset: generated once into DATA_DIR/response.secret."
+        None, description="HMAC key of response ids (at least 32 bytes); unset: generated once into "
+        "DATA_DIR/response.secret."
     )
     max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger request bodies get 413.")
     max_messages: int = Field(64, ge=1, description="More messages in one chat request get 400.")
@@ -33,3 +40,12 @@ class ServingConfig(Section):
     max_wait_ms: float = Field(10, ge=0, description="How long a request waits for others to batch with.")
     rate_limit_per_s: float = Field(200, gt=0, description="Requests per second per API key (429 beyond).")
     rate_burst: int = Field(400, ge=1, description="Requests a key may send at once before the rate applies.")
+
+    @field_validator("response_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short key is guessable: forged response ids and reviewer cookies would verify.
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError(f"{len(value.get_secret_value().encode())} bytes: at least 32 "
+                             "(python -c 'import secrets; print(secrets.token_hex(32))')")
+        return value

@@ -1,4 +1,4 @@
-"""Self-verifying response ids and hashed API keys.
+"""Self-verifying response ids, user pseudonyms and hashed API keys.
 
 A response id carries app, user, variant, experiment and time, signed with an HMAC: feedback is checked
 without a lookup (forged or damaged → 404, issued to another app → 403).
@@ -51,6 +51,13 @@ def verify(secret: bytes, response_id: str) -> ResponseClaims | None:
         return ResponseClaims(app, user, variant, experiment, float(issued))
     except (ValueError, TypeError):
         return None
+
+
+def pseudonym(key: bytes, app_id: str, user_id: str) -> str:
+    """The user id stored past the API: a keyed HMAC of (app, user), so the id an app sent (an email address,
+    say) never reaches Kafka, DuckDB, snapshots or response ids, and two apps' "bob" are two users."""
+    digest = hmac.new(key, json.dumps([app_id, user_id]).encode(), hashlib.sha256).digest()
+    return "u-" + _b64(digest[:18])
 
 
 def hash_key(key: str) -> str:

@@ -35,7 +35,7 @@ class ReviewBackend(Protocol):
     def filter_stats(self) -> dict[str, int]: ...
     def audit(self, limit: int) -> list[dict]: ...
     def decide(self, sample_ids: list[str], decision: str, reviewer: str, reason: str | None) -> int: ...
-    def forget(self, user_id: str, actor: str) -> dict: ...
+    def forget(self, app_id: str, user_id: str, actor: str) -> dict: ...
     def ab(self) -> dict: ...
 
 
@@ -60,7 +60,29 @@ class DecisionRequest(BaseModel):
 
 class ForgetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    user: str = Field(min_length=1, max_length=128, description="The user id, exactly as apps sent it.")
+    app: str = Field(min_length=1, max_length=128, description="The app (a name in serving.api_keys) that sent "
+                     "the user's requests: a user is (app, user), and two apps' ids never mix.")
+    user: str = Field(min_length=1, max_length=128, description="The user id, exactly as the app sent it.")
+
+
+# Every page answer: no framing (clickjacking), no scripts at all, forms post only here, nothing cached or
+# sent on as a referrer (the pages show chat text).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chromium send Origin: null, which same_origin refuses
+}
+
+
+def _html(content: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(content, status, headers=SECURITY_HEADERS)
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, 303, headers=SECURITY_HEADERS)
 
 
 _ENV = Environment(autoescape=True)
@@ -80,6 +102,7 @@ PAGE = _ENV.from_string("""<!doctype html><html><head><meta charset="utf-8"><tit
 <style>{{ style }}</style></head><body>
 <h1>Flywheel review</h1><p>Signed in as <b id="reviewer">{{ reviewer }}</b>.
 Every decision is written to the audit log under this name.</p>
+<form method="post" action="/review/logout"><button type="submit" id="sign-out">Sign out</button></form>
 {% if message %}<p class="msg" id="message">{{ message }}</p>{% endif %}
 <p class="counts" id="counts">{% for k, v in counts.items() %}<span>{{ k }}: <b>{{ v }}</b></span>{% endfor %}</p>
 <h2>Pending samples ({{ pending|length }} shown)</h2>
@@ -223,17 +246,19 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
     """`/review` (browser) and `/v1/admin/reviews`, `/v1/admin/forget` (Bearer admin key)."""
     key = hmac.new(secret, b"review-session", hashlib.sha256).digest()
 
+    def signature(name: str, expires: str) -> str:
+        # Signed together with the reviewer's key hash: a removed or changed key ends their sessions.
+        return hmac.new(key, f"{name}|{expires}|{admin_keys.get(name, '')}".encode(), hashlib.sha256).hexdigest()
+
     def session(name: str) -> str:
         expires = str(int(time.time()) + SESSION_S)
-        sig = hmac.new(key, f"{name}|{expires}".encode(), hashlib.sha256).hexdigest()
-        return f"{name}|{expires}|{sig}"
+        return f"{name}|{expires}|{signature(name, expires)}"
 
     def reviewer_of(request: Request) -> str | None:
         parts = (request.cookies.get(COOKIE) or "").split("|")
-        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) < time.time():
+        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) < time.time() or parts[0] not in admin_keys:
             return None
-        good = hmac.new(key, f"{parts[0]}|{parts[1]}".encode(), hashlib.sha256).hexdigest()
-        return parts[0] if hmac.compare_digest(good, parts[2]) and parts[0] in admin_keys else None
+        return parts[0] if hmac.compare_digest(signature(parts[0], parts[1]), parts[2]) else None
 
     def admin(request: Request) -> str:
         header = request.headers.get("authorization", "")
@@ -260,10 +285,10 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
     def review_page(request: Request, message: str | None = None):
         reviewer = reviewer_of(request)
         if reviewer is None:
-            return HTMLResponse(LOGIN.render(style=_STYLE, message=message))
+            return _html(LOGIN.render(style=_STYLE, message=message))
         b = need_backend()
         audit = [{**e, "summary": _summary(e["details"])} for e in b.audit(20)]
-        return HTMLResponse(PAGE.render(style=_STYLE, reviewer=reviewer, message=message, pending=b.pending(50),
+        return _html(PAGE.render(style=_STYLE, reviewer=reviewer, message=message, pending=b.pending(50),
                                         counts=b.counts(), stats=b.filter_stats(), audit=audit))
 
     @app.get("/ab", response_class=HTMLResponse, include_in_schema=False)
@@ -271,12 +296,12 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         """The A/B dashboard: why each version went live or was rolled back."""
         reviewer = reviewer_of(request)
         if reviewer is None:
-            return HTMLResponse(LOGIN.render(style=_STYLE, message=None, next="/ab"))
+            return _html(LOGIN.render(style=_STYLE, message=None, next="/ab"))
         view = need_backend().ab()
         for e in view["experiments"]:
             e["chart"] = _chart(e["decisions"])
             e["latest"] = e["decisions"][-1] if e["decisions"] else None
-        return HTMLResponse(DASHBOARD.render(style=_STYLE, reviewer=reviewer, pct=_pct, W=W, H=H, **view))
+        return _html(DASHBOARD.render(style=_STYLE, reviewer=reviewer, pct=_pct, W=W, H=H, **view))
 
     @app.post("/review/login", include_in_schema=False)
     async def review_login(request: Request):
@@ -285,17 +310,23 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         target = target if target in ("/review", "/ab") else "/review"
         name = ids.app_for_key(fields.get("key", [""])[0], admin_keys)
         if name is None or not same_origin(request):
-            return HTMLResponse(LOGIN.render(style=_STYLE, message="Unknown reviewer key.", next=target), 401)
-        response = RedirectResponse(target, 303)
+            return _html(LOGIN.render(style=_STYLE, message="Unknown reviewer key.", next=target), 401)
+        response = _redirect(target)
         response.set_cookie(COOKIE, session(name), max_age=SESSION_S, httponly=True, samesite="strict",
                             secure=request.url.scheme == "https")
+        return response
+
+    @app.post("/review/logout", include_in_schema=False)
+    async def review_logout(request: Request):
+        response = _redirect("/review?message=" + quote("Signed out."))
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return response
 
     @app.post("/review/decide", include_in_schema=False)
     async def review_decide(request: Request):
         reviewer = reviewer_of(request)
         if reviewer is None or not same_origin(request):
-            return RedirectResponse("/review?message=" + quote("Sign in first."), 303)
+            return _redirect("/review?message=" + quote("Sign in first."))
         fields = await form(request)
         reason = (fields.get("reason") or [""])[0].strip() or None
         if fields.get("one"):
@@ -304,13 +335,13 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         else:
             decision, sample_ids = (fields.get("decision") or [""])[0], fields.get("sample_id", [])
         if not sample_ids:
-            return RedirectResponse("/review?message=" + quote("Select samples first."), 303)
+            return _redirect("/review?message=" + quote("Select samples first."))
         try:
             n = await run_in_threadpool(need_backend().decide, sample_ids, decision, reviewer, reason)
         except BadDecision as e:
-            return RedirectResponse("/review?message=" + quote(f"Not recorded: {e}."), 303)
+            return _redirect("/review?message=" + quote(f"Not recorded: {e}."))
         word = "Approved" if decision == "approve" else "Rejected"
-        return RedirectResponse("/review?message=" + quote(f"{word} {n} sample{'s' * (n != 1)}."), 303)
+        return _redirect("/review?message=" + quote(f"{word} {n} sample{'s' * (n != 1)}."))
 
     keyed = [Depends(openapi.bearer)]
 
@@ -332,4 +363,7 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         """Erase a user's data (right to be forgotten); answers what was deleted and what was trained on it."""
         actor = admin(request)
         body = parse_body(ForgetRequest, await request.body(), api_error)
-        return JSONResponse(await run_in_threadpool(need_backend().forget, body.user, actor))
+        try:
+            return JSONResponse(await run_in_threadpool(need_backend().forget, body.app, body.user, actor))
+        except BadDecision as e:
+            raise api_error(e.status, str(e)) from None

@@ -50,7 +50,7 @@ def test_kill_9_under_load_loses_no_acknowledged_event(broker, tmp_path, tiny_lm
     url = f"http://127.0.0.1:{port}"
 
     def start():
-        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve", "--demo-keys"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

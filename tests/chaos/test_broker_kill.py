@@ -42,7 +42,7 @@ def test_kill_9_of_the_bundled_broker_and_a_stop_mid_load_lose_no_acknowledged_e
                  "kafka.session_timeout_ms=6000"]
     cfg = load_config(overrides=overrides, env={})
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "up"], env=process_env(overrides),
+    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "up", "--demo-keys"], env=process_env(overrides),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

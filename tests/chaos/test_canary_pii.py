@@ -93,7 +93,7 @@ def test_1000_canaries_reach_no_file_and_no_log(broker, tmp_path, tiny_lm):
     # 1. The service: chats and ratings through the API, malformed events straight into Kafka.
     url = f"http://127.0.0.1:{port}"
     with open(logs / "up.out", "w") as up_log:
-        up = subprocess.Popen([sys.executable, "-m", "infra.cli", "-c", str(cfg_file), "up"], stdout=up_log,
+        up = subprocess.Popen([sys.executable, "-m", "infra.cli", "-c", str(cfg_file), "up", "--demo-keys"], stdout=up_log,
                               stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 120

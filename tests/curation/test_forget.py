@@ -5,9 +5,11 @@ import json
 from curation import curate, snapshot
 from curation.config import CurationConfig
 from curation.forget import forget
+from infra import keys
 from infra.db import compact, open_store
 from ingest import sink
 from ingest.batch import Record, prepare
+from serving import ids
 from tests.conftest import flywheel
 from tests.curation.conftest import chat, rate, store
 from tests.curation.test_curate import population
@@ -15,10 +17,10 @@ from tests.curation.test_curate import population
 MARKER = "Zanzibar-Quokka-Umbrella"  # text only the forgotten user ever wrote
 
 
-def zoe_events():
+def zoe_events(user: str = "zoe-77"):
     events = []
     for k in range(3):
-        c = chat("zoe-77", f"My {MARKER} parcel number {k} never came, I'm Zoe Quokka.", f"Sorry about parcel {k}.",
+        c = chat(user, f"My {MARKER} parcel number {k} never came, I'm Zoe Quokka.", f"Sorry about parcel {k}.",
                  minutes=2000 + k)
         events += [c, rate(c, -1, f"Parcel {k}: we resend {MARKER} items within 2 days.",
                             comment=f"{MARKER} complaint {k}")]
@@ -31,11 +33,11 @@ def text_columns(con):
         "AND (data_type LIKE 'VARCHAR%' OR data_type = 'JSON' OR data_type = 'UUID')").fetchall()
 
 
-def populated(path, scrub):
+def populated(path, scrub, user: str = "zoe-77"):
     con = open_store(path)
-    store(con, population(users=60) + zoe_events(), scrub)
+    store(con, population(users=60) + zoe_events(user), scrub)
     # a malformed event whose excerpt names the user
-    bad = Record("chats", 0, 999_999, b'{"user_id": "zoe-77", "broken": ')
+    bad = Record("chats", 0, 999_999, b'{"user_id": "%s", "broken": ' % user.encode())
     sink.write(con, "test", None, prepare([bad], {"chats": "chat"}, scrub, "test"))
     return con
 
@@ -82,9 +84,12 @@ def test_forget_erases_every_row_and_the_bytes_and_taints_what_was_trained_on_th
 
 def test_cli_curate_review_forget_and_audit(tmp_path, scrub_pool):
     data = tmp_path / "var"
-    con = populated(data / "flywheel.duckdb", scrub_pool.scrub)
+    data.mkdir()
+    zoe = ids.pseudonym(keys.data_dir_key(data, "user-pseudonyms"), "store", "zoe-77")  # as the API stores her
+    con = populated(data / "flywheel.duckdb", scrub_pool.scrub, zoe)
     con.close()
-    env = {"FLYWHEEL_DATA_DIR": str(data), "FLYWHEEL_CURATION__REVIEW_POLICY": "required"}
+    env = {"FLYWHEEL_DATA_DIR": str(data), "FLYWHEEL_CURATION__REVIEW_POLICY": "required",
+           "FLYWHEEL_SERVING__API_KEYS": f'{{store = "{ids.hash_key("key-of-store")}"}}'}
     out = flywheel("curate", env=env)
     assert out.returncode == 0, out.stderr
     assert "candidates 183 rated chats" in out.stdout and "snapshot   none" in out.stdout
@@ -97,10 +102,13 @@ def test_cli_curate_review_forget_and_audit(tmp_path, scrub_pool):
     assert ok.returncode == 0 and "approved" in ok.stdout and "as rita" in ok.stdout
     snap = flywheel("curate", env=env)
     assert "snapshot   snap-" in snap.stdout and "(new)" in snap.stdout, snap.stdout
-    gone = flywheel("forget", "--user", "zoe-77", env=env)
+    unknown = flywheel("forget", "--app", "shop", "--user", "zoe-77", env=env)
+    assert unknown.returncode == 2 and "unknown app 'shop'" in unknown.stderr
+    gone = flywheel("forget", "--app", "store", "--user", "zoe-77", env=env)
     assert gone.returncode == 0, gone.stderr
     assert "3 chats" in gone.stdout and "Parquet files deleted" in gone.stdout and "compacted" in gone.stdout
     assert MARKER.encode() not in (data / "flywheel.duckdb").read_bytes()
+    assert zoe.encode() not in (data / "flywheel.duckdb").read_bytes()
     verify = flywheel("audit", "verify", env=env)
     assert verify.returncode == 0 and "intact" in verify.stdout
     shown = flywheel("audit", "show", env=env)

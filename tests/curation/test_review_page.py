@@ -1,5 +1,6 @@
 """The review page in a real browser (Debian's headless Chromium, driven by Selenium), and the admin API."""
 
+import hashlib
 
 import httpx
 import pytest
@@ -7,6 +8,7 @@ from fastapi import FastAPI
 
 from curation import curate
 from curation.config import CurationConfig
+from infra import keys
 from infra.config import Config
 from infra.services import ReviewStore
 from serving import ids
@@ -21,16 +23,20 @@ XSS = "<script>document.title='pwned'</script><img src=x onerror=\"document.titl
 
 @pytest.fixture
 def review_server(db, put, tmp_path):
-    ok = chat("ann", "Where is my order? My email is ann.smith@example.com", "It ships tomorrow.")
-    evil = chat("eve", f"Is this shown raw? {XSS}", f"Answer with markup {XSS}")
-    put([ok, rate(ok, 1), evil, rate(evil, -1)])
+    user = lambda app, name: ids.pseudonym(keys.data_dir_key(tmp_path, "user-pseudonyms"), app, name)  # noqa: E731
+    ok = chat(user("store", "ann"), "Where is my order? My email is ann.smith@example.com", "It ships tomorrow.")
+    evil = chat(user("store", "eve"), f"Is this shown raw? {XSS}", f"Answer with markup {XSS}")
+    # another app's "ann" is another user (ids are pseudonyms of (app, user))
+    other = chat(user("shop", "ann"), "Do you sell gift cards?", "Yes, from 10 to 200 euros.").model_copy(
+        update={"app_id": "shop"})
+    put([ok, rate(ok, 1), evil, rate(evil, -1), other])
     curate.run(db, CurationConfig(max_user_share=1.0))
     app = FastAPI()
     install_error_handlers(app)
-    keys = {"rita": ids.hash_key(REVIEWER_KEY), "dpo": ids.hash_key(ADMIN_KEY)}
-    add_review_routes(app, ReviewStore(db, Config(data_dir=tmp_path)), keys, b"secret", ApiError)
+    admin_keys = {"rita": ids.hash_key(REVIEWER_KEY), "dpo": ids.hash_key(ADMIN_KEY)}
+    add_review_routes(app, ReviewStore(db, Config(data_dir=tmp_path, serving={"api_keys": {"store": "0" * 64, "shop": "1" * 64}})), admin_keys, b"secret", ApiError)
     with serve_in_thread(app) as url:
-        yield {"url": url, "db": db, "ann": ok}
+        yield {"url": url, "db": db, "ann": ok, "other_ann": other}
 
 
 def click(browser, element) -> None:
@@ -90,8 +96,8 @@ def test_a_reviewer_approves_a_sample_in_chromium_and_the_database_records_it(re
 
 def test_admin_api_needs_an_admin_key_and_forgets_a_user(review_server):
     url, db = review_server["url"], review_server["db"]
-    assert httpx.post(url + "/v1/admin/forget", json={"user": "ann"}).status_code == 401
-    assert httpx.post(url + "/v1/admin/forget", json={"user": "ann"},
+    assert httpx.post(url + "/v1/admin/forget", json={"app": "store", "user": "ann"}).status_code == 401
+    assert httpx.post(url + "/v1/admin/forget", json={"app": "store", "user": "ann"},
                       headers={"Authorization": "Bearer nope"}).status_code == 401
     bad = httpx.post(url + "/v1/admin/reviews", json={"sample_ids": ["smp-x"], "decision": "approve"},
                      headers={"Authorization": f"Bearer {ADMIN_KEY}"})
@@ -99,10 +105,45 @@ def test_admin_api_needs_an_admin_key_and_forgets_a_user(review_server):
     unreasoned = httpx.post(url + "/v1/admin/reviews", json={"sample_ids": ["smp-x"], "decision": "reject"},
                             headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert unreasoned.status_code == 400 and "needs a reason" in unreasoned.json()["error"]["message"]
-    blank = httpx.post(url + "/v1/admin/forget", json={"user": " "}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    blank = httpx.post(url + "/v1/admin/forget", json={"app": "store", "user": " "}, headers=admin)
     assert blank.status_code == 200 and blank.json()["deleted"]["chats"] == 0  # an id an app could send
-    done = httpx.post(url + "/v1/admin/forget", json={"user": "ann"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    unknown = httpx.post(url + "/v1/admin/forget", json={"app": "stroe", "user": "ann"}, headers=admin)
+    assert unknown.status_code == 400 and "unknown app 'stroe'" in unknown.json()["error"]["message"]
+    no_app = httpx.post(url + "/v1/admin/forget", json={"user": "ann"}, headers=admin)
+    assert no_app.status_code == 400 and "app" in no_app.json()["error"]["message"]
+    done = httpx.post(url + "/v1/admin/forget", json={"app": "store", "user": "ann"}, headers=admin)
     assert done.status_code == 200 and done.json()["deleted"]["chats"] == 1
-    assert db.execute("SELECT count(*) FROM chats WHERE user_id = 'ann'").fetchone() == (0,)
+    ann, other = review_server["ann"].user_id, review_server["other_ann"].user_id
+    assert db.execute("SELECT count(*) FROM chats WHERE user_id = ?", [ann]).fetchone() == (0,)
+    assert db.execute("SELECT app_id FROM chats WHERE user_id = ?", [other]).fetchall() == [("shop",)]  # kept
+    # What stays of her (the hash in forgotten_users) cannot be matched by guessing ids without the secret.
+    from curation.curate import FORGET_PREFIX
+
+    stored = {h for (h,) in db.execute("SELECT user_hash FROM forgotten_users").fetchall()}
+    assert hashlib.sha256(f"{FORGET_PREFIX}{ann}".encode()).hexdigest() in stored
+    assert hashlib.sha256(f"{FORGET_PREFIX}ann".encode()).hexdigest() not in stored
     assert db.execute("SELECT actor FROM audit_log WHERE action = 'forget'").fetchall() == [("dpo",)] * 2
     assert httpx.post(url + "/review/decide", data={"one": "approve x"}, follow_redirects=False).status_code == 303
+
+
+def test_pages_send_security_headers_sign_out_and_sessions_end_with_their_key(review_server, db, tmp_path):
+    url = review_server["url"]
+    with httpx.Client(base_url=url) as c:
+        c.post("/review/login", data={"key": REVIEWER_KEY})
+        page = c.get("/review")
+        assert "Signed in as" in page.text
+        for name, value in (("content-security-policy", "frame-ancestors 'none'"), ("x-content-type-options", "nosniff"),
+                            ("cache-control", "no-store"), ("referrer-policy", "same-origin")):
+            assert value in page.headers[name], name
+        cookie = c.cookies["flywheel_reviewer"]
+        c.post("/review/logout")
+        assert "Signed in as" not in c.get("/review").text
+    # The same signed cookie against a service where rita's key was changed: signed out.
+    app = FastAPI()
+    install_error_handlers(app)
+    add_review_routes(app, ReviewStore(db, Config(data_dir=tmp_path)), {"rita": ids.hash_key("rita-new-key")},
+                      b"secret", ApiError)
+    with serve_in_thread(app) as other:
+        assert "Signed in as" not in httpx.get(other + "/review", cookies={"flywheel_reviewer": cookie}).text
+    assert "Signed in as" in httpx.get(url + "/review", cookies={"flywheel_reviewer": cookie}).text

@@ -44,7 +44,7 @@ def test_up_runs_an_experiment_on_live_traffic_promotes_and_serving_follows(tmp_
     # model's 4 sampled tokens are blank, are noise: those guardrails (tested in tests/abtest) get wide margins.
     overrides = ["abtest.evaluate_every_s=2", "abtest.min_duration_s=0", "abtest.min_users_per_arm=10",
                  "abtest.ramp=[0.5]", "abtest.latency_margin=100", "abtest.empty_answer_margin=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "up", *overrides], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "up", "--demo-keys", *overrides], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = None

@@ -127,7 +127,11 @@ def test_sigterm_stops_up_cleanly(tmp_path, tiny_lm):
         lines.append(line)
         if "flywheel is up" in line:
             break
-    broker_pid = int(lines[0].split("pid ")[1].split(")")[0])
+    # First run without --demo-keys: the README's public keys are replaced by new ones, printed once.
+    assert [line.split(":")[0] for line in lines[:2]] == ["keys      new app key for 'app'",
+                                                          "keys      new reviewer key for 'reviewer'"]
+    kafka = next(line for line in lines if line.startswith("kafka"))
+    broker_pid = int(kafka.split("pid ")[1].split(")")[0])
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err

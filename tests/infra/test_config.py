@@ -136,3 +136,23 @@ def test_every_field_is_documented_and_the_readme_table_is_current():
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
     table = readme[readme.index(start) + len(start) : readme.index(end)]
     assert table.strip() == reference_markdown(), "regenerate with: flywheel config reference"
+
+
+def test_secrets_shorter_than_32_bytes_are_refused(tmp_path):
+    """A short key lets anyone forge response ids and reviewer cookies; an empty secret file (a crash of an
+    older version) is refused too, and a new one is written whole or not at all."""
+    from infra import keys
+    from infra.errors import FlywheelError
+    from infra.services import response_secret
+
+    for short in ("", "x", "a" * 31):
+        with pytest.raises(ConfigError, match="at least 32"):
+            load_config(overrides=[f"serving.response_secret={short}"], env={})
+    assert load_config(overrides=["serving.response_secret=" + "a" * 32], env={})
+    (tmp_path / "response.secret").write_text("")
+    with pytest.raises(FlywheelError, match="0 bytes: a secret needs at least 32"):
+        response_secret(load_config(overrides=[f"data_dir={tmp_path}"], env={}))
+    fresh = keys.file_secret(tmp_path / "new.secret")
+    assert len(fresh) == 64 and (tmp_path / "new.secret").stat().st_mode & 0o777 == 0o600
+    assert keys.file_secret(tmp_path / "new.secret") == fresh and not list(tmp_path.glob(".*.tmp"))
+    assert keys.derive(fresh, "a") != keys.derive(fresh, "b")

@@ -104,10 +104,10 @@ def _toggled_ratings(tmp_path) -> list[bytes]:
 
     outbox = Outbox(tmp_path / "outbox.sqlite")
     app = create_app(ServingConfig(api_keys={"app": ids.hash_key("k")}), generator=None, tokenizer=None,
-                     outbox=outbox, chats_topic="c", feedback_topic="f", secret=b"s" * 32,
+                     outbox=outbox, chats_topic="c", feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32,
                      route=lambda u: ("base", None), variants=lambda: ["base"])
     rid = ids.issue(b"s" * 32, ids.ResponseClaims("app", "u1", "base", None, time.time()))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1")
     for rating in ("up", "down", "up"):
         r = client.post("/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid, "rating": rating})
         assert r.status_code == 202

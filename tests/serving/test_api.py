@@ -1,5 +1,6 @@
 """The API as apps use it: the official openai client against a running server (tiny model)."""
 
+import base64
 import time
 import uuid
 
@@ -30,7 +31,7 @@ def server(tiny_lm, broker, tmp_path_factory):
     cfg = ServingConfig(api_keys={"app-a": ids.hash_key(KEY_A), "app-b": ids.hash_key(KEY_B)}, max_tokens=16,
                         max_messages=4, max_body_bytes=20_000, rate_limit_per_s=1000, rate_burst=1000)
     app = create_app(cfg, generator=generator, tokenizer=tokenizer, outbox=outbox, chats_topic=kafka.chats_topic,
-                     feedback_topic=kafka.feedback_topic, secret=b"test-secret", route=lambda user: ("base", None),
+                     feedback_topic=kafka.feedback_topic, secret=b"test-secret" * 32, user_key=b"u" * 32, route=lambda user: ("base", None),
                      variants=lambda: ["base"])
     with serve_in_thread(app) as url:
         yield {"url": url, "kafka": kafka, "broker": broker, "outbox": outbox}
@@ -95,19 +96,24 @@ def test_feedback_is_checked_idempotent_and_lands_in_kafka(server):
     kafka, broker = server["kafka"], server["broker"]
     consumer = KafkaConsumer(kafka.chats_topic, kafka.feedback_topic, **client_settings(kafka, broker.bootstrap),
                              auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=10_000)
-    seen = {"chat": [], "feedback": []}
+    seen, raw = {"chat": [], "feedback": []}, []
     deadline = time.monotonic() + 30
     for record in consumer:
         kind = "chat" if record.topic == kafka.chats_topic else "feedback"
         seen[kind].append(parse_event(record.value, kind))
+        if seen[kind][-1].response_id == reply.id:
+            raw.append(record.key + record.value)
         found = [any(e.response_id == reply.id for e in seen[k]) for k in seen]
         if all(found) or time.monotonic() > deadline:
             break
     consumer.close()
     [chat] = [e for e in seen["chat"] if e.response_id == reply.id]
-    assert chat.user_id == "user-7" and chat.variant == "base" and chat.response == reply.choices[0].message.content
+    user = ids.pseudonym(b"u" * 32, "app-a", "user-7")  # the raw id stays at the API
+    assert chat.user_id == user and chat.variant == "base" and chat.response == reply.choices[0].message.content
     fb = [e for e in seen["feedback"] if e.response_id == reply.id]
-    assert fb and fb[0].rating == -1 and fb[0].user_id == "user-7" and fb[0].correction.startswith("Returns")
+    assert fb and fb[0].rating == -1 and fb[0].user_id == user and fb[0].correction.startswith("Returns")
+    assert len(raw) >= 2 and not any(b"user-7" in r for r in raw)  # not in the Kafka key, the event, the id
+    assert b"user-7" not in base64.urlsafe_b64decode(reply.id.split(".")[1] + "==")
 
 
 def test_feedback_errors(server):
@@ -170,3 +176,13 @@ def test_oversized_bodies_get_413_without_memory_growth(server):
         grown = rss_bytes() - before
     assert set(codes) <= {413, "closed"} and codes.count(413) >= 30, codes
     assert grown < 48 << 20, f"RSS grew {grown >> 20} MB over 320 MB of refused bodies"
+
+
+def test_a_foreign_host_header_reaches_nothing(server):
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends Host: evil.example."""
+    url, auth = server["url"], {"Authorization": f"Bearer {KEY_A}"}
+    for path, method in (("/v1/models", "GET"), ("/v1/feedback", "POST"), ("/review", "GET"), ("/healthz", "GET")):
+        r = httpx.request(method, url + path, headers={**auth, "Host": "evil.example"}, json={})
+        assert r.status_code == 400 and "serving.allowed_hosts" in r.json()["error"]["message"], path
+    for host in ("127.0.0.1", "localhost:1234", "[::1]:80"):
+        assert httpx.get(url + "/v1/models", headers={**auth, "Host": host}).status_code == 200, host

@@ -17,9 +17,9 @@ def test_rate_limit_metrics_and_health(tiny_lm, tmp_path):
     ready = {"ok": True}
     app = create_app(ServingConfig(api_keys={"a": ids.hash_key("k")}, rate_limit_per_s=0.01, rate_burst=3,
                                    max_tokens=3), generator=gen, tokenizer=tokenizer,
-                     outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c", feedback_topic="f", secret=b"s",
+                     outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c", feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32,
                      route=lambda u: ("base", None), variants=lambda: ["base"], ready=lambda: ready["ok"])
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1")
     auth = {"Authorization": "Bearer k"}
     try:
         codes = [client.post("/v1/chat/completions", headers=auth,

@@ -37,9 +37,9 @@ def live(tiny_lm, tmp_path_factory, scrub_pool):
                         max_tokens=4, max_messages=4, max_message_chars=2_000, max_body_bytes=4_000_000,
                         rate_limit_per_s=10_000, rate_burst=10_000)
     app = create_app(cfg, generator=generator, tokenizer=tokenizer, outbox=Outbox(data / "outbox.sqlite"),
-                     chats_topic="chats", feedback_topic="feedback", secret=b"test-secret",
+                     chats_topic="chats", feedback_topic="feedback", secret=b"test-secret" * 32, user_key=b"u" * 32,
                      route=lambda user: ("base", None), variants=lambda: ["base"],
-                     review=ReviewStore(con, Config(data_dir=data)))
+                     review=ReviewStore(con, Config(data_dir=data, serving=cfg)))
     with serve_in_thread(app) as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         reply = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
@@ -91,8 +91,8 @@ def test_the_schema_documents_errors_and_the_key():
     from fastapi.testclient import TestClient
 
     app = create_app(ServingConfig(), generator=None, tokenizer=None, outbox=None, chats_topic="c",
-                     feedback_topic="f", secret=b"s", route=lambda u: ("base", None), variants=lambda: ["base"])
-    doc = TestClient(app).get("/openapi.json").json()
+                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None), variants=lambda: ["base"])
+    doc = TestClient(app, base_url="http://127.0.0.1").get("/openapi.json").json()
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for path in ("/v1/chat/completions", "/v1/feedback", "/v1/models", "/v1/admin/forget", "/v1/admin/reviews"):
         [operation] = doc["paths"][path].values()

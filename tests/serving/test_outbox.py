@@ -3,7 +3,7 @@
 import time
 
 from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 
 from infra.broker import EmbeddedBroker
 from infra.config import KafkaConfig
@@ -11,7 +11,7 @@ from infra.kafka import client_settings, ensure_topics
 from serving import ids
 from serving.app import create_app
 from serving.config import ServingConfig
-from serving.outbox import PRODUCER_OPTIONS, Outbox, OutboxSender
+from serving.outbox import Outbox, OutboxSender
 from tests.conftest import tiny_generator
 
 KEY = "k"
@@ -28,9 +28,9 @@ def test_broker_outage_loses_nothing(tiny_lm, tmp_path):
     sender = OutboxSender.to_kafka(outbox, settings, "no-ingest-here").start()
     app = create_app(ServingConfig(api_keys={"app": ids.hash_key(KEY)}, max_tokens=4), generator=gen,
                      tokenizer=tokenizer, outbox=outbox, chats_topic=kafka.chats_topic,
-                     feedback_topic=kafka.feedback_topic, secret=b"s", route=lambda u: ("base", None),
+                     feedback_topic=kafka.feedback_topic, secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
                      variants=lambda: ["base"], ready=lambda: sender.healthy)
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1")
     auth = {"Authorization": f"Bearer {KEY}"}
     try:
         broker.stop()  # the in-memory broker and its topics are gone
