@@ -135,6 +135,10 @@ def _store(ctx: typer.Context, read_only: bool = False):
         con = db.open_store(cfg.db_path, cfg.db.threads)
     try:
         yield con
+        if not read_only:
+            from infra import keys
+
+            keys.write_anchor(con, cfg.data_dir)  # whatever this command logged is anchored before it exits
     finally:
         con.close()
 
@@ -487,16 +491,45 @@ def build_app() -> typer.Typer:
     app.add_typer(audit_app, name="audit")
 
     @audit_app.command("verify")
-    def audit_verify(ctx: typer.Context) -> None:
-        """Check the hash chain over every entry (exit 1 when an entry was changed or removed)."""
+    def audit_verify(
+        ctx: typer.Context,
+        head: Annotated[Optional[str], typer.Option(
+            help="A head you kept (SEQ:HASH from `flywheel audit head` or the log's 'audit head' line): the log "
+                 "must still hold it.")] = None,
+    ) -> None:
+        """Check the hash chain over every entry and against its signed anchor (DATA_DIR/audit.anchor); exit 1
+        when an entry was changed, removed or re-chained."""
         from curation import audit
+        from infra import keys
 
+        cfg = _state(ctx).config()
+        anchor = keys.read_anchor(cfg.data_dir)
+        key = keys.data_dir_key(cfg.data_dir, "audit-chain") if anchor else None
         with _store(ctx, read_only=True) as con:
-            verdict = audit.verify(con)
+            verdict = audit.verify(con, anchor, key)
+            if verdict.ok and verdict.entries and anchor is None:
+                verdict = audit.Verdict(verdict.entries, 1, f"{cfg.data_dir / keys.ANCHOR_FILE} is missing: "
+                                                            "truncation and rewrites cannot be ruled out")
+            if verdict.ok and head is not None:
+                seq, _, digest = head.partition(":")
+                if not seq.isdigit() or not digest:
+                    raise FlywheelError(f"--head {head!r}: expected SEQ:HASH")
+                verdict = audit.verify(con, audit.Anchor(int(seq), digest, ""))
         if not verdict.ok:
             typer.echo(f"audit log BROKEN at entry {verdict.broken_at}: {verdict.why}", err=True)
             raise typer.Exit(1)
-        typer.echo(f"audit log intact: {verdict.entries} entries, hash chain verified")
+        anchored = f", anchored at entry {anchor.seq}" if anchor else ""
+        typer.echo(f"audit log intact: {verdict.entries} entries, hash chain verified{anchored}")
+
+    @audit_app.command("head")
+    def audit_head(ctx: typer.Context) -> None:
+        """Print the signed head (SEQ:HASH) to keep outside this machine, for `audit verify --head`."""
+        from infra import keys
+
+        anchor = keys.read_anchor(_state(ctx).config().data_dir)
+        if anchor is None:
+            raise FlywheelError("no audit anchor yet: the log is empty, or no command has written to it")
+        typer.echo(f"{anchor.seq}:{anchor.hash}")
 
     @audit_app.command("show")
     def audit_show(

@@ -123,3 +123,38 @@ def service_keys(cfg, *, demo_keys: bool, echo=print):
             echo(f"keys      new {what} for {name!r}: {key}  (shown once; its hash is in {path})")
     update = {f: stored[f] for f in ("api_keys", "admin_keys") if getattr(serving, f) == getattr(defaults, f)}
     return cfg.model_copy(update={"serving": serving.model_copy(update=update)})
+
+
+ANCHOR_FILE = "audit.anchor"
+
+
+def write_anchor(con, data_dir: Path) -> None:
+    """Sign the audit log's head with the data dir's secret and write it (atomically) to DATA_DIR/audit.anchor,
+    and log it: a reviewer who keeps that line can prove later that nothing up to it was removed or rewritten."""
+    import json
+    import logging
+
+    from curation import audit
+
+    anchor = audit.seal(con, data_dir_key(data_dir, "audit-chain"))
+    path = Path(data_dir) / ANCHOR_FILE
+    if anchor is None or read_anchor(data_dir) == anchor:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(anchor.as_dict()))
+    os.replace(tmp, path)
+    logging.getLogger("flywheel.audit").info("audit head %d %s", anchor.seq, anchor.hash)
+
+
+def read_anchor(data_dir: Path):
+    import json
+
+    from curation import audit
+
+    try:
+        return audit.Anchor(**json.loads((Path(data_dir) / ANCHOR_FILE).read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as e:
+        raise FlywheelError(f"{Path(data_dir) / ANCHOR_FILE} is damaged ({e}): the audit log cannot be checked "
+                            "against it") from None

@@ -31,10 +31,12 @@ def start_kafka(cfg: Config, stack: ExitStack) -> tuple[str, str]:
     return embedded.bootstrap, f"bundled broker (pid {embedded.proc.pid})"
 
 
-def close_store(con, path: Path, echo: Callable[[str], None] = print) -> None:
-    """Close the service's connection; a forget done through the admin API is compacted now."""
-    from infra import db
+def close_store(con, path: Path, data_dir: Path, echo: Callable[[str], None] = print) -> None:
+    """Anchor the audit log, close the service's connection; a forget done through the admin API is compacted
+    now."""
+    from infra import db, keys
 
+    keys.write_anchor(con, data_dir)
     con.close()
     if db.compact_marker(path).exists():
         before, after = db.compact(path)
@@ -64,7 +66,11 @@ def start_services(cfg: Config, stack: ExitStack, halt: threading.Event,
     bootstrap, kind = start_kafka(cfg, stack)
     echo(f"kafka     {bootstrap}  {kind}; topics {cfg.kafka.chats_topic}, {cfg.kafka.feedback_topic}")
     con = db.open_store(cfg.db_path, cfg.db.threads)
-    stack.callback(close_store, con, cfg.db_path, echo)
+    stack.callback(close_store, con, cfg.db_path, cfg.data_dir, echo)
+    anchoring = threading.Event()
+    threading.Thread(target=anchor_audit, args=(con, cfg.data_dir, anchoring), name="audit-anchor",
+                     daemon=True).start()
+    stack.callback(anchoring.set)
     info = db.describe(con)
     echo(f"database  {cfg.db_path}  schema v{info['schema_version']}, {len(info['tables'])} tables")
     registry = CollectorRegistry()  # one /metrics for ingest and the API
@@ -79,6 +85,17 @@ def start_services(cfg: Config, stack: ExitStack, halt: threading.Event,
     echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
     echo(f"review    {api.url}/review  and A/B dashboard {api.url}/ab  (sign in with a key from serving.admin_keys)")
     return Services(bootstrap, kind, con, ingest, thread, api)
+
+
+def anchor_audit(con, data_dir: Path, stop: threading.Event, every_s: float = 2.0) -> None:
+    """Re-sign the audit log's head whenever it moved (reviews, forgets, retrain and A/B decisions)."""
+    from infra import keys
+
+    while not stop.wait(every_s):
+        try:
+            keys.write_anchor(con.cursor(), data_dir)
+        except Exception:
+            log.exception("anchoring the audit log failed; trying again")
 
 
 DRAIN_TIMEOUT_S = 120.0  # ingest stores ~500 events/s here: a minute of full-speed feedback

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import logging
 import time
 import uuid
@@ -208,6 +209,12 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def client_address(scope) -> str:
+    """The peer's address (not X-Forwarded-For: a client could send any)."""
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
 def served_hosts(cfg: ServingConfig) -> list[str]:
     """serving.allowed_hosts, plus the address it listens on when that is one address (not 0.0.0.0 or ::)."""
     return cfg.allowed_hosts + ([cfg.host] if cfg.host not in ("0.0.0.0", "::", "") else [])
@@ -247,7 +254,7 @@ def _fast_feedback(app, accept: Callable):
                 chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
             authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            payload = await accept(authorization, b"".join(chunks))
+            payload = await accept(authorization, client_address(scope), b"".join(chunks))
         except ApiError as e:
             return await _send_error(send, e)
         await _send_json(send, 202, payload)
@@ -323,16 +330,25 @@ def create_app(
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst)
+    throttle = ids.GuessThrottle(cfg.guess_burst, cfg.guess_per_s)
     commits = GroupCommit(outbox)
     app = FastAPI(title="Flywheel", version="0.1.0")
     install_error_handlers(app)
 
-    def authenticate(request: Request | str) -> str:
-        header = request if isinstance(request, str) else request.headers.get("authorization", "")
+    def authenticate(request: Request | tuple[str, str]) -> str:
+        """The app of the request's key; `request` may be (authorization header, client address)."""
+        if isinstance(request, tuple):
+            header, address = request
+        else:
+            header, address = request.headers.get("authorization", ""), client_address(request.scope)
         if not header.lower().startswith("bearer "):
             raise ApiError(401, "missing API key: send Authorization: Bearer <key>")
+        if throttle.blocked(address):
+            raise ApiError(429, "too many wrong keys from this address: try again later (serving.guess_per_s)",
+                           headers={"Retry-After": str(math.ceil(1 / cfg.guess_per_s))})
         app_id = ids.app_for_key(header[7:].strip(), cfg.api_keys)
         if app_id is None:
+            throttle.failed(address)
             raise ApiError(401, "invalid API key")
         if not limiter.allow(app_id):
             raise ApiError(429, f"rate limit of {cfg.rate_limit_per_s:g} requests/s exceeded",
@@ -452,8 +468,8 @@ def create_app(
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    async def accept_feedback(authorization: str, raw: bytes) -> dict:
-        app_id = authenticate(authorization)
+    async def accept_feedback(authorization: str, address: str, raw: bytes) -> dict:
+        app_id = authenticate((authorization, address))
         body = parse_body(FeedbackRequest, raw, ApiError)
         claims = ids.verify(secret, body.response_id)
         if claims is None:
@@ -475,10 +491,11 @@ def create_app(
     @app.post("/v1/feedback", status_code=202, response_model=openapi.FeedbackAccepted, dependencies=keyed,
               responses=openapi.ERRORS, openapi_extra=openapi.json_body(FeedbackRequest))
     async def feedback(request: Request):
-        return JSONResponse(await accept_feedback(request.headers.get("authorization", ""), await request.body()),
+        return JSONResponse(await accept_feedback(request.headers.get("authorization", ""),
+                                                  client_address(request.scope), await request.body()),
                             202)
 
-    add_review_routes(app, review, cfg.admin_keys, secret, ApiError)
+    add_review_routes(app, review, cfg.admin_keys, secret, ApiError, throttle=throttle)
     document_limits(app, cfg)
     app.add_middleware(lambda inner: _host_check(_body_limit(_fast_feedback(inner, accept_feedback),
                                                              cfg.max_body_bytes), served_hosts(cfg)))

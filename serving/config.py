@@ -39,6 +39,10 @@ class ServingConfig(Section):
     max_batch: int = Field(16, ge=1, description="Most requests decoded together in one batch.")
     max_wait_ms: float = Field(10, ge=0, description="How long a request waits for others to batch with.")
     rate_limit_per_s: float = Field(200, gt=0, description="Requests per second per API key (429 beyond).")
+    guess_burst: int = Field(20, ge=1, description="Wrong API or reviewer keys one client address may send "
+                             "before it gets 429 for every key.")
+    guess_per_s: float = Field(0.5, gt=0, description="Wrong keys per second an address may send after its "
+                               "burst: key guessing runs at this rate at most.")
     rate_burst: int = Field(400, ge=1, description="Requests a key may send at once before the rate applies.")
 
     @field_validator("response_secret")

@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 PREFIX = "chatcmpl-fw1"
@@ -73,3 +75,29 @@ def app_for_key(key: str, key_hashes: dict[str, str]) -> str | None:
             found = app
     return found
 
+
+
+class GuessThrottle:
+    """Wrong keys per client address: each failure spends a token of a bucket (`burst`, refilled at `per_s`);
+    an empty bucket answers 429 to that address for every key, the right one included, so guessing runs at
+    `per_s` at most. Behind a proxy every client shares its address: put the limit there instead."""
+
+    MAX_ADDRESSES = 100_000  # buckets kept; full ones are dropped first
+
+    def __init__(self, burst: int, per_s: float):
+        self.burst, self.per_s, self._buckets, self._lock = burst, per_s, {}, threading.Lock()
+
+    def _tokens(self, address: str, now: float) -> float:
+        tokens, last = self._buckets.get(address, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.per_s)
+
+    def blocked(self, address: str) -> bool:
+        with self._lock:
+            return self._tokens(address, time.monotonic()) < 1
+
+    def failed(self, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._buckets[address] = (self._tokens(address, now) - 1, now)
+            if len(self._buckets) > self.MAX_ADDRESSES:
+                self._buckets = {a: b for a, b in self._buckets.items() if self._tokens(a, now) < self.burst}

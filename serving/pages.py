@@ -242,8 +242,9 @@ def _summary(details: dict) -> str:
 
 
 def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: dict[str, str], secret: bytes,
-                      api_error) -> None:
-    """`/review` (browser) and `/v1/admin/reviews`, `/v1/admin/forget` (Bearer admin key)."""
+                      api_error, *, throttle: ids.GuessThrottle) -> None:
+    """`/review` (browser) and `/v1/admin/reviews`, `/v1/admin/forget` (Bearer admin key). Wrong keys count
+    in `throttle` (shared with the API's keys) per client address."""
     key = hmac.new(secret, b"review-session", hashlib.sha256).digest()
 
     def signature(name: str, expires: str) -> str:
@@ -264,8 +265,12 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
             raise api_error(401, "missing admin key: send Authorization: Bearer <key>")
+        address = request.client.host if request.client else "unknown"
+        if throttle.blocked(address):
+            raise api_error(429, "too many wrong keys from this address: try again later", headers={"Retry-After": "2"})
         name = ids.app_for_key(header[7:].strip(), admin_keys)
         if name is None:
+            throttle.failed(address)
             raise api_error(401, "invalid admin key")
         return name
 
@@ -308,7 +313,12 @@ def add_review_routes(app: FastAPI, backend: ReviewBackend | None, admin_keys: d
         fields = await form(request)
         target = (fields.get("next") or ["/review"])[0]
         target = target if target in ("/review", "/ab") else "/review"
+        address = request.client.host if request.client else "unknown"
+        if throttle.blocked(address):
+            return _html(LOGIN.render(style=_STYLE, message="Too many wrong keys: try again later.", next=target), 429)
         name = ids.app_for_key(fields.get("key", [""])[0], admin_keys)
+        if name is None:
+            throttle.failed(address)
         if name is None or not same_origin(request):
             return _html(LOGIN.render(style=_STYLE, message="Unknown reviewer key.", next=target), 401)
         response = _redirect(target)

@@ -34,7 +34,7 @@ def review_server(db, put, tmp_path):
     app = FastAPI()
     install_error_handlers(app)
     admin_keys = {"rita": ids.hash_key(REVIEWER_KEY), "dpo": ids.hash_key(ADMIN_KEY)}
-    add_review_routes(app, ReviewStore(db, Config(data_dir=tmp_path, serving={"api_keys": {"store": "0" * 64, "shop": "1" * 64}})), admin_keys, b"secret", ApiError)
+    add_review_routes(app, ReviewStore(db, Config(data_dir=tmp_path, serving={"api_keys": {"store": "0" * 64, "shop": "1" * 64}})), admin_keys, b"secret", ApiError, throttle=ids.GuessThrottle(20, 0.5))
     with serve_in_thread(app) as url:
         yield {"url": url, "db": db, "ann": ok, "other_ann": other}
 
@@ -143,7 +143,7 @@ def test_pages_send_security_headers_sign_out_and_sessions_end_with_their_key(re
     app = FastAPI()
     install_error_handlers(app)
     add_review_routes(app, ReviewStore(db, Config(data_dir=tmp_path)), {"rita": ids.hash_key("rita-new-key")},
-                      b"secret", ApiError)
+                      b"secret", ApiError, throttle=ids.GuessThrottle(20, 0.5))
     with serve_in_thread(app) as other:
         assert "Signed in as" not in httpx.get(other + "/review", cookies={"flywheel_reviewer": cookie}).text
     assert "Signed in as" in httpx.get(url + "/review", cookies={"flywheel_reviewer": cookie}).text
