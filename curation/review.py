@@ -9,6 +9,11 @@ import pyarrow as pa
 from curation import audit
 
 
+# What counts as blank in a reason: Python's whitespace (str.isspace, which includes \x1c-\x1f and \x85) and
+# the BOM: the same reasons are blank under the API schema's pattern (serving.pages, ECMA-262's \s plus those).
+BLANK = "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) + "\ufeff"
+
+
 class ReviewError(ValueError):
     """A decision that cannot be recorded (unknown samples, a rejection without a reason)."""
 
@@ -51,7 +56,7 @@ def decide(con, sample_ids: list[str], decision: str, reviewer: str, reason: str
     """Approve or reject samples, one or a batch; one transaction and one audit entry. Returns how many."""
     if decision not in ("approve", "reject"):
         raise ReviewError(f"decision must be approve or reject, not {decision!r}")
-    if decision == "reject" and not (reason or "").strip():
+    if decision == "reject" and not (reason or "").strip(BLANK):
         raise ReviewError("a rejection needs a reason")
     if not reviewer.strip():
         raise ReviewError("a decision needs the reviewer's identity")

@@ -281,7 +281,8 @@ class Api:
         from infra.broker import check_port_free
         from infra.kafka import client_settings
         from infra.models import resolve_base_model
-        from serving.app import create_app
+        from infra.errors import FlywheelError
+        from serving.app import create_app, prompt_tokens_limit
         from serving.generator import BatchGenerator
         from serving.outbox import Outbox, OutboxRelay
         from serving.routing import ModelHolder, Router
@@ -293,7 +294,12 @@ class Api:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # fp32: faster on CPU
         self.generator = BatchGenerator(model, tokenizer, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
-                                        queue_depth=s.queue_depth).start()
+                                        queue_depth=s.queue_depth, max_batch_tokens=s.max_batch_tokens)
+        try:
+            prompt_tokens_limit(s, self.generator.context_tokens)
+        except ValueError as e:
+            raise FlywheelError(str(e)) from None
+        self.generator.start()
         self.outbox = Outbox(cfg.data_dir / "outbox.sqlite")
         self.sender = OutboxRelay(cfg.data_dir / "outbox.sqlite", client_settings(cfg.kafka, bootstrap),
                                   cfg.ingest.group_id)

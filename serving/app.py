@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ingest import contracts
 from ingest.contracts import ChatLog, Feedback, Message
 from serving import ids, openapi
 from serving.config import ServingConfig
@@ -63,6 +64,14 @@ Int = Annotated[int, BeforeValidator(_whole)]
 Count = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
 
 
+MAX_STOPS, MAX_STOP_CHARS = 4, 64
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+# What the chat log event may hold for the messages: the contract's event size less room for the longest
+# answer (MAX_FIELD_CHARS characters of up to 4 UTF-8 bytes) and the ids. Larger chats were answered 200 and
+# then dead-lettered by ingest.
+MAX_CHAT_BYTES = contracts.MAX_EVENT_BYTES - 4 * contracts.MAX_FIELD_CHARS - 8 * 1024
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: str = Field(json_schema_extra={"enum": list(ROLES)})  # checked in the handler, with a clearer message
@@ -77,7 +86,8 @@ class ChatRequest(BaseModel):
     max_completion_tokens: Count | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
+    # OpenAI allows 4; 80,000 were accepted once (1.16 s of the shared model thread per answer to check them).
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
     seed: Int | None = None  # any integer: the generator takes it modulo 2**64
     stream: bool = False
     user: str | None = Field(None, max_length=128)
@@ -209,6 +219,20 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def prompt_tokens_limit(cfg: ServingConfig, context: int | None) -> int:
+    """serving.max_prompt_tokens, checked against the model's context (prompt + answer must fit)."""
+    if context is None:
+        return cfg.max_prompt_tokens or 1 << 62
+    room = context - cfg.max_tokens
+    if room < 1:
+        raise ValueError(f"serving.max_tokens={cfg.max_tokens} leaves no room for a prompt in the model's "
+                         f"{context}-token context")
+    if cfg.max_prompt_tokens is not None and cfg.max_prompt_tokens > room:
+        raise ValueError(f"serving.max_prompt_tokens={cfg.max_prompt_tokens}: at most {room} (the model's "
+                         f"{context}-token context minus serving.max_tokens={cfg.max_tokens})")
+    return cfg.max_prompt_tokens or room
+
+
 def client_address(scope) -> str:
     """The peer's address (not X-Forwarded-For: a client could send any)."""
     client = scope.get("client")
@@ -327,6 +351,7 @@ def create_app(
     for name, key in (("secret", secret), ("user_key", user_key)):
         if len(key) < 32:  # guessable: forged response ids, reviewer cookies, reversible pseudonyms
             raise ValueError(f"create_app: {name} is {len(key)} bytes, at least 32 are needed")
+    prompt_limit = prompt_tokens_limit(cfg, getattr(generator, "context_tokens", None))
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst)
@@ -405,12 +430,21 @@ def create_app(
         variant, experiment = route(user_id)
         max_tokens = min(body.max_completion_tokens or body.max_tokens or cfg.max_tokens, cfg.max_tokens)
         messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
+        size = sum(len(m["content"].encode()) + 32 for m in messages)
+        if size > MAX_CHAT_BYTES:
+            raise ApiError(413, f"the messages are {size} bytes: at most {MAX_CHAT_BYTES} (a chat log event holds "
+                                f"{contracts.MAX_EVENT_BYTES} bytes with its answer)")
+        if generator.full:  # before the tokenizer's work (up to a second for the largest bodies)
+            raise ApiError(503, "the model is busy: try again shortly", headers={"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        prompt = await loop.run_in_executor(None, lambda: tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        if len(prompt) > prompt_limit:
+            raise ApiError(400, f"the prompt is {len(prompt)} tokens: at most {prompt_limit} "
+                                "(serving.max_prompt_tokens)")
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         response_id = ids.issue(secret, ids.ResponseClaims(app_id, user_id, variant, experiment, time.time()))
         headers = {"X-Flywheel-Variant": variant, "X-Flywheel-Response-Id": response_id}
-        loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
         req = GenRequest(prompt, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                          stop=stops, seed=body.seed, adapter=variant if variant != BASE else BASE,
@@ -449,6 +483,13 @@ def create_app(
                                                                          "finish_reason": reason}]}) + "\n\n"
 
         async def events():
+            try:
+                async for piece in stream():
+                    yield piece
+            finally:  # the client left (or the answer is done): a row still decoding stops at its next token
+                req.cancel.set()
+
+        async def stream():
             yield chunk({"role": "assistant", "content": ""})
             waiter = asyncio.wrap_future(future)
             while True:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from ingest.contracts import MAX_FIELD_CHARS, MAX_MESSAGES
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,9 +35,17 @@ class ServingConfig(Section):
         "DATA_DIR/response.secret."
     )
     max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger request bodies get 413.")
-    max_messages: int = Field(64, ge=1, description="More messages in one chat request get 400.")
-    max_message_chars: int = Field(16_000, ge=1, description="A longer message gets 400.")
+    max_messages: int = Field(64, ge=1, le=MAX_MESSAGES, description="More messages in one chat request get 400 "
+                              "(at most the event contract's 64).")
+    max_message_chars: int = Field(16_000, ge=1, le=MAX_FIELD_CHARS, description="A longer message gets 400 (at "
+                                   "most the event contract's 16,000).")
     max_tokens: int = Field(128, ge=1, description="Default and ceiling of max_tokens per answer.")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="A longer prompt (after the chat template) gets 400; unset: the model's "
+        "context minus serving.max_tokens, which is also the most it may be set to.")
+    max_batch_tokens: int = Field(
+        32_768, ge=1, description="KV-cache positions one batch may hold (rows x longest prompt + answer): a "
+        "request beyond it waits for rows to finish. ~46 kB per position for the bundled 135M model in fp32.")
     queue_depth: int = Field(64, ge=1, description="Generation requests waiting beyond this get 503.")
     max_batch: int = Field(16, ge=1, description="Most requests decoded together in one batch.")
     max_wait_ms: float = Field(10, ge=0, description="How long a request waits for others to batch with.")

@@ -44,14 +44,19 @@ class GenRequest:
     adapter: str = BASE
     on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
     future: Future = field(default_factory=Future)
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: the row stops at its next token
 
 
 @dataclass(frozen=True)
 class GenResult:
     text: str
-    finish_reason: str  # stop | length
+    finish_reason: str  # stop | length | cancelled (the client left)
     prompt_tokens: int
     completion_tokens: int
+
+
+def _span(req: GenRequest) -> int:
+    return len(req.prompt_ids) + req.max_tokens
 
 
 def _run_into(fn: Callable[[], object], future: Future) -> None:
@@ -69,9 +74,15 @@ class _Row:
 
 
 class BatchGenerator:
-    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_wait_ms: float = 10, queue_depth: int = 64):
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_wait_ms: float = 10, queue_depth: int = 64,
+                 max_batch_tokens: int = 32_768):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        # The KV cache holds rows x (longest prompt + its answer) positions: one long prompt must not pad
+        # fifteen short ones to its length, or a batch outgrow memory. A request that would take the batch
+        # over this waits (first in line) for rows to finish; alone, it always runs.
+        self.max_batch_tokens = max_batch_tokens
+        self._held: GenRequest | None = None
         self.queue: queue.Queue[GenRequest] = queue.Queue(maxsize=queue_depth)
         self.eos = {t for t in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
                     for t in (t if isinstance(t, list) else [t]) if t is not None}
@@ -87,6 +98,15 @@ class BatchGenerator:
     @property
     def depth(self) -> int:
         return self.queue.qsize()
+
+    @property
+    def full(self) -> bool:
+        return self.queue.full()
+
+    @property
+    def context_tokens(self) -> int | None:
+        """The model's context length (prompt + answer), when its config says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
 
     def start(self) -> BatchGenerator:
         self._thread.start()
@@ -125,7 +145,8 @@ class BatchGenerator:
                             _run_into(*self._tasks.get())
                         continue
                 else:
-                    admitted = self._take(block=not rows, room=self.max_batch - len(rows))
+                    admitted = self._take(block=not rows, room=self.max_batch - len(rows),
+                                          spans=[_span(r.req) for r in rows])
                 if admitted:
                     rows, state = self._join(rows, state, admitted)
                     admitted = []
@@ -138,28 +159,45 @@ class BatchGenerator:
                         req.future.set_exception(e)
                 rows, state = [], None
 
-    def _take(self, block: bool, room: int) -> list[GenRequest]:
-        """Waiting requests: when idle, wait for one and then up to max_wait for company."""
+    def _take(self, block: bool, room: int, spans: list[int] = ()) -> list[GenRequest]:
+        """Waiting requests: when idle, wait for one and then up to max_wait for company; within `room` rows
+        and the token budget (`spans` are the running rows' prompt + max_tokens)."""
         taken: list[GenRequest] = []
+        spans = list(spans)
         if room <= 0:
             return taken
-        if block:
-            try:
-                taken.append(self.queue.get(timeout=0.1))
-            except queue.Empty:
-                return taken
-            deadline = time.monotonic() + self.max_wait
-            while len(taken) < room:
-                try:
-                    taken.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)))
-                except queue.Empty:
-                    break
-            return taken
-        while len(taken) < room:
-            try:
-                taken.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
+
+        def fits(req: GenRequest) -> bool:
+            if not spans:
+                return True
+            return (len(spans) + 1) * max(*spans, _span(req)) <= self.max_batch_tokens
+
+        def get(timeout: float | None) -> GenRequest:
+            if self._held is not None:
+                req, self._held = self._held, None
+                return req
+            return self.queue.get_nowait() if timeout is None else self.queue.get(timeout=timeout)
+
+        def admit(req: GenRequest) -> bool:
+            if not fits(req):
+                self._held = req  # first in line for the next batch
+                return False
+            taken.append(req)
+            spans.append(_span(req))
+            return True
+
+        deadline = time.monotonic() + self.max_wait
+        try:
+            if block:
+                if not admit(get(0.1)):
+                    return taken
+                while len(taken) < room and admit(get(max(deadline - time.monotonic(), 0))):
+                    pass
+            else:
+                while len(taken) < room and admit(get(None)):
+                    pass
+        except queue.Empty:
+            pass
         return taken
 
     def generate(self, batch: list[GenRequest]) -> None:
@@ -187,7 +225,9 @@ class BatchGenerator:
         loaded = set(getattr(self.model, "peft_config", {})) | {BASE}
         for r in [r for r in batch if r.adapter not in loaded]:  # retired while it waited
             r.future.set_exception(AdapterGone(f"adapter {r.adapter} is no longer served"))
-        new = [_Row(r, torch) for r in batch if r.adapter in loaded]
+        for r in [r for r in batch if r.cancel.is_set()]:  # its client left while it waited
+            r.future.set_result(GenResult("", "cancelled", len(r.prompt_ids), 0))
+        new = [_Row(r, torch) for r in batch if r.adapter in loaded and not r.cancel.is_set()]
         if not new:
             return rows, state
         width = max(len(r.req.prompt_ids) for r in new)
@@ -266,6 +306,9 @@ class BatchGenerator:
         return int(torch.multinomial(probs, 1, generator=row.rng))
 
     def _advance(self, row: _Row, token: int) -> None:
+        if row.req.cancel.is_set():  # its client is gone: free the row for someone else
+            self._finish(row, "cancelled")
+            return
         if token in self.eos:
             self._finish(row, "stop")
             return

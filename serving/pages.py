@@ -48,11 +48,16 @@ class BadDecision(ValueError):
         self.status = status
 
 
+# A reason with something besides blanks: ECMA-262's \s, plus what Python's str.isspace adds (\x1c-\x1f, \x85),
+# so this schema and curation.review.BLANK call the same reasons empty (Schemathesis found "\x1d\x1d").
+REASON_PATTERN = "[^\\s\\u001c-\\u001f\\u0085]"
+
+
 class DecisionRequest(BaseModel):
     # A rejection needs a reason (curation.review checks it; the schema says so for clients).
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "if": {"properties": {"decision": {"const": "reject"}}},
-        "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "pattern": "\\S"}}}})
+        "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "pattern": REASON_PATTERN}}}})
     sample_ids: list[str] = Field(min_length=1, max_length=10_000)
     decision: str = Field(pattern="^(approve|reject)$")
     reason: str | None = Field(None, max_length=2_000)

@@ -1,5 +1,6 @@
 """Rate limits, readiness and metrics through the app (in-process client)."""
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,3 +66,146 @@ def test_wrong_key_guessing_is_throttled_per_address(tmp_path):
         tried += guesser.get("/v1/models", headers=wrong).status_code == 401
     elapsed = time.monotonic() - started
     assert tried <= 1 + cfg.guess_per_s * elapsed  # guessing runs at guess_per_s, not at the server's speed
+
+
+def _chat_app(tiny_lm, tmp_path, **settings):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer,
+                         queue_depth=settings.pop("queue_depth", 64))
+    cfg = ServingConfig(api_keys={"a": ids.hash_key("k")}, max_tokens=4, **settings)
+    app = create_app(cfg, generator=gen, tokenizer=tokenizer, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c",
+                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
+                     variants=lambda: ["base"])
+    return app, gen, tokenizer
+
+
+def test_prompt_tokens_are_bounded_and_counted_off_the_event_loop(tiny_lm, tmp_path):
+    """A body under max_body_bytes became a 180,385-token prompt for an 8,192-token model: now 400 (the tiny
+    model's context is 512 tokens, so at most 512 - max_tokens)."""
+    import threading
+
+    app, gen, tokenizer = _chat_app(tiny_lm, tmp_path)
+    gen.start()
+    threads, real = [], tokenizer.apply_chat_template
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    tokenizer.apply_chat_template = spy
+    client = TestClient(app, base_url="http://127.0.0.1")
+    auth = {"Authorization": "Bearer k"}
+    try:
+        long = client.post("/v1/chat/completions", headers=auth,
+                           json={"messages": [{"role": "user", "content": "refund " * 2_000}]})
+        assert long.status_code == 400
+        assert "at most 508 (serving.max_prompt_tokens)" in long.json()["error"]["message"]
+        assert client.post("/v1/chat/completions", headers=auth,
+                           json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        assert threads and not any(name == "MainThread" or "loop" in name.lower() for name in threads), threads
+    finally:
+        gen.close()
+    with pytest.raises(ValueError, match="at most 508"):
+        _chat_app(tiny_lm, tmp_path, max_prompt_tokens=600)
+
+
+def test_a_full_queue_answers_503_before_tokenizing(tiny_lm, tmp_path):
+    app, gen, tokenizer = _chat_app(tiny_lm, tmp_path, queue_depth=1)  # not started: nothing drains the queue
+    calls = []
+    real = tokenizer.apply_chat_template
+    tokenizer.apply_chat_template = lambda *a, **k: calls.append(1) or real(*a, **k)
+    from serving.generator import GenRequest
+
+    gen.submit(GenRequest([1, 2, 3]))
+    r = TestClient(app, base_url="http://127.0.0.1").post(
+        "/v1/chat/completions", headers={"Authorization": "Bearer k"},
+        json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503 and calls == []
+
+
+def test_a_batch_stays_within_its_token_budget(tiny_lm):
+    """One long prompt does not pad short ones to its length: it waits for them (first in line), then runs."""
+    from serving.generator import GenRequest
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer,
+                         max_batch=8, max_wait_ms=300, max_batch_tokens=200)
+    widths, real = [], gen._join
+
+    def join(rows, state, batch):  # observe what each prefill admits
+        widths.append((len(rows) + len(batch), max(len(r.prompt_ids) + r.max_tokens for r in [*(x.req for x in rows), *batch])))
+        return real(rows, state, batch)
+
+    gen._join = join
+    gen.start()
+    try:
+        short = [GenRequest([5] * 10, max_tokens=20) for _ in range(4)]
+        long = GenRequest([5] * 150, max_tokens=20)
+        futures = [gen.submit(r) for r in short[:2]] + [gen.submit(long)] + [gen.submit(r) for r in short[2:]]
+        assert all(f.result(timeout=60).completion_tokens >= 1 for f in futures)
+    finally:
+        gen.close()
+    assert all(rows * width <= 200 or rows == 1 for rows, width in widths), widths
+    assert any(width == 170 for _, width in widths)  # the long one ran
+
+
+def test_stop_strings_and_chat_size_are_bounded_by_the_contract(tiny_lm, tmp_path):
+    from ingest import contracts
+    from serving.app import MAX_CHAT_BYTES
+
+    app, gen, _ = _chat_app(tiny_lm, tmp_path, max_prompt_tokens=None)
+    gen.start()
+    client = TestClient(app, base_url="http://127.0.0.1")
+    auth = {"Authorization": "Bearer k"}
+    hi = [{"role": "user", "content": "hi"}]
+    try:
+        for stop, ok in ((["a", "b", "c", "d"], True), (["x"] * 80_000, False), (["a"] * 5, False),
+                         ("z" * 65, False), (["y" * 64], True)):
+            r = client.post("/v1/chat/completions", headers=auth, json={"messages": hi, "stop": stop})
+            assert (r.status_code == 200) == ok and (ok or r.status_code == 400), (len(stop), r.text[:200])
+        # 40 messages of 15,000 characters (600 kB) passed every per-message limit, then ingest dead-lettered
+        # the chat log (512 KiB contract).
+        big = [{"role": "user", "content": "e" * 15_000}] * 40
+        r = client.post("/v1/chat/completions", headers=auth, json={"messages": big})
+        assert r.status_code == 413 and f"at most {MAX_CHAT_BYTES}" in r.json()["error"]["message"]
+    finally:
+        gen.close()
+    with pytest.raises(ValueError, match="less than or equal to 64"):
+        ServingConfig(max_messages=contracts.MAX_MESSAGES + 1)
+    with pytest.raises(ValueError, match="less than or equal to 16000"):
+        ServingConfig(max_message_chars=contracts.MAX_FIELD_CHARS + 1)
+
+
+def test_a_stream_whose_client_left_stops_generating(tiny_lm, tmp_path):
+    import httpx
+
+    from tests.conftest import serve_in_thread
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer).start()
+    cfg = ServingConfig(api_keys={"a": ids.hash_key("k")}, max_tokens=480)
+    app = create_app(cfg, generator=gen, tokenizer=tokenizer, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c",
+                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
+                     variants=lambda: ["base"])
+    submitted, real_submit = [], gen.submit
+
+    def submit(req):  # a slow client-side consumer of tokens (fault injection): 480 tokens take ~5 s
+        inner = req.on_text
+        req.on_text = lambda text: (time.sleep(0.01), inner(text))[1]
+        submitted.append(req)
+        return real_submit(req)
+
+    import time
+
+    gen.submit = submit
+    try:
+        with serve_in_thread(app) as url:
+            with httpx.stream("POST", url + "/v1/chat/completions", headers={"Authorization": "Bearer k"},
+                              json={"messages": [{"role": "user", "content": "hi"}], "stream": True,
+                                    "max_tokens": 480}) as r:
+                assert r.status_code == 200
+                next(r.iter_lines())  # the first chunk, then the client goes away
+            result = submitted[0].future.result(timeout=30)
+            assert result.finish_reason == "cancelled" and result.completion_tokens < 480, result
+    finally:
+        gen.close()
