@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ingest.contracts import ChatLog, Event, Rejected, parse_event
+from ingest.contracts import MAX_TEXT_COST, ChatLog, Event, Rejected, parse_event, scrub_cost
 from ingest.scrub import Scrubbed, ScrubFailed
 
 EXCERPT_CHARS = 200
@@ -112,6 +112,11 @@ def prepare(records: Sequence[Record], kind_of_topic: dict[str, str], scrub: Scr
             i = seen[event.event_id]
             if event.created_at > events[i][0].created_at:
                 events[i] = (events[i][0].model_copy(update={"created_at": event.created_at}), events[i][1])
+            continue
+        costly = max((scrub_cost(t) for _, t in text_fields(event)), default=0)
+        if costly > MAX_TEXT_COST:  # would stall every tenant's ingest for seconds: never scrubbed, never stored
+            out.quarantine.append(_meta(rec, f"a text costs {costly} to scrub: at most {MAX_TEXT_COST}")
+                                  | {"event_id": str(event.event_id)})
             continue
         seen[event.event_id] = len(events)
         events.append((event, rec))

@@ -115,19 +115,19 @@ class Metrics:
 
 
 class RateLimiter:
-    """A token bucket per app: `rate` per second, up to `burst` at once."""
+    """A token bucket per app: `rate` per second, up to `burst` at once (a request may cost several)."""
 
     def __init__(self, rate: float, burst: int):
         self.rate, self.burst, self.buckets = rate, burst, {}
 
-    def allow(self, key: str) -> bool:
+    def allow(self, key: str, cost: float = 1) -> bool:
         now = time.monotonic()
         tokens, last = self.buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
+        if tokens < cost:
             self.buckets[key] = (tokens, now)
             return False
-        self.buckets[key] = (tokens - 1, now)
+        self.buckets[key] = (tokens - cost, now)
         return True
 
 
@@ -355,6 +355,21 @@ def create_app(
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst)
+    scrub_budget = RateLimiter(cfg.scrub_cost_per_s, cfg.scrub_cost_burst)
+
+    def charge_text(app_id: str, texts: list[str | None]) -> None:
+        """Refuse a text that would stall ingest (400), and more text per second than the key's share (429)."""
+        costs = [contracts.scrub_cost(t) for t in texts]
+        if max(costs, default=0) > contracts.MAX_TEXT_COST:
+            raise ApiError(400, f"a text costs {max(costs)} to scrub (characters + {contracts.DIGIT_COST} per digit): "
+                                f"at most {contracts.MAX_TEXT_COST}")
+        total = sum(costs)
+        if total > cfg.scrub_cost_burst:
+            raise ApiError(413, f"this request's text costs {total} to scrub: at most {cfg.scrub_cost_burst} "
+                                "(serving.scrub_cost_burst)")
+        if not scrub_budget.allow(app_id, total):
+            raise ApiError(429, f"text to scrub over this key's {cfg.scrub_cost_per_s:g}/s (serving.scrub_cost_per_s)",
+                           headers={"Retry-After": "1"})
     throttle = ids.GuessThrottle(cfg.guess_burst, cfg.guess_per_s)
     commits = GroupCommit(outbox)
     app = FastAPI(title="Flywheel", version="0.1.0")
@@ -434,6 +449,7 @@ def create_app(
         if size > MAX_CHAT_BYTES:
             raise ApiError(413, f"the messages are {size} bytes: at most {MAX_CHAT_BYTES} (a chat log event holds "
                                 f"{contracts.MAX_EVENT_BYTES} bytes with its answer)")
+        charge_text(app_id, [m["content"] for m in messages])
         if generator.full:  # before the tokenizer's work (up to a second for the largest bodies)
             raise ApiError(503, "the model is busy: try again shortly", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
@@ -520,6 +536,7 @@ def create_app(
         rating = {"up": 1, "down": -1, 1: 1, -1: -1}.get(body.rating)
         if rating is None:
             raise ApiError(400, "rating: 'up' or 'down' (or 1 or -1)")
+        charge_text(app_id, [body.comment, body.correction])
         # The same rating sent twice is one event: the id is derived from what it says.
         key = json.dumps([body.response_id, rating, body.comment, body.correction])
         event = Feedback(event_id=uuid.uuid5(FEEDBACK_NAMESPACE, key), response_id=body.response_id, app_id=app_id,

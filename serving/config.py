@@ -54,6 +54,13 @@ class ServingConfig(Section):
                              "before it gets 429 for every key.")
     guess_per_s: float = Field(0.5, gt=0, description="Wrong keys per second an address may send after its "
                                "burst: key guessing runs at this rate at most.")
+    scrub_cost_per_s: float = Field(
+        15_000, gt=0, description="Scrubbing cost (ingest.contracts.scrub_cost: characters + 20 per digit) of "
+        "the text one key may send per second; more gets 429. 15,000 (prose: ~0.3 s of Presidio) keeps honest "
+        "ingest at >= 0.8x on 2 cores (bench/scrub_attack.py): size it to your ingest capacity and keys.")
+    scrub_cost_burst: int = Field(
+        400_000, ge=40_000, description="Scrubbing cost a key may send at once before scrub_cost_per_s applies "
+        "(the largest chat costs ~450,000 only if it is all digits).")
     rate_burst: int = Field(400, ge=1, description="Requests a key may send at once before the rate applies.")
 
     @field_validator("response_secret")

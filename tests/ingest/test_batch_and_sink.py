@@ -1,6 +1,7 @@
 """prepare() with the real scrubber, then the DuckDB sink, on crafted records."""
 
 import random
+import uuid
 
 import pytest
 
@@ -148,3 +149,19 @@ def test_a_dead_letters_excerpt_is_cut_after_scrubbing(scrub_pool):
     for value, excerpt in zip(values, excerpts):
         assert excerpt and len(excerpt) <= EXCERPT_CHARS and kept[value] not in excerpt, (value, excerpt)
     assert excerpts[3] is None and batch.dead_letters[3]["length"] > EXCERPT_SCRUB_MAX  # too long: no excerpt
+
+
+def test_a_text_too_costly_to_scrub_is_quarantined_alone_without_scrubbing(scrub_pool):
+    """16,000 phone-shaped characters took 3.7 s of Presidio (prose: 0.33 s): every tenant's ingest stalled."""
+    from ingest.contracts import MAX_TEXT_COST, scrub_cost
+
+    recs, (c1, c2, f1) = records()
+    costly = f1.model_copy(update={"event_id": uuid.uuid4(), "comment": "call 555-123-4567 " * 700})
+    assert scrub_cost(costly.comment) > MAX_TEXT_COST
+    scrubbed = []
+    batch = prepare(recs + [Record("f", 0, 9, costly.model_dump_json().encode())], KINDS,
+                    lambda texts: scrubbed.extend(texts) or scrub_pool.scrub(texts), SCRUBBER_VERSION)
+    [q] = batch.quarantine
+    assert q["event_id"] == str(costly.event_id) and f"at most {MAX_TEXT_COST}" in q["reason"]
+    assert costly.comment not in scrubbed  # refused before Presidio ran on it
+    assert [r["event_id"] for r in batch.feedback] == [str(f1.event_id)]  # the rest of the batch is stored

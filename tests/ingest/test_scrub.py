@@ -80,3 +80,17 @@ def test_an_analyzer_that_raises_is_scrub_failed(scrub_pool, monkeypatch):
     monkeypatch.setattr(scrub_pool._local.analyzer, "analyze", boom)
     with pytest.raises(ScrubFailed, match="analyzer exploded"):
         scrub_pool.scrub(["Maria Garcia"])
+
+
+def test_two_workers_split_by_cost_and_answer_in_order(scrub_pool):
+    """Chunks are balanced by scrubbing cost (one long text does not keep a worker busy while the other
+    idles); each result still belongs to its text."""
+    texts = [f"Mail maria{i}@example.com please" for i in range(9)] + ["The parcel never came. " * 600]
+    texts.insert(3, "Call 555-201-7788 about order 4")
+    pool = ScrubPool(PiiConfig(workers=2))
+    try:
+        pooled = pool.scrub(texts)
+    finally:
+        pool.close()
+    assert [s.text for s in pooled] == [s.text for s in scrub_pool.scrub(texts)]
+    assert "<EMAIL_ADDRESS>" in pooled[0].text and "<PHONE_NUMBER>" in pooled[3].text

@@ -29,7 +29,8 @@ def server(tiny_lm, broker, tmp_path_factory):
     outbox = Outbox(tmp_path_factory.mktemp("outbox") / "outbox.sqlite")
     sender = OutboxSender.to_kafka(outbox, client_settings(kafka, broker.bootstrap), "no-ingest-here").start()
     cfg = ServingConfig(api_keys={"app-a": ids.hash_key(KEY_A), "app-b": ids.hash_key(KEY_B)}, max_tokens=16,
-                        max_messages=4, max_body_bytes=20_000, rate_limit_per_s=1000, rate_burst=1000)
+                        max_messages=4, max_body_bytes=20_000, rate_limit_per_s=1000, rate_burst=1000,
+                        scrub_cost_per_s=1e9, scrub_cost_burst=10**9)
     app = create_app(cfg, generator=generator, tokenizer=tokenizer, outbox=outbox, chats_topic=kafka.chats_topic,
                      feedback_topic=kafka.feedback_topic, secret=b"test-secret" * 32, user_key=b"u" * 32, route=lambda user: ("base", None),
                      variants=lambda: ["base"])

@@ -209,3 +209,29 @@ def test_a_stream_whose_client_left_stops_generating(tiny_lm, tmp_path):
             assert result.finish_reason == "cancelled" and result.completion_tokens < 480, result
     finally:
         gen.close()
+
+
+def test_text_to_scrub_is_bounded_per_text_and_per_key(tmp_path):
+    """One key's text must not take ingest's scrubbing from every other tenant."""
+    import time
+
+    from ingest.contracts import MAX_TEXT_COST
+
+    cfg = ServingConfig(api_keys={"a": ids.hash_key("k"), "b": ids.hash_key("k2")}, scrub_cost_per_s=1_000,
+                        scrub_cost_burst=40_000)
+    app = create_app(cfg, generator=None, tokenizer=None, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c",
+                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
+                     variants=lambda: ["base"])
+    client = TestClient(app, base_url="http://127.0.0.1")
+    rid = ids.issue(b"s" * 32, ids.ResponseClaims("a", "u-1", "base", None, time.time()))
+    rid_b = ids.issue(b"s" * 32, ids.ResponseClaims("b", "u-2", "base", None, time.time()))
+
+    def rate(key, response_id, comment):
+        return client.post("/v1/feedback", headers={"Authorization": f"Bearer {key}"},
+                           json={"response_id": response_id, "rating": "down", "comment": comment})
+
+    phones = rate("k", rid, "call 555-123-4567 " * 200)  # 3,600 characters, 2,000 digits
+    assert phones.status_code == 400 and f"at most {MAX_TEXT_COST}" in phones.json()["error"]["message"]
+    prose = "The parcel never came and nobody answered my emails. " * 300  # 15,900 characters
+    assert [rate("k", rid, prose + str(i)).status_code for i in range(3)] == [202, 202, 429]
+    assert rate("k2", rid_b, prose).status_code == 202  # another key has its own share

@@ -35,7 +35,7 @@ def live(tiny_lm, tmp_path_factory, scrub_pool):
     curate.run(con, CurationConfig(max_user_share=1.0))
     cfg = ServingConfig(api_keys={"app-a": ids.hash_key(KEY)}, admin_keys={"dpo": ids.hash_key(ADMIN_KEY)},
                         max_tokens=4, max_messages=4, max_message_chars=2_000, max_body_bytes=4_000_000,
-                        rate_limit_per_s=10_000, rate_burst=10_000)
+                        rate_limit_per_s=10_000, rate_burst=10_000, scrub_cost_per_s=1e9, scrub_cost_burst=10**9)
     app = create_app(cfg, generator=generator, tokenizer=tokenizer, outbox=Outbox(data / "outbox.sqlite"),
                      chats_topic="chats", feedback_topic="feedback", secret=b"test-secret" * 32, user_key=b"u" * 32,
                      route=lambda user: ("base", None), variants=lambda: ["base"],
