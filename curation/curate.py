@@ -19,7 +19,7 @@ from curation.config import CurationConfig
 
 log = logging.getLogger("flywheel.curation")
 
-FORGET_PREFIX = "flywheel-forget:"  # forgotten_users.user_hash = sha256(FORGET_PREFIX || user_id)
+from ingest.contracts import FORGET_PREFIX  # noqa: E402  (forgotten_users.user_hash, one rule for all stages)
 
 # Each chat with the latest feedback of its (response, user); users who were forgotten stay out even when
 # their events arrive late.

@@ -107,7 +107,7 @@ def _config_and_kafka(ctx: typer.Context) -> tuple[Config, str]:
 
 
 def _totals(totals: dict) -> str:
-    names = {"findings": "PII findings"}
+    names = {"findings": "PII findings", "erased": "late events of forgotten users dropped"}
     return ", ".join(f"{v:,} {names.get(k, k.replace('_', ' '))}" for k, v in totals.items())
 
 

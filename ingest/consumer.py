@@ -54,7 +54,8 @@ class IngestConsumer:
         self.batch_max_events, self.batch_max_ms = batch_max_events, batch_max_ms
         self.metrics = IngestMetrics(registry or CollectorRegistry())
         self.pending: list[Record] = []
-        self.totals = {"chats": 0, "feedback": 0, "duplicates": 0, "dead_letters": 0, "quarantined": 0, "findings": 0}
+        self.totals = {"chats": 0, "feedback": 0, "duplicates": 0, "dead_letters": 0, "quarantined": 0, "findings": 0,
+                       "erased": 0}
 
     # -- rebalance ---------------------------------------------------------------------------------
     def _cluster_id(self) -> str | None:

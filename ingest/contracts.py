@@ -33,6 +33,10 @@ def scrub_cost(text: str | None) -> int:
     return len(text) + DIGIT_COST * sum(c.isdigit() for c in text)
 
 
+# forgotten_users.user_hash = sha256(FORGET_PREFIX || user_id): ingest drops late copies of a forgotten user's
+# events, curation and snapshots leave them out, forget writes it.
+FORGET_PREFIX = "flywheel-forget:"
+
 MAX_RESPONSE_ID_CHARS = 1024  # a signed response id carries app, user, variant and experiment ids
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 ResponseId = Annotated[str, Field(min_length=1, max_length=MAX_RESPONSE_ID_CHARS)]

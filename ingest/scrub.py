@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,9 +96,12 @@ class _RegexTimeoutAlarm(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.fired = False
+        self.watching: int | None = None  # the thread this scrubber analyzes on, while it does
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "timed out" in record.getMessage():
+        # The logger is global: only a timeout of this scrubber's own analysis counts (two scrubbers in one
+        # process, as in the tests, set off each other's alarm and failed a later, innocent text).
+        if "timed out" in record.getMessage() and record.thread == self.watching:
             self.fired = True
 
 
@@ -216,10 +220,14 @@ class Scrubber:
             if not text:
                 out.append(Scrubbed(text, ()))
                 continue
-            results = self.analyzer.analyze(
-                text, language="en", entities=self.entities, score_threshold=self.cfg.score_threshold,
-                allow_list=self.cfg.allow_list or None, nlp_artifacts=self.engine._doc_to_nlp_artifact(doc, "en"),
-            )
+            self.alarm.watching = threading.get_ident()
+            try:
+                results = self.analyzer.analyze(
+                    text, language="en", entities=self.entities, score_threshold=self.cfg.score_threshold,
+                    allow_list=self.cfg.allow_list or None, nlp_artifacts=self.engine._doc_to_nlp_artifact(doc, "en"),
+                )
+            finally:
+                self.alarm.watching = None
             if self.alarm.fired:
                 self.alarm.fired = False
                 raise ScrubFailed(f"a recognizer's regex timed out after {self.cfg.regex_timeout_s:g} s")

@@ -7,12 +7,13 @@ sent again (same id: up, down, up) only moves its stored time forward, so the la
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 import pyarrow as pa
 
 from ingest.batch import Prepared
+from ingest.contracts import FORGET_PREFIX
 
 CHAT_COLUMNS = (
     "event_id", "schema_version", "response_id", "app_id", "user_id", "conversation_id", "messages", "response",
@@ -35,6 +36,7 @@ class Written:
     dead_letters: int
     quarantined: int
     findings: int
+    erased: int = 0  # late events of forgotten users, dropped
 
 
 def _insert(con, table: str, columns: tuple[str, ...], rows: list[dict], suffix: str = "") -> list:
@@ -71,9 +73,29 @@ def stored_offsets(con: duckdb.DuckDBPyConnection, group: str) -> dict[tuple[str
     return {(t, p): (o, c) for t, p, o, c in rows}
 
 
+def _forgotten(con, rows: list[dict]) -> set[str]:
+    """Event ids among `rows` of users forgotten after the event was made: late copies of erased data (an
+    outbox re-sent to a new broker, a slow producer) must not bring it back."""
+    if not rows:
+        return set()
+    con.register("_who", pa.Table.from_pylist([{"event_id": r["event_id"], "user_id": r["user_id"],
+                                                "created_at": r["created_at"]} for r in rows]))
+    try:
+        return {r[0] for r in con.execute(
+            "SELECT w.event_id FROM _who w JOIN forgotten_users f ON f.user_hash = sha256(? || w.user_id) "
+            "WHERE w.created_at <= f.forgotten_at", [FORGET_PREFIX]).fetchall()}
+    finally:
+        con.unregister("_who")
+
+
 def write(con: duckdb.DuckDBPyConnection, group: str, cluster_id: str | None, batch: Prepared) -> Written:
     con.execute("BEGIN TRANSACTION")
     try:
+        erased = _forgotten(con, batch.chats + batch.feedback)
+        if erased:
+            batch = replace(batch, chats=[r for r in batch.chats if r["event_id"] not in erased],
+                            feedback=[r for r in batch.feedback if r["event_id"] not in erased],
+                            findings=[f for f in batch.findings if f["event_id"] not in erased])
         new_chats = _insert(con, "chats", CHAT_COLUMNS, batch.chats, "ON CONFLICT DO NOTHING RETURNING event_id")
         _refresh_feedback_times(con, batch.feedback)
         new_fb = _insert(con, "feedback", FEEDBACK_COLUMNS, batch.feedback, "ON CONFLICT DO NOTHING RETURNING event_id")
@@ -98,5 +120,5 @@ def write(con: duckdb.DuckDBPyConnection, group: str, cluster_id: str | None, ba
     offered = len(batch.chats) + len(batch.feedback)
     return Written(
         chats=len(new_chats), feedback=len(new_fb), duplicates=batch.duplicates + offered - len(new_ids),
-        dead_letters=len(dead), quarantined=len(quarantined), findings=len(findings),
+        dead_letters=len(dead), quarantined=len(quarantined), findings=len(findings), erased=len(erased),
     )

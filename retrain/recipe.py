@@ -1,6 +1,6 @@
 """The training recipe, top to bottom: snapshot -> tokens -> batches -> model -> LoRA -> loop -> adapter.
 
-1. Load an approved snapshot (Parquet, `datasets`) and replay a share of samples from earlier snapshots.
+1. Load an approved snapshot (Parquet, read in place) and replay a share of samples from earlier snapshots.
 2. Render every sample with the model's chat template; the loss is on the assistant's tokens only.
 3. Bucket by length under a token budget, so little compute goes to padding. A KTO step takes a
    length-bucketed micro-batch of each class (desirable, undesirable), never one class alone.
@@ -80,11 +80,11 @@ class BadLoss(RuntimeError):
 # 1. Data ---------------------------------------------------------------------------------------------------
 
 def load_rows(snapshot_dir: Path, split: str) -> list[dict]:
-    import datasets
+    """The snapshot's rows, read straight from its Parquet file: `datasets.load_dataset` would leave an Arrow
+    copy of every snapshot in the Hugging Face cache (outside the data dir, out of `forget`'s reach)."""
+    import pyarrow.parquet as pq
 
-    path = Path(snapshot_dir) / f"{split}.parquet"
-    data = datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
-    return data.to_list()
+    return pq.read_table(Path(snapshot_dir) / f"{split}.parquet").to_pylist()
 
 
 def with_replay(rows: list[dict], earlier: list[list[dict]], share: float, seed: int) -> list[dict]:

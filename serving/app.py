@@ -533,6 +533,9 @@ def create_app(
             raise ApiError(404, "unknown response_id")
         if claims.app_id != app_id:
             raise ApiError(403, "this response_id was issued to another app")
+        if time.time() - claims.issued_at > cfg.feedback_window_days * 86_400:
+            raise ApiError(404, f"this response_id expired: feedback is taken for {cfg.feedback_window_days:g} days "
+                                "(serving.feedback_window_days)")
         rating = {"up": 1, "down": -1, 1: 1, -1: -1}.get(body.rating)
         if rating is None:
             raise ApiError(400, "rating: 'up' or 'down' (or 1 or -1)")

@@ -50,6 +50,9 @@ class ServingConfig(Section):
     max_batch: int = Field(16, ge=1, description="Most requests decoded together in one batch.")
     max_wait_ms: float = Field(10, ge=0, description="How long a request waits for others to batch with.")
     rate_limit_per_s: float = Field(200, gt=0, description="Requests per second per API key (429 beyond).")
+    feedback_window_days: float = Field(
+        30, gt=0, description="Feedback on an answer older than this is refused (404): a response id is not a "
+        "key that works forever, and a late rating must not bring back a forgotten user's data.")
     guess_burst: int = Field(20, ge=1, description="Wrong API or reviewer keys one client address may send "
                              "before it gets 429 for every key.")
     guess_per_s: float = Field(0.5, gt=0, description="Wrong keys per second an address may send after its "

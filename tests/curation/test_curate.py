@@ -112,7 +112,8 @@ def test_snapshots_are_user_disjoint_capped_deterministic_and_load_with_datasets
     snap = snapshot.build(db, cfg, tmp_path / "snapshots")
     import datasets
 
-    data = datasets.load_dataset("parquet", data_files=snap.data_files())
+    # cache_dir: datasets would otherwise leave an Arrow copy in ~/.cache, out of forget's reach
+    data = datasets.load_dataset("parquet", data_files=snap.data_files(), cache_dir=str(tmp_path / "hf-cache"))
     train, evals = data["train"], data["eval"]
     assert len(train) == snap.manifest["counts"]["train"] > 0 and len(evals) == snap.manifest["counts"]["eval"] > 0
     assert not set(list(train["user_key"])) & set(list(evals["user_key"]))

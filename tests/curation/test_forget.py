@@ -66,11 +66,14 @@ def test_forget_erases_every_row_and_the_bytes_and_taints_what_was_trained_on_th
     entry = con.execute("SELECT actor, action, details FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
     assert entry[:2] == ("dpo", "forget") and json.loads(entry[2])["adapters"] == ["v0001", "v0002"]
 
-    # An event of theirs that arrives late (from an outbox) stays out of training.
+    # Late copies of their events (an outbox re-sent to a new broker) are dropped by ingest: never stored again.
     store(con, zoe_events()[:2], scrub_pool.scrub)
+    for table in ("chats", "feedback", "pii_findings"):
+        assert con.execute(f"SELECT count(*) FROM {table} WHERE {'user_id' if table != 'pii_findings' else 'event_id'}"
+                           f" IN (SELECT {'user_id' if table != 'pii_findings' else 'event_id'} FROM "
+                           f"{'chats' if table == 'pii_findings' else table} WHERE user_id = 'zoe-77')").fetchone()[0] == 0
     curate.run(con, cfg)
     assert con.execute("SELECT count(*) FROM samples WHERE user_id = 'zoe-77'").fetchone()[0] == 0
-    con.execute("DELETE FROM chats WHERE user_id = 'zoe-77'; DELETE FROM feedback WHERE user_id = 'zoe-77'")
     con.close()
 
     compact(path)

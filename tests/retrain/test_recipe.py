@@ -213,3 +213,24 @@ def test_replay_mixes_in_the_configured_share_of_earlier_samples():
     assert len(replayed) == 20 and len(mixed) == 100  # 20% of what is trained on
     assert mixed == recipe.with_replay(now, earlier, 0.2, seed=0)  # seeded
     assert recipe.with_replay(now, earlier, 0.0, seed=0) == now
+
+
+def test_reading_a_snapshot_leaves_no_copy_outside_the_data_dir(db, scrub_pool, tmp_path, monkeypatch):
+    """`forget` deletes a snapshot's Parquet files; an Arrow copy in the Hugging Face cache would outlive it."""
+    import datasets
+
+    from curation import curate, snapshot
+    from curation.config import CurationConfig
+    from retrain.recipe import load_rows
+    from tests.curation.conftest import store
+    from tests.curation.test_curate import population
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    store(db, population(users=80), scrub_pool.scrub)
+    cfg = CurationConfig(review_policy="auto", eval_share=0.2, seed=7)
+    curate.run(db, cfg)
+    snap = snapshot.build(db, cfg, tmp_path / "snapshots")
+    rows = load_rows(snap.path, "train")
+    assert len(rows) == snap.manifest["counts"]["train"] > 0 and {"prompt", "completion", "label"} <= set(rows[0])
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))

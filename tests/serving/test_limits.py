@@ -235,3 +235,17 @@ def test_text_to_scrub_is_bounded_per_text_and_per_key(tmp_path):
     prose = "The parcel never came and nobody answered my emails. " * 300  # 15,900 characters
     assert [rate("k", rid, prose + str(i)).status_code for i in range(3)] == [202, 202, 429]
     assert rate("k2", rid_b, prose).status_code == 202  # another key has its own share
+
+
+def test_response_ids_expire(tmp_path):
+    import time
+
+    app = create_app(ServingConfig(api_keys={"a": ids.hash_key("k")}, feedback_window_days=30), generator=None,
+                     tokenizer=None, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c", feedback_topic="f",
+                     secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None), variants=lambda: ["base"])
+    client = TestClient(app, base_url="http://127.0.0.1")
+    for age_days, status in ((29.9, 202), (30.1, 404)):
+        rid = ids.issue(b"s" * 32, ids.ResponseClaims("a", "u-1", "base", None, time.time() - age_days * 86_400))
+        r = client.post("/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid, "rating": "up"})
+        assert r.status_code == status, (age_days, r.text)
+    assert "serving.feedback_window_days" in r.json()["error"]["message"]
