@@ -485,6 +485,8 @@ def build_app() -> typer.Typer:
         typer.echo("deleted    " + ", ".join(f"{n} {t}" for t, n in done["deleted"].items()))
         typer.echo(f"snapshots  {', '.join(done['snapshots']) + ' held their data (Parquet files deleted)' if done['snapshots'] else 'none held their data'}")
         typer.echo(f"adapters   {', '.join(done['adapters']) + ' trained on it (marked tainted: never promoted again)' if done['adapters'] else 'none trained on it'}")
+        for line in done.get("routing", []):
+            typer.echo(f"routing    {line}")
         typer.echo(f"database   compacted ({before:,} -> {after:,} bytes); audit entry written")
 
     audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)

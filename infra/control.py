@@ -418,3 +418,49 @@ def scheduled_ab() -> None:
         ab_tick(cfg, con.cursor())
     except Exception:
         log.exception("A/B evaluation failed; the live split is unchanged")
+
+
+def serve_untainted(cfg: Config, con) -> list[str]:
+    """After a forget, at once: nobody is served by an adapter that saw the user. A tainted live adapter is
+    replaced by its newest untainted ancestor whose files exist (else base), a running experiment with a
+    tainted arm ends (rolled back), and routing.json is republished; serving follows within seconds. Returns
+    what changed, one line each."""
+    from pathlib import Path
+
+    from abtest import experiment as ab
+    from curation import audit
+    from retrain import registry
+
+    said = []
+    con.execute("BEGIN TRANSACTION")
+    try:
+        exp = ab.get(con)
+        if exp is not None:
+            tainted = [v for v in (exp.challenger, exp.incumbent) if v != ab.BASE and registry.get(con, v)["tainted"]]
+            if tainted:
+                reason = f"{', '.join(tainted)} trained on a forgotten user's data"
+                ab.apply(con, exp, ab.Evaluation("rollback", reason), cfg.abtest)
+                challenger = registry.get(con, exp.challenger)
+                registry.set_status(con, exp.challenger, "rolled_back" if challenger["tainted"] else "candidate", reason)
+                audit.append(con, "forget", "rollback", exp.experiment_id, {"reason": reason})
+                said.append(f"{exp.experiment_id} ended: {reason}")
+        live = registry.live(con)
+        found = registry.get(con, live["version"]) if live else None
+        if found is not None and found["tainted"]:
+            parent = found["parent"]
+            while parent is not None:
+                p = registry.get(con, parent)
+                if p is not None and not p["tainted"] and p["path"] and Path(p["path"]).is_dir():
+                    break
+                parent = p["parent"] if p else None
+            registry.set_status(con, found["version"], "retired", "tainted: trained on a forgotten user's data")
+            if parent is not None:
+                registry.set_status(con, parent, "live", f"serves in place of tainted {found['version']}")
+            audit.append(con, "forget", "route", found["version"], {"now_serving": parent or ab.BASE})
+            said.append(f"{found['version']} is tainted: {parent or ab.BASE} serves now")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    publish_routing(cfg, con)
+    return said

@@ -265,8 +265,12 @@ def forget_user(con, cfg: Config, app_id: str, user_id: str, actor: str) -> dict
     if app_id not in cfg.serving.api_keys:  # a typo would otherwise erase nobody, quietly
         raise ValueError(f"unknown app {app_id!r}: one of {', '.join(sorted(cfg.serving.api_keys))} "
                          "(serving.api_keys; keep a retired app there until its users are erased)")
-    return forget(con, pseudonym(keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), app_id, user_id),
-                  actor).as_dict()
+    done = forget(con, pseudonym(keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), app_id, user_id), actor).as_dict()
+    if done["adapters"]:  # some were trained on the user: stop serving them now, not at the next A/B win
+        from infra.control import serve_untainted
+
+        done["routing"] = serve_untainted(cfg, con)
+    return done
 
 
 class Api:

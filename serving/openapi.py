@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ErrorDetail(BaseModel):
@@ -77,6 +77,7 @@ class Forgotten(BaseModel):
     deleted: dict[str, int]
     snapshots: list[str]
     adapters: list[str]
+    routing: list[str] = Field(default_factory=list, description="What serves instead of a tainted adapter.")
     compaction: str
 
 

@@ -122,3 +122,38 @@ def test_cli_curate_review_forget_and_audit(tmp_path, scrub_pool):
     con.close()
     broken = flywheel("audit", "verify", env=env)
     assert broken.returncode == 1 and "BROKEN at entry 2" in broken.stderr
+
+
+def test_forget_routes_away_from_a_tainted_live_adapter_at_once(tmp_path, scrub_pool):
+    """v0002 (live) descends from v0001, which trained on Zoe: both tainted, so v0000's files serve; with no
+    untainted ancestor, base serves. Before, the tainted adapter kept serving until a later A/B win."""
+    from infra.config import load_config
+    from infra.services import forget_user
+
+    data = tmp_path / "var"
+    data.mkdir()
+    zoe = ids.pseudonym(keys.data_dir_key(data, "user-pseudonyms"), "store", "zoe-77")
+    con = populated(data / "flywheel.duckdb", scrub_pool.scrub, zoe)
+    cfg = load_config(overrides=[f"data_dir={data}", f'serving.api_keys={{store = "{"0" * 64}"}}',
+                                 "curation.review_policy=auto"], env={})
+    curate.run(con, cfg.curation)
+    snap = snapshot.build(con, cfg.curation, data / "snapshots")
+    for v in ("v0000", "v0001", "v0002"):
+        (data / "adapters" / v).mkdir(parents=True)
+    con.executemany("INSERT INTO adapters (version, parent, status, base_model, snapshot_id, path) "
+                    "VALUES (?, ?, ?, 'b', ?, ?)",
+                    [["v0000", None, "retired", "snap-old", str(data / "adapters" / "v0000")],
+                     ["v0001", "v0000", "retired", snap.snapshot_id, str(data / "adapters" / "v0001")],
+                     ["v0002", "v0001", "live", "snap-later", str(data / "adapters" / "v0002")]])
+    done = forget_user(con, cfg, "store", "zoe-77", "dpo")
+    assert done["adapters"] == ["v0001", "v0002"] and done["routing"] == ["v0002 is tainted: v0000 serves now"]
+    routing = json.loads((data / "routing.json").read_text())
+    assert routing["split"] == [["v0000", 1.0]] and list(routing["adapters"]) == ["v0000"]
+    assert con.execute("SELECT status FROM adapters WHERE version = 'v0002'").fetchone() == ("retired",)
+    con.execute("UPDATE adapters SET tainted = true WHERE version = 'v0000'")  # no clean ancestor left
+    con.execute("UPDATE adapters SET status = 'live' WHERE version = 'v0000'")
+    from infra.control import serve_untainted
+
+    assert serve_untainted(cfg, con) == ["v0000 is tainted: base serves now"]
+    assert json.loads((data / "routing.json").read_text())["split"] == [["base", 1.0]]
+    con.close()
