@@ -171,11 +171,15 @@ def produce_synthetic(cfg: Config, bootstrap: str, n: int, seed: int = 0, malfor
     from ingest.producer import EventProducer
     from ingest.synthetic import events
 
+    from infra import keys
+    from serving.ids import pseudonym
+
+    key = keys.data_dir_key(cfg.data_dir, "user-pseudonyms")
     producer = EventProducer.connect(client_settings(cfg.kafka, bootstrap), cfg.kafka.chats_topic,
                                      cfg.kafka.feedback_topic)
     try:
-        for event in events(n, seed=seed):
-            producer.send(event)
+        for event in events(n, seed=seed):  # user ids as the API stores them: `forget` finds them by raw id
+            producer.send(event.model_copy(update={"user_id": pseudonym(key, event.app_id, event.user_id)}))
         for i in range(malformed):
             producer.send_raw(cfg.kafka.chats_topic, b"simulated", b'{"schema_version": 1, "broken": ' + str(i).encode())
         producer.flush(timeout=cfg.kafka.connect_timeout_s * 3)
@@ -262,9 +266,10 @@ def forget_user(con, cfg: Config, app_id: str, user_id: str, actor: str) -> dict
     from infra import keys
     from serving.ids import pseudonym
 
-    if app_id not in cfg.serving.api_keys:  # a typo would otherwise erase nobody, quietly
-        raise ValueError(f"unknown app {app_id!r}: one of {', '.join(sorted(cfg.serving.api_keys))} "
-                         "(serving.api_keys; keep a retired app there until its users are erased)")
+    known = set(cfg.serving.api_keys) | {a for (a,) in con.execute("SELECT DISTINCT app_id FROM chats").fetchall()}
+    if app_id not in known:  # a typo would otherwise erase nobody, quietly
+        raise ValueError(f"unknown app {app_id!r}: one of {', '.join(sorted(known))} (serving.api_keys and the "
+                         "apps of stored chats)")
     done = forget(con, pseudonym(keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), app_id, user_id), actor).as_dict()
     if done["adapters"]:  # some were trained on the user: stop serving them now, not at the next A/B win
         from infra.control import serve_untainted
