@@ -9,6 +9,7 @@ one that was, are marked tainted: never promoted again, replaced by the next ret
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -29,6 +30,19 @@ class Forgotten:
     def as_dict(self) -> dict:
         return {"user_hash": self.user_hash, "deleted": self.deleted, "snapshots": self.snapshots,
                 "adapters": self.adapters}
+
+
+def base64_fragments(value: str) -> list[str]:
+    """The parts of `value`'s URL-safe base64 encoding that do not depend on what precedes or follows it, for
+    each of the three byte alignments it can have inside a longer encoded text (JSON quotes it: '"value"')."""
+    out, quoted = [], f'"{value}"'.encode()
+    for pad in range(3):
+        encoded = base64.urlsafe_b64encode(b"\0" * pad + quoted).decode()
+        # Only whole 3-byte groups inside the value encode the same whatever surrounds it.
+        start, stop = 4 * -(-pad // 3), 4 * ((pad + len(quoted)) // 3)
+        if stop - start >= 8:
+            out.append(encoded[start:stop])
+    return out
 
 
 def user_hash(user_id: str) -> str:
@@ -72,6 +86,11 @@ def forget(con, user_id: str, actor: str) -> Forgotten:
         }
         for table, sql in statements.items():
             out.deleted[table] = con.execute(sql, {"u": user_id}).fetchone()[0]
+        # ... or carry it only inside an encoded response id (base64 of [app, user, ...]): match each of the
+        # three alignments the id can have in such an encoding.
+        for fragment in base64_fragments(user_id):
+            out.deleted["dead_letters"] += con.execute(
+                "DELETE FROM dead_letters WHERE contains(excerpt, ?)", [fragment]).fetchone()[0]
         now = datetime.now(timezone.utc)
         con.execute("INSERT INTO forgotten_users VALUES (?, ?) ON CONFLICT (user_hash) DO UPDATE SET "
                     "forgotten_at = excluded.forgotten_at", [out.user_hash, now])

@@ -462,5 +462,16 @@ def serve_untainted(cfg: Config, con) -> list[str]:
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    publish_routing(cfg, con)
+    routing = publish_routing(cfg, con)
+    # Tainted versions nothing routes to any more lose their files (serving has unloaded them or never will
+    # load them again: routing.json no longer names them).
+    import shutil
+
+    gone = [v for (v,) in con.execute("SELECT version FROM adapters WHERE tainted AND path IS NOT NULL "
+                                      "AND status NOT IN ('live', 'canary') ORDER BY version").fetchall()
+            if v not in routing["adapters"]]
+    for version in gone:
+        path = registry.drop_files(con, version, "tainted: files deleted after a forget")
+        shutil.rmtree(path, ignore_errors=True)
+        said.append(f"{version}: files deleted ({path})")
     return said

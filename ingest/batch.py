@@ -69,7 +69,8 @@ def _row(event: Event, record: Record, scrubbed: dict[str, str]) -> dict:
             "response": scrubbed["response"], "variant": event.variant, "experiment_id": event.experiment_id,
             "latency_ms": event.latency_ms,
         }
-    return base | {"rating": event.rating, "comment": scrubbed.get("comment"), "correction": scrubbed.get("correction")}
+    return base | {"rating": event.rating, "comment": scrubbed.get("comment"), "correction": scrubbed.get("correction"),
+                   "answered_at": event.answered_at}  # not stored: ingest's forgotten-user check reads it
 
 
 def _scrub_each(scrub: ScrubFn, groups: list[list[str]]) -> list[list[Scrubbed] | str]:

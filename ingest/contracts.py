@@ -84,6 +84,9 @@ class Feedback(_EventFields):
     rating: Literal[1, -1]
     comment: Text | None = None
     correction: Text | None = None
+    # When the rated answer was given (from its response id): a rating sent after its user was forgotten, on
+    # an answer from before, must not bring the user back (ingest drops it).
+    answered_at: datetime | None = None
 
 
 Event = ChatLog | Feedback

@@ -78,8 +78,11 @@ def _forgotten(con, rows: list[dict]) -> set[str]:
     outbox re-sent to a new broker, a slow producer) must not bring it back."""
     if not rows:
         return set()
+    # A rating counts from when its answer was given: sent after the forget, on an answer from before, it
+    # would bring the user back.
     con.register("_who", pa.Table.from_pylist([{"event_id": r["event_id"], "user_id": r["user_id"],
-                                                "created_at": r["created_at"]} for r in rows]))
+                                                "created_at": r.get("answered_at") or r["created_at"]}
+                                               for r in rows]))
     try:
         return {r[0] for r in con.execute(
             "SELECT w.event_id FROM _who w JOIN forgotten_users f ON f.user_hash = sha256(? || w.user_id) "

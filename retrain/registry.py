@@ -98,3 +98,12 @@ def ancestors(con, version: str | None) -> list[dict]:
         out.append(found)
         version = found["parent"]
     return out
+
+
+def drop_files(con, version: str, reason: str) -> str | None:
+    """Forget where a version's files are (they are being deleted); returns the path they had."""
+    row = con.execute("SELECT path FROM adapters WHERE version = ?", [version]).fetchone()
+    if row is None or row[0] is None:
+        return None
+    con.execute("UPDATE adapters SET path = NULL, reason = ? WHERE version = ?", [reason, version])
+    return row[0]

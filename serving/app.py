@@ -14,6 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -543,7 +544,8 @@ def create_app(
         # The same rating sent twice is one event: the id is derived from what it says.
         key = json.dumps([body.response_id, rating, body.comment, body.correction])
         event = Feedback(event_id=uuid.uuid5(FEEDBACK_NAMESPACE, key), response_id=body.response_id, app_id=app_id,
-                         user_id=claims.user_id, rating=rating, comment=body.comment, correction=body.correction)
+                         user_id=claims.user_id, rating=rating, comment=body.comment, correction=body.correction,
+                         answered_at=datetime.fromtimestamp(claims.issued_at, timezone.utc))
         await log_event(feedback_topic, event)
         return {"id": str(event.event_id), "object": "feedback", "accepted": True}
 

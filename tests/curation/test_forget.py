@@ -1,6 +1,7 @@
 """The right to be forgotten, through the library and through the CLI a data protection officer uses."""
 
 import json
+import uuid
 
 from curation import curate, snapshot
 from curation.config import CurationConfig
@@ -146,7 +147,10 @@ def test_forget_routes_away_from_a_tainted_live_adapter_at_once(tmp_path, scrub_
                      ["v0001", "v0000", "retired", snap.snapshot_id, str(data / "adapters" / "v0001")],
                      ["v0002", "v0001", "live", "snap-later", str(data / "adapters" / "v0002")]])
     done = forget_user(con, cfg, "store", "zoe-77", "dpo")
-    assert done["adapters"] == ["v0001", "v0002"] and done["routing"] == ["v0002 is tainted: v0000 serves now"]
+    assert done["adapters"] == ["v0001", "v0002"] and done["routing"][0] == "v0002 is tainted: v0000 serves now"
+    assert [line.split(":")[0] for line in done["routing"][1:]] == ["v0001", "v0002"]  # their files deleted
+    assert not (data / "adapters" / "v0001").exists() and not (data / "adapters" / "v0002").exists()
+    assert (data / "adapters" / "v0000").is_dir()
     routing = json.loads((data / "routing.json").read_text())
     assert routing["split"] == [["v0000", 1.0]] and list(routing["adapters"]) == ["v0000"]
     assert con.execute("SELECT status FROM adapters WHERE version = 'v0002'").fetchone() == ("retired",)
@@ -154,6 +158,34 @@ def test_forget_routes_away_from_a_tainted_live_adapter_at_once(tmp_path, scrub_
     con.execute("UPDATE adapters SET status = 'live' WHERE version = 'v0000'")
     from infra.control import serve_untainted
 
-    assert serve_untainted(cfg, con) == ["v0000 is tainted: base serves now"]
+    assert serve_untainted(cfg, con)[0] == "v0000 is tainted: base serves now"
     assert json.loads((data / "routing.json").read_text())["split"] == [["base", 1.0]]
+    con.close()
+
+
+def test_late_ratings_and_encoded_ids_of_a_forgotten_user_are_gone(tmp_path, scrub_pool):
+    """A rating sent after the forget on an answer from before it, and a dead letter that names the user only
+    inside a base64 response id: before, the first re-created their rows and the second stayed."""
+    import base64
+    from datetime import datetime, timedelta, timezone
+
+    from serving import ids as response_ids
+
+    path = tmp_path / "flywheel.duckdb"
+    con = populated(path, scrub_pool.scrub)
+    rid = response_ids.issue(b"s" * 32, response_ids.ResponseClaims("store", "zoe-77", "base", None, 1.0e9))
+    payload = base64.urlsafe_b64decode(rid.split(".")[1] + "==")
+    assert b"zoe-77" in payload and b"zoe-77" not in rid.encode()  # readable only when decoded
+    bad = Record("feedback", 0, 999_998, b'{"schema_version": 1, "kind": "feedback", "response_id": "%s"' % rid.encode())
+    sink.write(con, "test", None, prepare([bad], {"feedback": "feedback"}, scrub_pool.scrub, "test"))
+    done = forget(con, "zoe-77", "dpo")
+    assert done.deleted["dead_letters"] == 2  # the plain one from populated() and the encoded one
+    late = zoe_events()[1].model_copy(update={
+        "event_id": uuid.uuid4(), "created_at": datetime.now(timezone.utc) + timedelta(minutes=1),
+        "answered_at": datetime(2026, 10, 1, tzinfo=timezone.utc)})
+    store(con, [late], scrub_pool.scrub)
+    assert con.execute("SELECT count(*) FROM feedback WHERE user_id = 'zoe-77'").fetchone()[0] == 0
+    fresh = late.model_copy(update={"event_id": uuid.uuid4(), "answered_at": late.created_at})
+    store(con, [fresh], scrub_pool.scrub)  # a new answer after the forget is new data, kept
+    assert con.execute("SELECT count(*) FROM feedback WHERE user_id = 'zoe-77'").fetchone()[0] == 1
     con.close()
