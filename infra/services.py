@@ -203,6 +203,19 @@ class ReviewStore:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, cfg: Config):
         self.con, self.cfg = con, cfg
+        # sha256(FORGET_PREFIX || pseudonym) -> when, for the API's check of late ratings (loaded once, then
+        # kept current by forget() in this process)
+        self._forgotten = {h: t.timestamp() for h, t in con.execute(
+            "SELECT user_hash, forgotten_at FROM forgotten_users").fetchall()}
+
+    def forgotten_before(self, user_id: str, when: float) -> bool:
+        """Whether `user_id` (a pseudonym) was forgotten after `when` (epoch seconds)."""
+        import hashlib
+
+        from ingest.contracts import FORGET_PREFIX
+
+        at = self._forgotten.get(hashlib.sha256(f"{FORGET_PREFIX}{user_id}".encode()).hexdigest())
+        return at is not None and when <= at
 
     def pending(self, limit: int) -> list[dict]:
         from curation import review
@@ -256,6 +269,7 @@ class ReviewStore:
             done = forget_user(self.con.cursor(), self.cfg, app_id, user_id, actor)
         except ValueError as e:
             raise BadDecision(str(e)) from None
+        self._forgotten[done["user_hash"]] = time.time()
         compact_marker(self.cfg.db_path).touch()
         return {**done, "compaction": "pending: runs when the service stops or restarts"}
 
@@ -319,6 +333,7 @@ class Api:
             chats_topic=cfg.kafka.chats_topic, feedback_topic=cfg.kafka.feedback_topic,
             secret=response_secret(cfg), user_key=keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), route=self.router.route, variants=self.router.variants,
             ready=lambda: self.sender.healthy, registry=registry, review=review,
+            forgotten=review.forgotten_before if review is not None else None,
         )
         self.server = uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",
                                                     access_log=False))

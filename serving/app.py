@@ -348,7 +348,10 @@ def create_app(
     ready: Callable[[], bool] = lambda: True,
     registry: CollectorRegistry | None = None,
     review=None,
+    forgotten: Callable[[str, float], bool] | None = None,
 ) -> FastAPI:
+    """`forgotten(user, answered_at)`: whether that user was erased after that answer (then its rating is
+    refused); None where the API has no database (`flywheel serve`: ingest drops such ratings instead)."""
     for name, key in (("secret", secret), ("user_key", user_key)):
         if len(key) < 32:  # guessable: forged response ids, reviewer cookies, reversible pseudonyms
             raise ValueError(f"create_app: {name} is {len(key)} bytes, at least 32 are needed")
@@ -534,6 +537,8 @@ def create_app(
             raise ApiError(404, "unknown response_id")
         if claims.app_id != app_id:
             raise ApiError(403, "this response_id was issued to another app")
+        if forgotten is not None and forgotten(claims.user_id, claims.issued_at):
+            raise ApiError(404, "unknown response_id: its user's data was erased")
         if time.time() - claims.issued_at > cfg.feedback_window_days * 86_400:
             raise ApiError(404, f"this response_id expired: feedback is taken for {cfg.feedback_window_days:g} days "
                                 "(serving.feedback_window_days)")

@@ -249,3 +249,34 @@ def test_response_ids_expire(tmp_path):
         r = client.post("/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid, "rating": "up"})
         assert r.status_code == status, (age_days, r.text)
     assert "serving.feedback_window_days" in r.json()["error"]["message"]
+
+
+def test_a_rating_on_an_answer_from_before_a_forget_is_refused(db, tmp_path):
+    """Late ratings must not bring an erased user back: the API in `flywheel up` refuses them (404)."""
+    import time
+
+    from infra import keys
+    from infra.config import Config
+    from infra.services import ReviewStore
+
+    cfg = ServingConfig(api_keys={"a": ids.hash_key("k")}, admin_keys={"dpo": ids.hash_key("admin-key")})
+    store = ReviewStore(db, Config(data_dir=tmp_path, serving=cfg))
+    app = create_app(cfg, generator=None, tokenizer=None, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c",
+                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
+                     variants=lambda: ["base"], review=store, forgotten=store.forgotten_before)
+    client = TestClient(app, base_url="http://127.0.0.1")
+    ann = ids.pseudonym(keys.data_dir_key(tmp_path, "user-pseudonyms"), "a", "ann")
+    before = ids.issue(b"s" * 32, ids.ResponseClaims("a", ann, "base", None, time.time() - 60))
+
+    def rate(rid):
+        return client.post("/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid,
+                                                                                        "rating": "up"})
+
+    assert rate(before).status_code == 202
+    erased = client.post("/v1/admin/forget", headers={"Authorization": "Bearer admin-key"},
+                         json={"app": "a", "user": "ann"})
+    assert erased.status_code == 200
+    refused = rate(before)
+    assert refused.status_code == 404 and "erased" in refused.json()["error"]["message"]
+    after = ids.issue(b"s" * 32, ids.ResponseClaims("a", ann, "base", None, time.time() + 1))
+    assert rate(after).status_code == 202  # an answer given after the forget is new data
