@@ -231,6 +231,7 @@ def build_app() -> typer.Typer:
 
             scheduler, job = control.start_scheduler(cfg, con)
             stack.callback(control.stop_jobs, scheduler)
+            svc.review.after_taint = lambda: control.retrain_soon(scheduler)
             control.publish_routing(cfg, con.cursor())
             control.start_ab_job(cfg, con, scheduler)
             typer.echo(f"retrain   nightly on cron '{cfg.retrain.schedule}', next {job.next_run_time:%Y-%m-%d %H:%M %Z} "

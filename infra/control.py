@@ -317,6 +317,19 @@ def start_scheduler(cfg: Config, con):
     return scheduler, job
 
 
+RETRAIN_AFTER_FORGET_S = 60  # forgets that come together (a batch of requests) share one run
+
+
+def retrain_soon(scheduler, delay_s: float = RETRAIN_AFTER_FORGET_S):
+    """Run the retrain once, `delay_s` from now (again from now if already pending): after a forget tainted
+    an adapter, so that a model trained without the user replaces its ancestor before the next night."""
+    from datetime import datetime, timedelta, timezone
+
+    return scheduler.add_job("infra.control:scheduled_retrain", "date", id="retrain-after-forget",
+                             run_date=datetime.now(timezone.utc) + timedelta(seconds=delay_s),
+                             replace_existing=True, jobstore="memory")
+
+
 # A/B -------------------------------------------------------------------------------------------------------
 
 def publish_routing(cfg: Config, con, exp=None) -> dict:

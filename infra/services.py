@@ -51,6 +51,7 @@ class Services:
     ingest: object
     ingest_thread: threading.Thread
     api: Api
+    review: ReviewStore
 
 
 def start_services(cfg: Config, stack: ExitStack, halt: threading.Event,
@@ -80,11 +81,12 @@ def start_services(cfg: Config, stack: ExitStack, halt: threading.Event,
     stack.callback(thread.join)
     stack.callback(stop.set)  # on an error during start-up; in a clean stop ingest has ended by now
     echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
-    api = Api(cfg, bootstrap, registry, review=ReviewStore(con, cfg))
+    review = ReviewStore(con, cfg)
+    api = Api(cfg, bootstrap, registry, review=review)
     stack.callback(shut_down, api, thread, drain, stop, echo)
     echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
     echo(f"review    {api.url}/review  and A/B dashboard {api.url}/ab  (sign in with a key from serving.admin_keys)")
-    return Services(bootstrap, kind, con, ingest, thread, api)
+    return Services(bootstrap, kind, con, ingest, thread, api, review)
 
 
 def anchor_audit(con, data_dir: Path, stop: threading.Event, every_s: float = 2.0) -> None:
@@ -207,6 +209,7 @@ class ReviewStore:
         # kept current by forget() in this process)
         self._forgotten = {h: t.timestamp() for h, t in con.execute(
             "SELECT user_hash, forgotten_at FROM forgotten_users").fetchall()}
+        self.after_taint: Callable[[], object] | None = None  # `up` sets it: retrain soon without the user
 
     def forgotten_before(self, user_id: str, when: float) -> bool:
         """Whether `user_id` (a pseudonym) was forgotten after `when` (epoch seconds)."""
@@ -270,6 +273,9 @@ class ReviewStore:
         except ValueError as e:
             raise BadDecision(str(e)) from None
         self._forgotten[done["user_hash"]] = time.time()
+        if done["adapters"] and self.after_taint is not None:
+            self.after_taint()
+            done["routing"] = [*done.get("routing", []), "a retrain without the user is scheduled within a minute"]
         compact_marker(self.cfg.db_path).touch()
         return {**done, "compaction": "pending: runs when the service stops or restarts"}
 

@@ -129,7 +129,7 @@ def test_forget_routes_away_from_a_tainted_live_adapter_at_once(tmp_path, scrub_
     """v0002 (live) descends from v0001, which trained on Zoe: both tainted, so v0000's files serve; with no
     untainted ancestor, base serves. Before, the tainted adapter kept serving until a later A/B win."""
     from infra.config import load_config
-    from infra.services import forget_user
+    from infra.services import ReviewStore
 
     data = tmp_path / "var"
     data.mkdir()
@@ -146,9 +146,12 @@ def test_forget_routes_away_from_a_tainted_live_adapter_at_once(tmp_path, scrub_
                     [["v0000", None, "retired", "snap-old", str(data / "adapters" / "v0000")],
                      ["v0001", "v0000", "retired", snap.snapshot_id, str(data / "adapters" / "v0001")],
                      ["v0002", "v0001", "live", "snap-later", str(data / "adapters" / "v0002")]])
-    done = forget_user(con, cfg, "store", "zoe-77", "dpo")
+    store, scheduled = ReviewStore(con, cfg), []
+    store.after_taint = lambda: scheduled.append(1)  # `up` wires control.retrain_soon here
+    done = store.forget("store", "zoe-77", "dpo")
     assert done["adapters"] == ["v0001", "v0002"] and done["routing"][0] == "v0002 is tainted: v0000 serves now"
-    assert [line.split(":")[0] for line in done["routing"][1:]] == ["v0001", "v0002"]  # their files deleted
+    assert [line.split(":")[0] for line in done["routing"][1:3]] == ["v0001", "v0002"]  # their files deleted
+    assert scheduled == [1] and "retrain without the user is scheduled" in done["routing"][3]
     assert not (data / "adapters" / "v0001").exists() and not (data / "adapters" / "v0002").exists()
     assert (data / "adapters" / "v0000").is_dir()
     routing = json.loads((data / "routing.json").read_text())
@@ -189,3 +192,24 @@ def test_late_ratings_and_encoded_ids_of_a_forgotten_user_are_gone(tmp_path, scr
     store(con, [fresh], scrub_pool.scrub)  # a new answer after the forget is new data, kept
     assert con.execute("SELECT count(*) FROM feedback WHERE user_id = 'zoe-77'").fetchone()[0] == 1
     con.close()
+
+
+def test_a_retrain_without_the_user_runs_within_a_minute(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from infra import control
+    from infra.config import load_config
+
+    cfg = load_config(overrides=[f"data_dir={tmp_path}"], env={})
+    con = open_store(tmp_path / "flywheel.duckdb")
+    scheduler, nightly = control.start_scheduler(cfg, con)
+    try:
+        control.retrain_soon(scheduler)
+        job = control.retrain_soon(scheduler)  # a second forget moves it, never adds a second run
+        jobs = [j for j in scheduler.get_jobs() if j.id == "retrain-after-forget"]
+        now = datetime.now(timezone.utc)
+        assert jobs == [job] and now < job.next_run_time <= now + timedelta(seconds=61)
+        assert job.next_run_time < nightly.next_run_time  # sooner than the night
+    finally:
+        scheduler.shutdown(wait=False)
+        con.close()
