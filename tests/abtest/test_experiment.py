@@ -141,7 +141,8 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
         control.ab_tick(cfg, db)
     app = FastAPI()
     install_error_handlers(app)
-    add_review_routes(app, ReviewStore(db, cfg), {"lead": ids.hash_key("lead-key")}, b"s", ApiError)
+    add_review_routes(app, ReviewStore(db, cfg), {"lead": ids.hash_key("lead-key")}, b"s", ApiError,
+                      throttle=ids.GuessThrottle(20, 0.5))
     with serve_in_thread(app) as url:
         browser.get(url + "/ab")
         browser.find_element(By.ID, "key").send_keys("lead-key")
