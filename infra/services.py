@@ -213,11 +213,9 @@ class ReviewStore:
 
     def forgotten_before(self, user_id: str, when: float) -> bool:
         """Whether `user_id` (a pseudonym) was forgotten after `when` (epoch seconds)."""
-        import hashlib
+        from curation.forget import user_hash
 
-        from ingest.contracts import FORGET_PREFIX
-
-        at = self._forgotten.get(hashlib.sha256(f"{FORGET_PREFIX}{user_id}".encode()).hexdigest())
+        at = self._forgotten.get(user_hash(user_id))
         return at is not None and when <= at
 
     def pending(self, limit: int) -> list[dict]:

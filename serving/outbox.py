@@ -189,9 +189,10 @@ class OutboxSender:
         self.wakeup.set()
         self._thread.join(30)
         self._confirm()  # what ingest stored in the meantime leaves the file now
-        for client in (self._producer, self._admin):
-            if client is not None:
-                client.close(timeout=2) if client is self._producer else client.close()
+        if self._producer is not None:
+            self._producer.close(timeout=2)
+        if self._admin is not None:
+            self._admin.close()
 
     def _loop(self) -> None:
         backoff = 0.1

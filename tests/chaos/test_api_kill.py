@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from infra.broker import free_port
 from infra.db import open_store
+from tests.chaos.load import Load
 from tests.ingest.test_consumer import ingest_until_caught_up, process_env, topic_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -62,53 +62,24 @@ def test_kill_9_under_load_loses_no_acknowledged_event(broker, tmp_path, tiny_lm
         proc.kill()
         raise AssertionError("flywheel serve did not start")
 
-    acked_chats, acked_feedback, failed = set(), set(), [0]
-    stop = threading.Event()
-
-    def client(i: int) -> None:
-        auth = {"Authorization": f"Bearer {KEY}"}
-        with httpx.Client(base_url=url, headers=auth, timeout=10) as c:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                try:
-                    r = c.post("/v1/chat/completions", json={
-                        "user": f"user-{i}", "messages": [{"role": "user", "content": f"question {i}-{n}"}]})
-                    if r.status_code != 200:
-                        failed[0] += 1
-                        continue
-                    acked_chats.add(r.json()["id"])
-                    f = c.post("/v1/feedback", json={"response_id": r.json()["id"], "rating": "up" if n % 2 else "down"})
-                    if f.status_code == 202:
-                        acked_feedback.add(f.json()["id"])
-                    else:
-                        failed[0] += 1
-                except httpx.HTTPError:  # the API is down: a client sees an error, never a false 2xx
-                    failed[0] += 1
-                    time.sleep(0.05)
-
     proc = start()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
+    load = Load(url, KEY, clients=8)
     relays = []
     try:
         for _ in range(2):
             time.sleep(6)
             relays += children(proc.pid)
-            before = len(acked_chats)
+            before = len(load.acked_chats)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             assert before > 0
             proc = start()
         time.sleep(4)
-        stop.set()
-        for t in threads:
-            t.join(30)
+        load.stop()
         proc.send_signal(signal.SIGTERM)  # drains the outbox to Kafka before it exits
         assert proc.wait(60) == 0
     finally:
-        stop.set()
+        load.stop()
         proc.kill()
     deadline = time.monotonic() + 10
     while any(alive(p) for p in relays) and time.monotonic() < deadline:
@@ -121,8 +92,9 @@ def test_kill_9_under_load_loses_no_acknowledged_event(broker, tmp_path, tiny_lm
         feedback = {str(r[0]) for r in con.execute("SELECT event_id FROM feedback").fetchall()}
     finally:
         con.close()
-    assert acked_chats and acked_feedback and failed[0] > 0
+    acked_chats, acked_feedback = load.acked_chats, load.acked_feedback
+    assert acked_chats and acked_feedback and load.failed > 0
     assert acked_chats <= chats, f"{len(acked_chats - chats)} acknowledged chats missing"
     assert acked_feedback <= feedback, f"{len(acked_feedback - feedback)} acknowledged ratings missing"
     print(f"\n2 kills under load: {len(acked_chats)} chats and {len(acked_feedback)} ratings acknowledged, all in "
-          f"DuckDB; {failed[0]} requests failed while the API was down")
+          f"DuckDB; {load.failed} requests failed while the API was down")

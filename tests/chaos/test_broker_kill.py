@@ -13,7 +13,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -22,6 +21,7 @@ import pytest
 from infra.broker import free_port
 from infra.config import load_config
 from infra.db import open_store
+from tests.chaos.load import Load
 from tests.ingest.test_consumer import process_env
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -55,33 +55,7 @@ def test_kill_9_of_the_bundled_broker_and_a_stop_mid_load_lose_no_acknowledged_e
         proc.kill()
         raise AssertionError(f"flywheel up did not start: {proc.communicate()[0][-3000:]}")
 
-    acked_chats, acked_feedback, failed = set(), set(), [0]
-    stop = threading.Event()
-
-    def client(i: int) -> None:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                try:
-                    r = c.post("/v1/chat/completions", json={
-                        "user": f"user-{i}", "messages": [{"role": "user", "content": f"question {i}-{n}"}]})
-                    if r.status_code != 200:
-                        failed[0] += 1
-                        continue
-                    acked_chats.add(r.json()["id"])
-                    f = c.post("/v1/feedback", json={"response_id": r.json()["id"], "rating": "up" if n % 2 else "down"})
-                    if f.status_code == 202:
-                        acked_feedback.add(f.json()["id"])
-                    else:
-                        failed[0] += 1
-                except httpx.HTTPError:  # the API has closed: an error, never a false 2xx
-                    failed[0] += 1
-                    time.sleep(0.05)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
+    load = Load(url, KEY, clients=6, timeout=30)
     rng, kills = random.Random(18), 0
     try:
         for _ in range(10):
@@ -95,14 +69,12 @@ def test_kill_9_of_the_bundled_broker_and_a_stop_mid_load_lose_no_acknowledged_e
                 assert time.monotonic() < deadline and proc.poll() is None, "the broker was not restarted"
                 time.sleep(0.1)
         time.sleep(2)
-        before = len(acked_chats)
+        before = len(load.acked_chats)
         proc.send_signal(signal.SIGTERM)  # mid-load: the clients keep sending until the API has closed
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
+        load.stop()
         proc.kill()
     con = open_store(cfg.db_path)
     try:
@@ -110,6 +82,7 @@ def test_kill_9_of_the_bundled_broker_and_a_stop_mid_load_lose_no_acknowledged_e
         feedback = {str(r[0]) for r in con.execute("SELECT event_id FROM feedback").fetchall()}
     finally:
         con.close()
+    acked_chats, acked_feedback = load.acked_chats, load.acked_feedback
     assert kills == 10 and before > 0 and acked_feedback
     loose = [f"{p.relative_to(tmp_path)} {p.stat().st_mode & 0o777:o}" for p in [tmp_path, *tmp_path.rglob("*")]
              if p.stat().st_mode & 0o077]
@@ -119,4 +92,4 @@ def test_kill_9_of_the_bundled_broker_and_a_stop_mid_load_lose_no_acknowledged_e
     assert acked_chats <= chats, f"{len(acked_chats - chats)} of {len(acked_chats)} acknowledged chats missing"
     assert acked_feedback <= feedback, f"{len(acked_feedback - feedback)} acknowledged ratings missing"
     print(f"\n10 broker kills and a stop under load: {len(acked_chats)} chats and {len(acked_feedback)} ratings "
-          f"acknowledged, all in DuckDB; {failed[0]} requests refused once HTTP closed\n{out[-800:]}")
+          f"acknowledged, all in DuckDB; {load.failed} requests refused once HTTP closed\n{out[-800:]}")
