@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.config import PiiConfig  # noqa: E402
-from ingest.pii_eval import Sample, Score, corpus  # noqa: E402
+from ingest.pii_eval import STORE_WORDS, Sample, Score, corpus  # noqa: E402
 from ingest.scrub import Scrubber, offline_tldextract  # noqa: E402
 from ingest.synthetic import PII_TEMPLATES, pii_value  # noqa: E402
 
@@ -82,18 +82,20 @@ def run_presidio(samples: list[Sample], model: str) -> tuple[Score, float]:
     return score, len(samples) / elapsed
 
 
-def report(name: str, ours: tuple[Score, float], base: tuple[Score, float], leaks: int) -> None:
+def report(name: str, ours: tuple[Score, float], base: tuple[Score, float], leaks: int,
+           with_store_words: Score | None = None) -> None:
     (a, a_rate), (b, b_rate) = ours, base
     print(f"\n## {name}: {sum(st['n'] for st in a.per_type.values())} labelled values")
     print(f"{'entity':<16}{'values':>7} | {'recall':>7}{'leaked':>7}{'partly':>7}{'prec':>6} | "
-          f"{'Presidio':>8}{'leaked':>7}")
+          f"{'Presidio':>8}{'leaked':>7}{'prec':>6}")
     kinds = sorted((k for k in a.per_type if a.per_type[k]["n"]), key=lambda k: -a.per_type[k]["n"])
     for k in kinds:
-        st, bt = a.per_type[k], b.per_type.get(k, {"n": 0, "hit": 0, "leaked": 0})
+        st, bt = a.per_type[k], b.per_type.get(k, {"n": 0, "hit": 0, "leaked": 0, "found": 0, "true": 0})
         prec = st["true"] / st["found"] if st["found"] else float("nan")
+        b_prec = bt["true"] / bt["found"] if bt["found"] else float("nan")
         b_recall = bt["hit"] / bt["n"] if bt.get("n") else float("nan")
         print(f"{k:<16}{st['n']:>7} | {a.recall(k):>7.3f}{st['leaked']:>7}{st['partly']:>7}{prec:>6.2f} | "
-              f"{b_recall:>8.3f}{bt['leaked']:>7}")
+              f"{b_recall:>8.3f}{bt['leaked']:>7}{b_prec:>6.2f}")
     print(f"{'leaked values':<24}{'Flywheel':>12}{'Presidio':>12}")
     print(f"{'  count':<24}{a.leaked:>12}{b.leaked:>12}")
     print(f"{'  share':<24}{a.leak_rate:>12.2%}{b.leak_rate:>12.2%}")
@@ -101,6 +103,9 @@ def report(name: str, ours: tuple[Score, float], base: tuple[Score, float], leak
     print(f"{'findings on no value':<24}{a.false_findings:>12}{b.false_findings:>12}")
     if a.domain_words:
         print(f"{'domain words scrubbed':<24}{a.over_redaction:>12.2%}{b.over_redaction:>12.2%}")
+    if with_store_words is not None:
+        print(f"{'  store words allowed':<24}{with_store_words.over_redaction:>12.2%}"
+              f"   (ingest.pii.allow_words = the store's {len(STORE_WORDS)} brand and product names)")
     print(f"{'texts/s':<24}{a_rate:>12.1f}{b_rate:>12.1f}   ratio {a_rate / b_rate:.2f}x")
     for kind, value, text in a.leaks[:leaks]:
         print(f"  leaked {kind}: {value!r} in {text!r}")
@@ -120,7 +125,8 @@ def main() -> None:
     print(f"faker set: {len(faker_set)} texts, seed {args.seed}; template set: {len(template_set)} sentences")
     for name, samples in (("faker", faker_set), ("templates", template_set)):
         if samples:
-            report(name, run_flywheel(samples, cfg), run_presidio(samples, cfg.spacy_model), args.leaks)
+            store = run_flywheel(samples, PiiConfig(workers=0, allow_words=list(STORE_WORDS)))[0] if name == "faker" else None
+            report(name, run_flywheel(samples, cfg), run_presidio(samples, cfg.spacy_model), args.leaks, store)
     if args.names_held_out:
         held_out_names(faker_set, cfg, args.names_held_out)
 

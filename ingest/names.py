@@ -3,7 +3,7 @@
 spaCy's small English model finds names by their capital letters: on chat text ("thx priya", "HI ITS JANE
 VŨ") it missed half of them (bench/pii_quality.py). Two remedies, both independent of case:
 
-- `NameGazetteer`: the given names and surnames of every Latin-script locale of Faker (86 locales; the
+- `gazetteer()` and `name_spans`: the given names and surnames of every Latin-script locale of Faker (86 locales; the
   romanised Chinese and Japanese lists too), 39,817 words. A run of two or more name words is a name
   in any case; one name word alone is a name unless it is also a common English word (by wordfreq: "grace",
   "page", "brown"), and even then after a cue ("thx", "its", "agent", "regards,"). A rare word next to a
@@ -130,11 +130,13 @@ def truecase(text: str) -> str:
     return "".join(out)
 
 
-@lru_cache(maxsize=4096)  # truecase and NameRecognizer ask for the same text, one after the other
+# truecase (for spaCy's pipe, up to 256 texts ahead) and NameRecognizer ask for the same text.
+@lru_cache(maxsize=1024)
 def name_spans(text: str) -> tuple[tuple[int, int, float], ...]:
     """(start, end, score) of names the gazetteer finds, in any case."""
     given, family = gazetteer()
     words = [(m.start(), m.end(), m.group().lower()) for m in WORD.finditer(text)]
+    cased = not one_case(text)
     spans: list[tuple[int, int, float]] = []
     i = 0
     while i < len(words):
@@ -158,7 +160,7 @@ def name_spans(text: str) -> tuple[tuple[int, int, float], ...]:
             j += 1
         run = words[i : j + 1]
         common = [zipf(x[2]) >= COMMON_ZIPF for x in run]
-        if len(run) == 1 and not _single_name(text, words, i, common[0], w in given):
+        if len(run) == 1 and not _single_name(text, words, i, common[0], w in given, cased):
             i = j + 1
             continue
         start, end = run[0][0], run[-1][1]
@@ -198,20 +200,20 @@ def _unknown(word: str) -> bool:
     return zipf(word) < UNKNOWN_ZIPF and word not in _stop()
 
 
-def _single_name(text: str, words: list, i: int, common: bool, given: bool) -> bool:
+def _single_name(text: str, words: list, i: int, common: bool, given: bool, cased: bool) -> bool:
     """One name word alone: a name after a cue (a weak cue will do for a given name that is also a common word:
     "for john", not "your orders page"); else only when rare in English or capitalised in cased text."""
     s, e, w = words[i]
     cued = _cue_before(text, words, i)
     if cued == "strong":
         return True
-    if text[:s].rstrip().endswith(",") and not text[e:].strip(" .!?"):  # a signature: "..., priya"
-        return True
+    if len(text) - e <= 3 and not text[e:].strip(" .!?") and text[max(0, s - 3) : s].rstrip().endswith(","):
+        return True  # a signature at the end: "..., priya"
     if cued == "weak":
         return given or not common
     if common:
         return False
-    return zipf(w) < RARE_NAME_ZIPF or (text[s].isupper() and text[s + 1 : e].islower() and not one_case(text))
+    return zipf(w) < RARE_NAME_ZIPF or (cased and text[s].isupper() and text[s + 1 : e].islower())
 
 
 def _adjacent(text: str, end: int, start: int, gap: str = " -") -> bool:

@@ -35,6 +35,9 @@ DOMAIN_PHRASES = (
     "Gore-Tex lining", "Merino socks", "the Patagonia fleece", "Hermes tracking page", "Zalando had it cheaper",
 )
 
+# The store's own brand and product words among them: what a store puts in `ingest.pii.allow_words`.
+STORE_WORDS = ("Northwind Outfitters", "Trailblazer", "Alpine", "Summit", "Gore-Tex", "Merino", "Patagonia")
+
 TEMPLATES = (
     "hi its {name} here, {domain}. can u check my order",
     "thx {first}! {domain}",

@@ -27,12 +27,10 @@ TIMEOUT_S = 2.0
 class _Recognizer(EntityRecognizer):
     entity = ""
 
-    context: list[str] = []
-
     def __init__(self, timeout_s: float = TIMEOUT_S):
-        self.timeout_s = timeout_s
-        super().__init__(supported_entities=[self.entity], name=type(self).__name__, supported_language="en",
-                         context=self.context)
+        self.timeout_s = timeout_s  # cues are matched by each recognizer itself: Presidio's context words skip
+        # stop words, and spaCy counts "call" and "name" among them
+        super().__init__(supported_entities=[self.entity], name=type(self).__name__, supported_language="en")
 
     def load(self) -> None:
         pass

@@ -1,12 +1,18 @@
-"""PII scrubbing: Presidio analyzer + anonymizer on spaCy NER, tuned for throughput.
+"""PII scrubbing: Presidio analyzer + anonymizer on spaCy NER, with recognizers for chat text, tuned for speed.
 
-What makes it fast without changing what Presidio finds:
+What it finds beyond Presidio's predefined recognizers (bench/pii_quality.py): names in any case (the NER
+reads a truecased view of one-case text, and a gazetteer finds names by itself: ingest/names.py); phones,
+addresses and postcodes of other countries, spelled-out emails, Luhn-valid card numbers of any length, and
+dates of birth and passport numbers after their cue (ingest/recognizers.py). What it lets through: commerce
+brands and `allow_words`, which the NER takes for names.
+
+What makes it fast:
 - spaCy runs only its `ner` component (it has its own tok2vec in the small English model; the shared
   tok2vec, tagger, parser and lemmatizer feed nothing that the recognizers need), batched with `nlp.pipe`;
 - NLP artifacts are built from token attributes (is_stop, is_punct) instead of Presidio's per-token
   vocabulary lookups, which took a quarter of the time;
 - recognizers for number-shaped entities (phones, cards, SSNs, ...) are skipped on texts with too few
-  digits; phonenumbers' matcher alone cost more than the NER;
+  digits; phonenumbers' matcher (Presidio's PhoneRecognizer) is replaced: alone it cost more than the NER;
 - batches are split across worker processes (`ScrubPool`) so both cores scrub.
 
 Findings keep entity type, offsets in the original text and score, never the value.
@@ -217,6 +223,7 @@ class Scrubber:
 
             self.nlp, self.engine, self.analyzer, self.entities = _build_analyzer(cfg)
             self.anonymizer = AnonymizerEngine()  # default operator: replace with <ENTITY_TYPE>
+        truecase("warm up")  # loads the gazetteer and wordfreq (~2 s) now, not inside the first batch's budget
         self.allowed_phrases = {a.lower() for a in cfg.allow_list}
         self.allowed_words = COMMERCE_WORDS | {  # "Gore-Tex" allows "Gore" too: the NER splits at hyphens
             w.lower() for a in cfg.allow_words for word in WORD.findall(a) for w in (word, *re.split(r"['’-]", word))
@@ -225,6 +232,11 @@ class Scrubber:
         logging.getLogger("presidio-analyzer").addHandler(self.alarm)
 
     def scrub(self, texts: list[str]) -> list[Scrubbed]:
+        from presidio_analyzer import pattern_recognizer
+
+        # Presidio reads its regex timeout from one module-wide variable: this scrubber's, while it scrubs
+        # (another scrubber in the process, as in the tests, may have set its own).
+        pattern_recognizer.REGEX_TIMEOUT_SECONDS = self.cfg.regex_timeout_s
         out = []
         docs = self.nlp.pipe(map(truecase, texts), batch_size=256)  # same offsets, names capitalised
         for text, doc in zip(texts, docs):

@@ -5,15 +5,12 @@ import pytest
 
 from ingest.config import PiiConfig
 from ingest.names import truecase
-from ingest.pii_eval import Score, corpus
+from ingest.pii_eval import STORE_WORDS, Score, corpus
 from ingest.scrub import ScrubFailed, ScrubPool
-
-STORE_WORDS = ["Northwind Outfitters", "Trailblazer", "Alpine", "Summit", "Gore-Tex", "Merino", "Patagonia"]
-
 
 @pytest.fixture(scope="module")
 def store_pool():
-    pool = ScrubPool(PiiConfig(workers=0, allow_words=STORE_WORDS))
+    pool = ScrubPool(PiiConfig(workers=0, allow_words=list(STORE_WORDS)))
     yield pool
     pool.close()
 
@@ -99,13 +96,9 @@ def test_truecase_keeps_offsets_and_only_capitalises_in_one_case_text():
     assert truecase("Mixed case, priya stays") == "Mixed case, priya stays"
 
 
-def test_a_regex_timeout_in_our_recognizers_fails_closed(monkeypatch):
-    from presidio_analyzer import pattern_recognizer
-
+def test_a_regex_timeout_in_our_recognizers_fails_closed():
     from ingest.recognizers import recognizers
 
-    # Building a scrubber sets Presidio's module-wide regex timeout: put it back for the other tests.
-    monkeypatch.setattr(pattern_recognizer, "REGEX_TIMEOUT_SECONDS", pattern_recognizer.REGEX_TIMEOUT_SECONDS)
     text = "deliver to 36 debra forges, singhside, n33 4as, or email jo dot x at web dot de " * 50
     slow = [r for r in recognizers(timeout_s=1e-9) if r.name in ("AddressRecognizer", "SpelledEmailRecognizer")]
     for rec in slow:
