@@ -157,7 +157,9 @@ class EmbeddedBroker:
             self._end_process()
             raise
         state = BrokerState(self.proc.pid, self.cfg.host, self.port, "daemon" if self.detach else "up")
-        (self.data_dir / STATE_FILE).write_text(json.dumps(asdict(state)))
+        tmp = self.data_dir / f".{STATE_FILE}.{os.getpid()}"  # other processes read it: never half-written
+        tmp.write_text(json.dumps(asdict(state)))
+        os.replace(tmp, self.data_dir / STATE_FILE)
         log.info("bundled Kafka broker (tansu, pid %d) listening on %s", self.proc.pid, self.bootstrap)
         if self.supervise and self._watcher is None:
             self._watching.set()
@@ -166,14 +168,18 @@ class EmbeddedBroker:
         return self
 
     def _watch(self) -> None:
-        """Restart a broker that died (kill -9, OOM) on the same port; clients reconnect by themselves."""
+        """Restart a broker that died (kill -9, OOM) on the same port; clients reconnect by themselves.
+
+        A restart that fails (the topics not created in time on a loaded machine) leaves no process
+        (`self.proc` is None): that is retried too, until one starts or `stop` is called."""
         while self._watching.is_set():
             time.sleep(0.2)
             proc = self.proc
-            if proc is None or proc.poll() is None or not self._watching.is_set():
+            if not self._watching.is_set() or (proc is not None and proc.poll() is None):
                 continue
-            log.warning("bundled Kafka broker (pid %d) exited with code %s: starting a new one on %s",
-                        proc.pid, proc.returncode, self.bootstrap)
+            if proc is not None:
+                log.warning("bundled Kafka broker (pid %d) exited with code %s: starting a new one on %s",
+                            proc.pid, proc.returncode, self.bootstrap)
             try:
                 self.start()
                 self.restarts += 1

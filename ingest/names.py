@@ -59,6 +59,8 @@ COMMERCE_WORDS = frozenset(
     "ebay etsy shopify zalando asos walmart target costco ikea aliexpress temu shein".split()
 )
 WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|['’-](?=[^\W\d_]))*")
+# A word standing alone: letters inside a token ("3Du9" in a base64 id, "anna5") are not a name.
+TOKEN = re.compile(r"(?<!\w)[^\W\d_](?:[^\W\d_]|['’-](?=[^\W\d_]))*(?!\w)")
 LATIN = re.compile(r"[A-Za-zÀ-ɏḀ-ỿ'’ -]+")
 
 
@@ -124,7 +126,7 @@ def truecase(text: str) -> str:
     for start, end, _ in name_spans(text):
         for m in WORD.finditer(text, start, end):
             out[m.start()] = out[m.start()].upper()
-    for m in WORD.finditer(text):
+    for m in TOKEN.finditer(text):
         if zipf(m.group().lower()) < RARE_ZIPF:
             out[m.start()] = out[m.start()].upper()
     return "".join(out)
@@ -135,7 +137,7 @@ def truecase(text: str) -> str:
 def name_spans(text: str) -> tuple[tuple[int, int, float], ...]:
     """(start, end, score) of names the gazetteer finds, in any case."""
     given, family = gazetteer()
-    words = [(m.start(), m.end(), m.group().lower()) for m in WORD.finditer(text)]
+    words = [(m.start(), m.end(), m.group().lower()) for m in TOKEN.finditer(text)]
     cased = not one_case(text)
     spans: list[tuple[int, int, float]] = []
     i = 0

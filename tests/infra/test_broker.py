@@ -91,3 +91,27 @@ def test_sasl_settings_pass_through():
     s = client_settings(cfg, "k:9093")
     assert (s["security_protocol"], s["sasl_mechanism"], s["sasl_plain_username"]) == ("SASL_SSL", "SCRAM-SHA-512", "u")
     assert s["sasl_plain_password"] == "p" and s["ssl_cafile"] == "/etc/ca.pem"
+
+
+def test_a_supervised_broker_whose_restart_fails_is_started_again(tmp_path, monkeypatch):
+    """kill -9 of the broker, then its first restart fails (the topics not created in time, as on a loaded
+    machine): before, the watcher saw no process and stopped watching, and the broker stayed gone."""
+    real = broker_mod.ensure_topics
+    failures = []
+
+    def flaky(cfg, bootstrap):
+        if not failures:
+            failures.append(bootstrap)
+            raise FlywheelError("topics not created in time (injected)")
+        return real(cfg, bootstrap)
+
+    with broker_mod.EmbeddedBroker(KafkaConfig(), tmp_path, supervise=True) as b:
+        first = b.proc.pid
+        monkeypatch.setattr(broker_mod, "ensure_topics", flaky)
+        b.proc.kill()
+        deadline = time.monotonic() + 60
+        while not (b.restarts and b.proc is not None and b.proc.pid != first):
+            assert time.monotonic() < deadline, "the broker was not started again"
+            time.sleep(0.1)
+        assert failures and broker_mod.read_state(tmp_path).pid == b.proc.pid
+        assert broker_mod._answers_tcp(b.cfg.host, b.port)
