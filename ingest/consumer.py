@@ -109,8 +109,13 @@ class IngestConsumer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            polled = self.consumer.poll(timeout_ms=max(int(remaining * 1000), 1),
-                                        max_records=self.batch_max_events - len(self.pending))
+            try:
+                polled = self.consumer.poll(timeout_ms=max(int(remaining * 1000), 1),
+                                            max_records=self.batch_max_events - len(self.pending))
+            except KafkaError as e:  # the broker away: kafka-python 3 raises its connection error from poll
+                log.warning("polling Kafka failed (%s); trying again", e)
+                time.sleep(0.2)
+                continue
             for records in polled.values():
                 self.pending += [Record(r.topic, r.partition, r.offset, r.value) for r in records]
 

@@ -166,3 +166,30 @@ def test_a_failing_kafka_commit_never_stops_ingest(broker, tmp_path, monkeypatch
     assert stored == ends
     assert con.execute("SELECT (SELECT count(*) FROM chats) + (SELECT count(*) FROM feedback)").fetchone()[0] == 120
     con.close()
+
+
+def test_a_poll_that_raises_while_the_broker_is_away_never_stops_ingest(broker, tmp_path, monkeypatch):
+    """kafka-python raised KafkaConnectionError from poll() while a killed broker restarted, which stopped
+    `flywheel up` (tests/chaos/test_broker_kill.py, about one run in four)."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaConnectionError
+
+    real, raised = KafkaConsumer.poll, []
+
+    def away(self, *args, **kwargs):
+        if len(raised) < 3 and self.config["group_id"] == cfg.ingest.group_id:  # ingest's consumer only
+            raised.append(1)
+            raise KafkaConnectionError("111 ECONNREFUSED (injected)")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(KafkaConsumer, "poll", away)
+    cfg, _ = topic_config(broker, tmp_path)
+    p = producer(cfg, broker)
+    for e in events(60, seed=6):
+        p.send(e)
+    p.flush()
+    con = open_store(cfg.db_path)
+    stored, ends = ingest_until_caught_up(cfg, broker, con)
+    assert len(raised) == 3 and stored == ends
+    assert con.execute("SELECT (SELECT count(*) FROM chats) + (SELECT count(*) FROM feedback)").fetchone()[0] == 60
+    con.close()
