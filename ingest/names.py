@@ -84,7 +84,6 @@ def _hash_share(word: str) -> float:
 def gazetteer() -> tuple[frozenset[str], frozenset[str]]:
     """(given names, surnames), lower case, from Faker's person providers."""
     import faker.providers.person as person
-    from spacy.lang.en.stop_words import STOP_WORDS
 
     given: set[str] = set()
     family: set[str] = set()
@@ -97,7 +96,7 @@ def gazetteer() -> tuple[frozenset[str], frozenset[str]]:
             for name in names if isinstance(names, (tuple, list, dict)) else ():
                 if isinstance(name, str) and LATIN.fullmatch(name):
                     into.update(w.lower() for w in WORD.findall(name) if len(w) >= 2)
-    stop = {w.lower() for w in STOP_WORDS}
+    stop = _stop()
     keep = (lambda w: w not in stop and _hash_share(w) >= HOLD_OUT) if HOLD_OUT else (lambda w: w not in stop)
     return frozenset(filter(keep, given)), frozenset(filter(keep, family))
 

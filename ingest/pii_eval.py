@@ -206,12 +206,12 @@ class Score:
             value = sample.text[s:e]
             st["n"] += 1
             st["hit"] += any(k == kind and _overlaps((fs, fe), (s, e)) for k, fs, fe in findings)
-            leak = leaked(kind, value, scrubbed_text)
+            leak, partly = leaked(kind, value, scrubbed_text), partly_leaked(value, scrubbed_text)
             st["leaked"] += leak
-            st["partly"] += partly_leaked(value, scrubbed_text)
+            st["partly"] += partly
             self.values += 1
             self.leaked += leak
-            self.partly += partly_leaked(value, scrubbed_text)
+            self.partly += partly
             if leak and len(self.leaks) < 400:
                 self.leaks.append((kind, value, scrubbed_text))
         for k, fs, fe in findings:

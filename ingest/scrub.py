@@ -219,7 +219,10 @@ class Scrubber:
     def __init__(self, cfg: PiiConfig):
         self.cfg = cfg
         with _without_torch():
+            from presidio_analyzer import pattern_recognizer
             from presidio_anonymizer import AnonymizerEngine
+
+            self._patterns_module = pattern_recognizer
 
             self.nlp, self.engine, self.analyzer, self.entities = _build_analyzer(cfg)
             self.anonymizer = AnonymizerEngine()  # default operator: replace with <ENTITY_TYPE>
@@ -232,11 +235,9 @@ class Scrubber:
         logging.getLogger("presidio-analyzer").addHandler(self.alarm)
 
     def scrub(self, texts: list[str]) -> list[Scrubbed]:
-        from presidio_analyzer import pattern_recognizer
-
         # Presidio reads its regex timeout from one module-wide variable: this scrubber's, while it scrubs
         # (another scrubber in the process, as in the tests, may have set its own).
-        pattern_recognizer.REGEX_TIMEOUT_SECONDS = self.cfg.regex_timeout_s
+        self._patterns_module.REGEX_TIMEOUT_SECONDS = self.cfg.regex_timeout_s
         out = []
         docs = self.nlp.pipe(map(truecase, texts), batch_size=256)  # same offsets, names capitalised
         for text, doc in zip(texts, docs):
