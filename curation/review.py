@@ -38,6 +38,11 @@ def pending(con, limit: int = 50, offset: int = 0) -> list[dict]:
              "scores": json.loads(r[5] or "{}"), "rating": r[6], "pii": list(r[7] or [])} for r in rows]
 
 
+def pending_ids(con) -> list[str]:
+    """Every sample waiting for a reviewer (what `--all-pending` acts on)."""
+    return [r[0] for r in con.execute("SELECT sample_id FROM samples WHERE status = 'pending' AND keep").fetchall()]
+
+
 def counts(con) -> dict[str, int]:
     rows = con.execute("SELECT CASE WHEN keep THEN status ELSE 'filtered' END, count(*) FROM samples GROUP BY 1")
     return {"pending": 0, "approved": 0, "rejected": 0, "filtered": 0, **dict(rows.fetchall())}
