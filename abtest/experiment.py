@@ -17,8 +17,8 @@ import numpy as np
 
 from abtest import stats
 from abtest.config import AbtestConfig
+from ingest.contracts import BASE
 
-BASE = "base"
 
 RATED = """
 SELECT c.variant, c.user_id, c.latency_ms, length(trim(c.response)) = 0, l.rating, c.created_at >= ? AS in_stage

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from infra.config import Config
+from ingest.contracts import BASE
 
 log = logging.getLogger("flywheel.control")
 
@@ -341,7 +342,7 @@ def publish_routing(cfg: Config, con, exp=None) -> dict:
 
     live = registry.live(con)
     paths = dict(con.execute("SELECT version, path FROM adapters WHERE path IS NOT NULL").fetchall())
-    routing = ab.routing(exp if exp is not None else ab.get(con), live["version"] if live else ab.BASE, paths)
+    routing = ab.routing(exp if exp is not None else ab.get(con), live["version"] if live else BASE, paths)
     current = cfg.data_dir / "routing.json"
     if not current.exists() or json.loads(current.read_text()) != routing:
         publish(cfg.data_dir, routing)
@@ -372,7 +373,7 @@ def ab_tick(cfg: Config, con, now=None) -> list[str]:
         try:
             ab.apply(con, exp, ev, cfg.abtest, now)
             if ev.decision == "promote":
-                if exp.incumbent != ab.BASE:
+                if exp.incumbent != BASE:
                     registry.set_status(con, exp.incumbent, "retired", f"replaced by {exp.challenger}")
                 registry.set_status(con, exp.challenger, "live", ev.reason)
             elif ev.decision == "rollback":
@@ -405,7 +406,7 @@ def start_experiment(cfg: Config, con, challenger: str, now=None):
         raise FlywheelError(f"{challenger} is tainted (trained on a forgotten user's data): it is never promoted")
     live = registry.live(con)
     try:
-        exp = ab.start(con, live["version"] if live else ab.BASE, challenger, cfg.abtest, now)
+        exp = ab.start(con, live["version"] if live else BASE, challenger, cfg.abtest, now)
     except ValueError as e:
         from infra.errors import FlywheelError
 
@@ -449,7 +450,7 @@ def serve_untainted(cfg: Config, con) -> list[str]:
     try:
         exp = ab.get(con)
         if exp is not None:
-            tainted = [v for v in (exp.challenger, exp.incumbent) if v != ab.BASE and registry.get(con, v)["tainted"]]
+            tainted = [v for v in (exp.challenger, exp.incumbent) if v != BASE and registry.get(con, v)["tainted"]]
             if tainted:
                 reason = f"{', '.join(tainted)} trained on a forgotten user's data"
                 ab.apply(con, exp, ab.Evaluation("rollback", reason), cfg.abtest)
@@ -469,8 +470,8 @@ def serve_untainted(cfg: Config, con) -> list[str]:
             registry.set_status(con, found["version"], "retired", "tainted: trained on a forgotten user's data")
             if parent is not None:
                 registry.set_status(con, parent, "live", f"serves in place of tainted {found['version']}")
-            audit.append(con, "forget", "route", found["version"], {"now_serving": parent or ab.BASE})
-            said.append(f"{found['version']} is tainted: {parent or ab.BASE} serves now")
+            audit.append(con, "forget", "route", found["version"], {"now_serving": parent or BASE})
+            said.append(f"{found['version']} is tainted: {parent or BASE} serves now")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

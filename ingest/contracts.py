@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
+BASE = "base"  # the variant that names the base model without an adapter (in events, routing and the registry)
 MAX_MESSAGES = 64
 MAX_FIELD_CHARS = 16_000
 MAX_ID_CHARS = 128
@@ -91,6 +92,11 @@ class Feedback(_EventFields):
 
 Event = ChatLog | Feedback
 KINDS: dict[str, type[ChatLog] | type[Feedback]] = {"chat": ChatLog, "feedback": Feedback}
+
+
+def encode(event: Event) -> tuple[bytes, bytes]:
+    """The Kafka (key, value) of an event: the pseudonymous user (per-user order) and the event's JSON."""
+    return event.user_id.encode(), event.model_dump_json().encode()
 
 
 class Rejected(Exception):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.contracts import ChatLog, Event
+from ingest.contracts import ChatLog, Event, encode
 
 
 class EventProducer:
@@ -22,7 +22,8 @@ class EventProducer:
     def send(self, event: Event):
         """Returns the send future; `.get(timeout)` blocks until the broker acknowledged it."""
         topic = self.topics["chat" if isinstance(event, ChatLog) else "feedback"]
-        return self.producer.send(topic, key=event.user_id.encode(), value=event.model_dump_json().encode())
+        key, value = encode(event)
+        return self.producer.send(topic, key=key, value=value)
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes):
         return self.producer.send(topic, key=key, value=value)

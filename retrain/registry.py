@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from ingest.contracts import BASE
+
 STATUSES = ("candidate", "rejected", "failed", "canary", "live", "retired", "rolled_back")
-BASE = "base"
 
 
 def next_version(con) -> str:

@@ -19,10 +19,11 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
+
+from ingest.contracts import BASE
 
 log = logging.getLogger(__name__)
-BASE = "base"  # the variant name of the base model without adapter
 
 
 class QueueFull(Exception):
@@ -53,6 +54,23 @@ class GenResult:
     finish_reason: str  # stop | length | cancelled (the client left)
     prompt_tokens: int
     completion_tokens: int
+
+
+class Generator(Protocol):
+    """What the API needs from whatever produces answers: this module's `BatchGenerator` on the service's
+    own PyTorch model, or a client of an inference server. `submit` raises QueueFull rather than wait; the
+    future holds a GenResult, or AdapterGone when the request's adapter was retired while it waited."""
+
+    @property
+    def depth(self) -> int: ...  # requests waiting
+
+    @property
+    def full(self) -> bool: ...  # a submit now would raise QueueFull
+
+    @property
+    def context_tokens(self) -> int | None: ...  # prompt + answer the model takes, when known
+
+    def submit(self, req: GenRequest) -> Future: ...
 
 
 def _span(req: GenRequest) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from abtest.assignment import assign
 from serving import lora_batch
-from serving.generator import BASE
+from ingest.contracts import BASE
 
 log = logging.getLogger(__name__)
 

@@ -177,3 +177,13 @@ def serve_in_thread(app):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def pages_app(backend, admin_keys: dict[str, str], secret: bytes = b"s" * 32, **serving):
+    """The API with only the review pages and admin routes working (no model, no outbox): for page tests."""
+    from serving.app import create_app
+    from serving.config import ServingConfig
+
+    return create_app(ServingConfig(admin_keys=admin_keys, **serving), generator=None, tokenizer=None, outbox=None,
+                      chats_topic="c", feedback_topic="f", secret=secret, user_key=b"u" * 32,
+                      route=lambda _user: ("base", None), variants=lambda: ["base"], review=backend)

@@ -123,15 +123,12 @@ def test_a_tainted_challenger_is_never_promoted(db, two_adapters, scrub_pool):
 
 
 def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scrub_pool, browser):
-    from fastapi import FastAPI
     from selenium.webdriver.common.by import By
 
     from abtest import experiment as ab
     from infra.services import ReviewStore
     from serving import ids
-    from serving.app import ApiError, install_error_handlers
-    from serving.pages import add_review_routes
-    from tests.conftest import serve_in_thread
+    from tests.conftest import pages_app, serve_in_thread
     from tests.curation.test_review_page import click
 
     cfg = two_adapters
@@ -139,10 +136,7 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
     for k in range(2):  # a ramp, then a promotion
         traffic(db, scrub_pool.scrub, ab.get(db), range(k * 200, (k + 1) * 200), {"v0001": 0.3, "v0002": 0.9}, seed=k)
         control.ab_tick(cfg, db)
-    app = FastAPI()
-    install_error_handlers(app)
-    add_review_routes(app, ReviewStore(db, cfg), {"lead": ids.hash_key("lead-key")}, b"s", ApiError,
-                      throttle=ids.GuessThrottle(20, 0.5))
+    app = pages_app(ReviewStore(db, cfg), {"lead": ids.hash_key("lead-key")})
     with serve_in_thread(app) as url:
         browser.get(url + "/ab")
         browser.find_element(By.ID, "key").send_keys("lead-key")

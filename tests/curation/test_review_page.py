@@ -4,7 +4,6 @@ import hashlib
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from curation import curate
 from curation.config import CurationConfig
@@ -12,9 +11,7 @@ from infra import keys
 from infra.config import Config
 from infra.services import ReviewStore
 from serving import ids
-from serving.app import ApiError, install_error_handlers
-from serving.pages import add_review_routes
-from tests.conftest import serve_in_thread
+from tests.conftest import pages_app, serve_in_thread
 from tests.curation.conftest import chat, rate
 
 REVIEWER_KEY, ADMIN_KEY = "key-of-rita", "key-of-dpo"
@@ -31,10 +28,9 @@ def review_server(db, put, tmp_path):
         update={"app_id": "shop"})
     put([ok, rate(ok, 1), evil, rate(evil, -1), other])
     curate.run(db, CurationConfig(max_user_share=1.0))
-    app = FastAPI()
-    install_error_handlers(app)
     admin_keys = {"rita": ids.hash_key(REVIEWER_KEY), "dpo": ids.hash_key(ADMIN_KEY)}
-    add_review_routes(app, ReviewStore(db, Config(data_dir=tmp_path, serving={"api_keys": {"store": "0" * 64, "shop": "1" * 64}})), admin_keys, b"secret", ApiError, throttle=ids.GuessThrottle(20, 0.5))
+    app = pages_app(ReviewStore(db, Config(data_dir=tmp_path, serving={"api_keys": {"store": "0" * 64,
+                                                                                    "shop": "1" * 64}})), admin_keys)
     with serve_in_thread(app) as url:
         yield {"url": url, "db": db, "ann": ok, "other_ann": other}
 
@@ -140,10 +136,7 @@ def test_pages_send_security_headers_sign_out_and_sessions_end_with_their_key(re
         c.post("/review/logout")
         assert "Signed in as" not in c.get("/review").text
     # The same signed cookie against a service where rita's key was changed: signed out.
-    app = FastAPI()
-    install_error_handlers(app)
-    add_review_routes(app, ReviewStore(db, Config(data_dir=tmp_path)), {"rita": ids.hash_key("rita-new-key")},
-                      b"secret", ApiError, throttle=ids.GuessThrottle(20, 0.5))
+    app = pages_app(ReviewStore(db, Config(data_dir=tmp_path)), {"rita": ids.hash_key("rita-new-key")})
     with serve_in_thread(app) as other:
         assert "Signed in as" not in httpx.get(other + "/review", cookies={"flywheel_reviewer": cookie}).text
     assert "Signed in as" in httpx.get(url + "/review", cookies={"flywheel_reviewer": cookie}).text

@@ -151,7 +151,7 @@ def test_a_batch_stays_within_its_token_budget(tiny_lm):
 
 def test_stop_strings_and_chat_size_are_bounded_by_the_contract(tiny_lm, tmp_path):
     from ingest import contracts
-    from serving.app import MAX_CHAT_BYTES
+    from serving.limits import MAX_CHAT_BYTES
 
     app, gen, _ = _chat_app(tiny_lm, tmp_path, max_prompt_tokens=None)
     gen.start()

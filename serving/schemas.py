@@ -1,0 +1,77 @@
+"""The request bodies the API accepts, strictly as /openapi.json states them (no "stream": 0 for false, no
+"8" for 8), except that a whole float is an integer as JSON Schema has it. Limits that the event contract
+also holds come from `ingest.contracts`, so an accepted request always makes a storable event."""
+
+from __future__ import annotations
+
+from typing import Annotated, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ingest import contracts
+
+ROLES = get_args(contracts.Message.model_fields["role"].annotation)
+
+
+def _whole(value):
+    """JSON Schema's integers include 8.0; strict pydantic takes only 8."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_whole)]
+Count = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
+MAX_STOPS, MAX_STOP_CHARS = 4, 64
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})  # checked in the handler, with a clearer message
+    content: str | None = ""
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)  # OpenAI clients send fields we do not use (n=1, ...)
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    # OpenAI allows 4; 80,000 were accepted once (1.16 s of the shared model thread per answer to check them).
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
+    seed: Int | None = None  # any integer: the generator takes it modulo 2**64
+    stream: bool = False
+    user: str | None = Field(None, max_length=contracts.MAX_ID_CHARS)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    response_id: str = Field(max_length=contracts.MAX_RESPONSE_ID_CHARS)
+    rating: str | Int = Field(description="up | down (or 1 | -1)", json_schema_extra={"enum": ["up", "down", 1, -1]})
+    comment: str | None = Field(None, max_length=contracts.MAX_FIELD_CHARS)
+    correction: str | None = Field(None, max_length=contracts.MAX_FIELD_CHARS)
+
+
+# A reason with something besides blanks: ECMA-262's \s, plus what Python's str.isspace adds (\x1c-\x1f, \x85),
+# so this schema and curation.review.BLANK call the same reasons empty (Schemathesis found "\x1d\x1d").
+REASON_PATTERN = "[^\\s\\u001c-\\u001f\\u0085]"
+
+
+class DecisionRequest(BaseModel):
+    # A rejection needs a reason (curation.review checks it; the schema says so for clients).
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "if": {"properties": {"decision": {"const": "reject"}}},
+        "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "pattern": REASON_PATTERN}}}})
+    sample_ids: list[str] = Field(min_length=1, max_length=10_000)
+    decision: str = Field(pattern="^(approve|reject)$")
+    reason: str | None = Field(None, max_length=2_000)
+
+
+class ForgetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    app: str = Field(min_length=1, max_length=contracts.MAX_ID_CHARS, description="The app (a name in "
+                     "serving.api_keys) that sent the user's requests: a user is (app, user), and two apps' ids "
+                     "never mix.")
+    user: str = Field(min_length=1, max_length=contracts.MAX_ID_CHARS, description="The user id, exactly as the "
+                      "app sent it.")
