@@ -47,11 +47,11 @@ print(json.dumps({"curate_s": t1 - t0, "snapshot_s": t2 - t1, "report": report.a
 BASELINE = r"""
 import sys, time
 import pyarrow.parquet as pq
-from curation.curate import CANDIDATES, FORGET_PREFIX
+from curation.curate import CANDIDATES
 from infra.db import connect
 con = connect(sys.argv[1], read_only=True)
 t0 = time.perf_counter()
-table = con.execute(CANDIDATES.format(join="", prefix=FORGET_PREFIX)).to_arrow_table()
+table = con.execute(CANDIDATES.format(join="")).to_arrow_table()
 pq.write_table(table, sys.argv[2] + "/all.parquet", compression="zstd")
 print(time.perf_counter() - t0)
 """

@@ -19,18 +19,12 @@ from curation.config import CurationConfig
 
 log = logging.getLogger("flywheel.curation")
 
-from ingest.contracts import FORGET_PREFIX  # noqa: E402  (forgotten_users.user_hash, one rule for all stages)
-
 # Each chat with the latest feedback of its (response, user); users who were forgotten stay out even when
-# their events arrive late.
+# their events arrive late (the view `remembered_chats` holds that rule, migration 0005).
 CANDIDATES = """
 SELECT c.event_id::VARCHAR, c.response_id, c.user_id, c.messages, c.response, l.rating, l.correction
-FROM chats c
+FROM remembered_chats c
 {join} JOIN latest_feedback l ON l.response_id = c.response_id AND l.user_id = c.user_id
-WHERE NOT EXISTS (
-    SELECT 1 FROM forgotten_users f
-    WHERE f.user_hash = sha256('{prefix}' || c.user_id) AND c.created_at <= f.forgotten_at
-)
 ORDER BY c.created_at, c.event_id
 """
 
@@ -79,7 +73,7 @@ def sample_id(chat_event_id: str, source: str) -> str:
 
 def candidates(con, cfg: CurationConfig) -> tuple[list[Sample], Report]:
     report = Report()
-    rows = con.execute(CANDIDATES.format(join="LEFT" if cfg.include_unrated else "", prefix=FORGET_PREFIX)).fetchall()
+    rows = con.execute(CANDIDATES.format(join="LEFT" if cfg.include_unrated else "")).fetchall()
     out = []
     for event_id, response_id, user, messages, response, rating, correction in rows:
         report.candidates += 1

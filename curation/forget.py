@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from curation import audit
-from curation.curate import FORGET_PREFIX
+from ingest.contracts import FORGET_PREFIX
 
 
 @dataclass
@@ -49,8 +50,11 @@ def user_hash(user_id: str) -> str:
     return hashlib.sha256(f"{FORGET_PREFIX}{user_id}".encode()).hexdigest()
 
 
-def forget(con, user_id: str, actor: str) -> Forgotten:
-    """Erase `user_id` in one transaction; returns what was deleted and what was trained on it."""
+def forget(con, user_id: str, actor: str, *, taint: Callable[[object, list[str]], list[str]]) -> Forgotten:
+    """Erase `user_id` in one transaction; returns what was deleted and what was trained on it.
+
+    `taint(con, snapshot_ids)` flags the adapters trained on those snapshots, inside the same transaction,
+    and returns them (the registry owns adapter rows: `retrain.registry.taint_trained_on`)."""
     if not user_id:  # any other id may be one an app sent (" " included): it is erased like any other
         raise ValueError("a user id is required")
     out = Forgotten(user_hash(user_id))
@@ -64,15 +68,6 @@ def forget(con, user_id: str, actor: str) -> Forgotten:
             if sample_ids & (set(ids.get("train", [])) | set(ids.get("eval", []))):
                 snapshots.append((snapshot_id, path))
         out.snapshots = [s for s, _ in snapshots]
-        # Adapters trained on those snapshots, and every descendant (training is incremental).
-        adapters = con.execute("SELECT version, parent, snapshot_id FROM adapters ORDER BY version").fetchall()
-        tainted = {v for v, _, snap in adapters if snap in out.snapshots}
-        grew = True
-        while grew:
-            more = {v for v, parent, _ in adapters if parent in tainted and v not in tainted}
-            tainted |= more
-            grew = bool(more)
-        out.adapters = sorted(tainted)
 
         events = "SELECT event_id FROM chats WHERE user_id = $u UNION ALL SELECT event_id FROM feedback WHERE user_id = $u"
         statements = {
@@ -97,11 +92,7 @@ def forget(con, user_id: str, actor: str) -> Forgotten:
         if out.snapshots:
             con.execute("UPDATE snapshots SET purged_at = ? WHERE snapshot_id IN (SELECT unnest(?::VARCHAR[]))",
                         [now, out.snapshots])
-        if out.adapters:
-            con.execute("UPDATE adapters SET tainted = true WHERE version IN (SELECT unnest(?::VARCHAR[]))",
-                        [out.adapters])
-            con.executemany("INSERT INTO adapter_events (version, status, reason) VALUES (?, 'tainted', ?)",
-                            [[v, "trained on data of a forgotten user"] for v in out.adapters])
+        out.adapters = taint(con, out.snapshots) if out.snapshots else []
         audit.append(con, actor, "forget", out.user_hash[:16], out.as_dict())
         con.execute("COMMIT")
     except BaseException:

@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 
 from curation import audit, filters, review
 from curation.config import CurationConfig
-from curation.curate import FORGET_PREFIX
 
 log = logging.getLogger("flywheel.curation")
 
@@ -34,12 +33,11 @@ SCHEMA = pa.schema([
     ("completion", pa.list_(MESSAGE)),  # one assistant message
 ])
 
-APPROVED = f"""
+# Approved samples of chats whose user was not forgotten since (`remembered_chats`, migration 0005).
+APPROVED = """
 SELECT s.sample_id, s.user_id, s.label, s.source, s.prompt, s.answer
-FROM samples s JOIN chats c ON c.event_id = s.chat_event_id
+FROM samples s JOIN remembered_chats c ON c.event_id = s.chat_event_id
 WHERE s.status = 'approved' AND s.keep
-  AND NOT EXISTS (SELECT 1 FROM forgotten_users f
-                  WHERE f.user_hash = sha256('{FORGET_PREFIX}' || s.user_id) AND c.created_at <= f.forgotten_at)
 ORDER BY s.sample_id
 """
 

@@ -282,13 +282,15 @@ def forget_user(con, cfg: Config, app_id: str, user_id: str, actor: str) -> dict
     """Erase the user `user_id` of app `app_id`, given as the app sent it: the stored id is its pseudonym."""
     from curation.forget import forget
     from infra import keys
+    from retrain import registry
     from serving.ids import pseudonym
 
     known = set(cfg.serving.api_keys) | {a for (a,) in con.execute("SELECT DISTINCT app_id FROM chats").fetchall()}
     if app_id not in known:  # a typo would otherwise erase nobody, quietly
         raise ValueError(f"unknown app {app_id!r}: one of {', '.join(sorted(known))} (serving.api_keys and the "
                          "apps of stored chats)")
-    done = forget(con, pseudonym(keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), app_id, user_id), actor).as_dict()
+    user = pseudonym(keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), app_id, user_id)
+    done = forget(con, user, actor, taint=registry.taint_trained_on).as_dict()
     if done["adapters"]:  # some were trained on the user: stop serving them now, not at the next A/B win
         from infra.control import serve_untainted
 

@@ -13,7 +13,6 @@ import duckdb
 import pyarrow as pa
 
 from ingest.batch import Prepared
-from ingest.contracts import FORGET_PREFIX
 
 CHAT_COLUMNS = (
     "event_id", "schema_version", "response_id", "app_id", "user_id", "conversation_id", "messages", "response",
@@ -85,8 +84,7 @@ def _forgotten(con, rows: list[dict]) -> set[str]:
                                                for r in rows]))
     try:
         return {r[0] for r in con.execute(
-            "SELECT w.event_id FROM _who w JOIN forgotten_users f ON f.user_hash = sha256(? || w.user_id) "
-            "WHERE w.created_at <= f.forgotten_at", [FORGET_PREFIX]).fetchall()}
+            "SELECT event_id FROM _who WHERE forgotten_after(user_id, created_at)").fetchall()}
     finally:
         con.unregister("_who")
 

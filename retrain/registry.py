@@ -1,18 +1,23 @@
 """The adapter registry: immutable versions, their status, lineage, and which version was live when.
 
 Statuses: candidate (passed the gates), rejected (failed a gate), failed (the run itself failed), canary
-(in an A/B test), live, retired, rolled_back; `tainted` is a flag set by curation's forget (never promoted
-again). Every status change is appended to `adapter_events`, which answers "which version served at T".
+(in an A/B test), live, retired, rolled_back; `tainted` is a flag (trained on a forgotten user's data: never
+promoted again), set by `taint` when a forget finds the version in a user's lineage. Every status change and
+every taint is appended to `adapter_events`, which answers "which version served at T". This module is the
+only writer of `adapters` and `adapter_events`.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 
 from ingest.contracts import BASE
 
 STATUSES = ("candidate", "rejected", "failed", "canary", "live", "retired", "rolled_back")
+TAINTED = "tainted"  # an adapter_events row that flags a version: its status (what serves) is unchanged
+MANIFEST = "flywheel-adapter.json"
 
 
 def next_version(con) -> str:
@@ -82,8 +87,8 @@ def live_at(con, when: datetime) -> str:
         "ORDER BY changed_at DESC, rowid DESC LIMIT 1", [when]).fetchone()
     if row is None:
         return BASE
-    left = con.execute(
-        "SELECT count(*) FROM adapter_events WHERE version = ? AND status <> 'live' AND changed_at > "
+    left = con.execute(  # a taint is no change of status: the version served on until it was replaced
+        f"SELECT count(*) FROM adapter_events WHERE version = ? AND status NOT IN ('live', '{TAINTED}') AND changed_at > "
         "(SELECT max(changed_at) FROM adapter_events WHERE version = ? AND status = 'live') AND changed_at <= ?",
         [row[0], row[0], when]).fetchone()[0]
     return BASE if left else row[0]
@@ -108,3 +113,59 @@ def drop_files(con, version: str, reason: str) -> str | None:
         return None
     con.execute("UPDATE adapters SET path = NULL, reason = ? WHERE version = ?", [reason, version])
     return row[0]
+
+
+def taint(con, versions: list[str], reason: str) -> None:
+    """Flag `versions` as trained on a forgotten user's data (inside the caller's transaction)."""
+    if not versions:
+        return
+    con.execute("UPDATE adapters SET tainted = true WHERE version IN (SELECT unnest(?::VARCHAR[]))", [versions])
+    con.executemany("INSERT INTO adapter_events (version, status, reason) VALUES (?, ?, ?)",
+                    [[v, TAINTED, reason] for v in versions])
+
+
+def trained_on(con, snapshot_ids: list[str]) -> list[str]:
+    """The versions trained on any of `snapshot_ids`, and every descendant of one (training is incremental)."""
+    adapters = con.execute("SELECT version, parent, snapshot_id FROM adapters ORDER BY version").fetchall()
+    found = {v for v, _, snap in adapters if snap in set(snapshot_ids)}
+    grew = True
+    while grew:
+        more = {v for v, parent, _ in adapters if parent in found and v not in found}
+        found |= more
+        grew = bool(more)
+    return sorted(found)
+
+
+def taint_trained_on(con, snapshot_ids: list[str]) -> list[str]:
+    """`taint` every version trained on `snapshot_ids` (curation's forget calls it); returns them."""
+    versions = trained_on(con, snapshot_ids)
+    taint(con, versions, "trained on data of a forgotten user")
+    return versions
+
+
+def paths(con) -> dict[str, str]:
+    """Version -> adapter folder, for every version whose files exist."""
+    return dict(con.execute("SELECT version, path FROM adapters WHERE path IS NOT NULL").fetchall())
+
+
+def trained_sample_ids(con) -> set[str]:
+    """Every sample some earlier run trained on (whether or not it passed its gates), from the manifests."""
+    seen: set[str] = set()
+    for path in paths(con).values():
+        manifest = Path(path, MANIFEST)
+        if manifest.exists():
+            seen |= set(json.loads(manifest.read_text()).get("sample_ids", []))
+    return seen
+
+
+def newest_candidate(con) -> str | None:
+    """The newest untainted candidate (what an A/B test starts with)."""
+    row = con.execute("SELECT version FROM adapters WHERE status = 'candidate' AND NOT tainted "
+                      "ORDER BY version DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def unserved_tainted(con) -> list[str]:
+    """Tainted versions that still have files and neither serve nor are in an experiment."""
+    return [v for (v,) in con.execute("SELECT version FROM adapters WHERE tainted AND path IS NOT NULL "
+                                      "AND status NOT IN ('live', 'canary') ORDER BY version").fetchall()]

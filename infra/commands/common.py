@@ -95,7 +95,7 @@ def config_and_kafka(ctx: typer.Context) -> tuple[Config, str]:
     return cfg, broker.resolve_bootstrap(cfg.kafka, cfg.data_dir)
 
 
-def actor() -> str:
+def cli_actor() -> str:
     import getpass
 
     return f"cli:{getpass.getuser()}"

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from infra.commands.common import actor, ensure_data_dir, state, store
+from infra.commands.common import cli_actor, ensure_data_dir, state, store
 from infra.errors import FlywheelError
 
 
@@ -23,11 +23,11 @@ def curate(
     ensure_data_dir(cfg.data_dir)
     con = db.open_store(cfg.db_path, cfg.db.threads)
     try:
-        report = curation.run(con, cfg.curation, actor=actor())
+        report = curation.run(con, cfg.curation, actor=cli_actor())
         typer.echo(curation_summary(report, cfg.curation.review_policy))
         if snapshot:
             try:
-                snap = snapshots.build(con, cfg.curation, cfg.data_dir / "snapshots", actor=actor())
+                snap = snapshots.build(con, cfg.curation, cfg.data_dir / "snapshots", actor=cli_actor())
             except ValueError as e:
                 raise FlywheelError(str(e)) from None
             if snap is None:
@@ -56,7 +56,7 @@ def forget(
     cfg = state(ctx).config()
     with store(ctx) as con:
         try:
-            done = forget_user(con, cfg, app_id, user, actor or actor())
+            done = forget_user(con, cfg, app_id, user, actor or cli_actor())
         except ValueError as e:
             raise FlywheelError(str(e)) from None
     before, after = db.compact(cfg.db_path)

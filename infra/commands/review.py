@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from infra.commands.common import actor, clip, store
+from infra.commands.common import cli_actor, clip, store
 from infra.errors import FlywheelError
 
 app = typer.Typer(help="The review queue: approve or reject samples before training.", no_args_is_help=True)
@@ -65,7 +65,7 @@ def _decide(ctx, decision, sample_ids, all_pending, reason, reviewer) -> None:
         if not ids:
             raise FlywheelError("name sample ids, or --all-pending")
         try:
-            n = review.decide(con, ids, decision, reviewer or actor(), reason)
+            n = review.decide(con, ids, decision, reviewer or cli_actor(), reason)
         except review.ReviewError as e:
             raise FlywheelError(str(e)) from None
-    typer.echo(f"{decision}d {n} sample{'s' * (n != 1)} as {reviewer or actor()}")
+    typer.echo(f"{decision}d {n} sample{'s' * (n != 1)} as {reviewer or cli_actor()}")

@@ -10,6 +10,7 @@ from infra import keys
 from infra.db import compact, open_store
 from ingest import sink
 from ingest.batch import Record, prepare
+from retrain import registry
 from serving import ids
 from tests.conftest import flywheel
 from tests.curation.conftest import chat, rate, store
@@ -54,7 +55,7 @@ def test_forget_erases_every_row_and_the_bytes_and_taints_what_was_trained_on_th
                     [["v0001", None, "retired", snap.snapshot_id], ["v0002", "v0001", "live", "snap-later"],
                      ["v0003", None, "retired", "snap-other"]])
 
-    done = forget(con, "zoe-77", "dpo")
+    done = forget(con, "zoe-77", "dpo", taint=registry.taint_trained_on)
     assert done.deleted["chats"] == 3 and done.deleted["feedback"] == 3 and done.deleted["samples"] == 6
     assert done.deleted["dead_letters"] == 1 and done.deleted["pii_findings"] > 0
     assert done.snapshots == [snap.snapshot_id] and done.adapters == ["v0001", "v0002"]
@@ -186,7 +187,7 @@ def test_late_ratings_and_encoded_ids_of_a_forgotten_user_are_gone(tmp_path, scr
     assert b"zoe-77" in payload and b"zoe-77" not in rid.encode()  # readable only when decoded
     bad = Record("feedback", 0, 999_998, excerpt % rid.encode())
     sink.write(con, "test", None, prepare([bad], {"feedback": "feedback"}, scrub_pool.scrub, "test"))
-    done = forget(con, "zoe-77", "dpo")
+    done = forget(con, "zoe-77", "dpo", taint=registry.taint_trained_on)
     assert done.deleted["dead_letters"] == 2  # the plain one from populated() and the encoded one
     late = zoe_events()[1].model_copy(update={
         "event_id": uuid.uuid4(), "created_at": datetime.now(timezone.utc) + timedelta(minutes=1),

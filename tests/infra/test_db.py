@@ -53,3 +53,15 @@ def test_event_id_is_the_idempotency_key(db):
 def test_read_only_open_of_a_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(FlywheelError, match="flywheel db init"):
         db.connect(tmp_path / "none.duckdb", read_only=True)
+
+
+def test_the_forgotten_rule_of_migration_0005_uses_the_contracts_prefix(db):
+    """forget writes sha256(FORGET_PREFIX || user); the SQL macro must find that row, for a chat made before
+    the forget and not for one made after it."""
+    from curation.forget import user_hash
+
+    db.execute("INSERT INTO forgotten_users VALUES (?, TIMESTAMPTZ '2026-06-01 00:00:00+00')", [user_hash("u1")])
+    before, after = (db.execute("SELECT forgotten_after('u1', ?::TIMESTAMPTZ)", [t]).fetchone()[0]
+                     for t in ("2026-05-31 23:00:00+00", "2026-06-01 01:00:00+00"))
+    assert (before, after) == (True, False)
+    assert db.execute("SELECT forgotten_after('u2', TIMESTAMPTZ '2026-05-01 00:00:00+00')").fetchone()[0] is False
