@@ -156,3 +156,15 @@ def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapsh
              "new" if created else "unchanged")
     return Snapshot(snapshot_id, content_hash, final, manifest, created)
 
+
+
+def replayable(con, snapshot_ids: list[str | None], current: Path) -> list[str]:
+    """The folders of `snapshot_ids` that still hold their training data (none purged by a forget), in order,
+    leaving out `current`: what an incremental run replays."""
+    out = []
+    for snapshot_id in snapshot_ids:
+        row = con.execute("SELECT path FROM snapshots WHERE snapshot_id = ? AND purged_at IS NULL",
+                          [snapshot_id]).fetchone()
+        if row and row[0] != str(current) and Path(row[0], "train.parquet").exists():
+            out.append(row[0])
+    return out

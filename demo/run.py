@@ -191,7 +191,7 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
     """The loop, stage by stage; `echo` gets one line per event worth seeing."""
     from abtest import experiment as ab
     from curation import curate, snapshot
-    from infra import control as ctl
+    from infra import ab as infra_ab, control as ctl
     from infra.services import start_services
     from retrain import registry
 
@@ -253,7 +253,7 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
             echo(f"gates     artifact ok; offline: {_offline_line(off)}")
 
             # 4. Canary, then the live A/B test on the same population, evaluated after every round.
-            exp = ctl.start_experiment(cfg, reader, outcome.version)
+            exp = infra_ab.start_experiment(cfg, reader, outcome.version)
             wait_serving(api, cfg)
             echo(f"canary    {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}")
             for round_ in range(1, ab_rounds + 1):
@@ -265,7 +265,7 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
                              max_tokens=cfg.serving.max_tokens)
                 traffic.add(more)
                 wait_ingested(reader, traffic.answered, traffic.accepted)
-                said = ctl.ab_tick(cfg, reader)
+                said = infra_ab.tick(cfg, reader)
                 last = ab.decisions(reader, exp.experiment_id)[-1]
                 result.decision, result.reason, result.numbers = last["decision"], last["reason"], last["numbers"]
                 arms = result.numbers["arms"]

@@ -292,7 +292,7 @@ def forget_user(con, cfg: Config, app_id: str, user_id: str, actor: str) -> dict
     user = pseudonym(keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), app_id, user_id)
     done = forget(con, user, actor, taint=registry.taint_trained_on).as_dict()
     if done["adapters"]:  # some were trained on the user: stop serving them now, not at the next A/B win
-        from infra.control import serve_untainted
+        from infra.ab import serve_untainted
 
         done["routing"] = serve_untainted(cfg, con)
     return done

@@ -13,31 +13,32 @@ import sys
 import time
 from pathlib import Path
 
+from retrain.plan import Job
+
 FAILED = "flywheel-retrain-failed: "
 
 
-def run(job: dict) -> dict:
+def run(job: Job) -> dict:
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers import AutoTokenizer
 
     from retrain import recipe
-    from retrain.config import RetrainConfig
 
-    cfg = RetrainConfig.model_validate(job["config"])
+    cfg = job.config
     torch.manual_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(job["base_path"])
+    tokenizer = AutoTokenizer.from_pretrained(job.base_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = recipe.load_rows(Path(job["snapshot_dir"]), "train")
-    earlier = [recipe.load_rows(Path(d), "train") for d in job.get("earlier_snapshots", [])]
+    rows = recipe.load_rows(Path(job.snapshot_dir), "train")
+    earlier = [recipe.load_rows(Path(d), "train") for d in job.earlier_snapshots]
     rows = recipe.with_replay(rows, earlier, cfg.replay_share, cfg.seed)
     examples = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in rows]
-    parent = Path(job["parent_path"]) if job.get("parent_path") else None
-    model = recipe.load_model(Path(job["base_path"]), cfg, parent)
+    parent = Path(job.parent_path) if job.parent_path else None
+    model = recipe.load_model(Path(job.base_path), cfg, parent)
     with Progress(TextColumn("training {task.fields[version]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tokens/s"),
                   TimeElapsedColumn(), transient=False, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("train", total=None, version=job["version"], loss=float("nan"), tps=0.0)
+        task = bar.add_task("train", total=None, version=job.version, loss=float("nan"), tps=0.0)
 
         def progress(step: int, total: int, loss: float, tps: float) -> None:
             bar.update(task, completed=step, total=total, loss=loss, tps=tps)
@@ -50,16 +51,16 @@ def run(job: dict) -> dict:
         "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens_per_s, 1),
         "loss_first": result.losses[0], "loss_last": result.losses[-1],
         "loss_last10": sum(result.losses[-10:]) / len(result.losses[-10:]),
-        "samples": len(examples), "replayed": len(rows) - job["snapshot_train_rows"],
+        "samples": len(examples), "replayed": len(rows) - job.snapshot_train_rows,
         "quantization": "nf4" if recipe.use_nf4(cfg) else "none", "device": str(next(model.parameters()).device),
     }
     manifest = {
-        "version": job["version"], "parent": job.get("parent_version"), "base_model": job["base_model"],
-        "base_hash": job["base_hash"], "snapshot_id": job["snapshot_id"], "snapshot_hash": job["snapshot_hash"],
+        "version": job.version, "parent": job.parent_version, "base_model": job.base_model,
+        "base_hash": job.base_hash, "snapshot_id": job.snapshot_id, "snapshot_hash": job.snapshot_hash,
         "sample_ids": sorted({r["sample_id"] for r in rows}), "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
         "metrics": metrics, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    recipe.save(model, Path(job["out_dir"]), manifest)
+    recipe.save(model, Path(job.out_dir), manifest)
     return metrics
 
 
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
 
     offline_hub()
     logging.basicConfig(level=logging.WARNING)
-    job = json.loads(Path(argv[0]).read_text())
+    job = Job.from_json(Path(argv[0]).read_text())
     try:
         metrics = run(job)
     except MemoryError:

@@ -14,22 +14,22 @@ app = typer.Typer(help="Live A/B experiments: a candidate adapter against the li
 @app.command("start")
 def ab_start(ctx: typer.Context, version: Annotated[str, typer.Argument(help="A candidate adapter version.")]) -> None:
     """Start an experiment: VERSION gets the first ramp share of users, the live version the rest."""
-    from infra import control
+    from infra import ab
 
     cfg = state(ctx).config()
     with store(ctx) as con:
-        exp = control.start_experiment(cfg, con, version)
+        exp = ab.start_experiment(cfg, con, version)
     typer.echo(f"started {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}")
 
 @app.command("decide")
 def ab_decide(ctx: typer.Context) -> None:
     """Evaluate now and act: promote, roll back, ramp up, or continue (and start one for a new candidate
     when abtest.auto_start)."""
-    from infra import control
+    from infra import ab
 
     cfg = state(ctx).config()
     with store(ctx) as con:
-        said = control.ab_tick(cfg, con)
+        said = ab.tick(cfg, con)
     typer.echo("\n".join(said) or "no experiment running and no candidate to start one with")
 
 @app.command("status")

@@ -22,8 +22,9 @@ def retrain(
     if not now:
         from datetime import datetime
 
-        trigger = control.cron(cfg.retrain.schedule)
+        from infra.schedule import cron
 
+        trigger = cron(cfg.retrain.schedule)
         nxt = trigger.get_next_fire_time(None, datetime.now(trigger.timezone))
         typer.echo(f"`flywheel up` retrains on cron '{cfg.retrain.schedule}' (next: {nxt:%Y-%m-%d %H:%M %Z}); "
                    "run one now with `flywheel retrain --now`")

@@ -38,11 +38,10 @@ def up(
         svc = start_services(cfg, stack, stop.event, typer.echo)
         con, ingest = svc.con, svc.ingest
 
-        scheduler, job = control.start_scheduler(cfg, con)
-        stack.callback(control.stop_jobs, scheduler)
-        svc.review.after_taint = lambda: control.retrain_soon(scheduler)
-        control.publish_routing(cfg, con.cursor())
-        control.start_ab_job(cfg, con, scheduler)
+        ctl = control.Control(cfg, con)
+        job = ctl.start()
+        stack.callback(ctl.stop)
+        svc.review.after_taint = ctl.retrain_soon
         typer.echo(f"retrain   nightly on cron '{cfg.retrain.schedule}', next {job.next_run_time:%Y-%m-%d %H:%M %Z} "
                    f"(jobs in {cfg.data_dir / 'scheduler.sqlite'})")
         if simulate:
@@ -73,9 +72,9 @@ def demo(
     ingest, curation (policy auto), retraining, gates, a canary and a live A/B test decide."""
     from demo import run as demo_run
 
-    state = state(ctx)
-    base = state.config()
-    cfg = demo_run.demo_config(base, state.config_path, state.overrides, control)
+    st = state(ctx)
+    base = st.config()
+    cfg = demo_run.demo_config(base, st.config_path, st.overrides, control)
     logging.getLogger().setLevel(cfg.log_level)
     for noisy in ("httpx", "httpx2", "openai", "kafka"):  # a line per request or connection
         logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "kafka" else logging.ERROR)
@@ -143,7 +142,7 @@ def simulate(
     """Produce synthetic store-support chats and ratings (with names, emails, phones) to the topics."""
     from infra.services import produce_synthetic
 
-    cfg, bootstrap = _config_and_kafka(ctx)
+    cfg, bootstrap = config_and_kafka(ctx)
     sent = produce_synthetic(cfg, bootstrap, events, seed, malformed)
     typer.echo(f"produced {sent} events to {cfg.kafka.chats_topic} and {cfg.kafka.feedback_topic} at {bootstrap}")
 
@@ -156,7 +155,7 @@ def ingest(
     from infra import db
     from infra.services import build_ingest, run_ingest
 
-    cfg, bootstrap = _config_and_kafka(ctx)
+    cfg, bootstrap = config_and_kafka(ctx)
     with StopSignal() as stop:
         con = db.open_store(cfg.db_path, cfg.db.threads)
         try:

@@ -9,7 +9,7 @@ import pytest
 
 from abtest.assignment import assign
 from abtest.config import AbtestConfig
-from infra import control
+from infra import ab as ab_
 from infra.config import Config
 from retrain import registry
 from tests.curation.conftest import chat, rate, store
@@ -49,18 +49,18 @@ def routing(cfg):
 
 def test_a_better_challenger_ramps_up_then_is_promoted_and_serving_follows(db, two_adapters, scrub_pool):
     cfg = two_adapters
-    said = control.ab_tick(cfg, db)
+    said = ab_.tick(cfg, db)
     from abtest import experiment as ab
 
     exp = ab.get(db)
     assert said[0].startswith("started exp-0001-v0002") and exp.share == 0.2
     assert routing(cfg)["split"] == [["v0002", 0.2], ["v0001", 0.8]] and registry.get(db, "v0002")["status"] == "canary"
     traffic(db, scrub_pool.scrub, exp, range(200), {"v0001": 0.3, "v0002": 0.9})
-    said = control.ab_tick(cfg, db)
+    said = ab_.tick(cfg, db)
     assert "ramp" in said[-1] and routing(cfg)["split"] == [["v0002", 0.5], ["v0001", 0.5]]
     exp = ab.get(db)
     traffic(db, scrub_pool.scrub, exp, range(200, 400), {"v0001": 0.3, "v0002": 0.9}, seed=1)
-    said = control.ab_tick(cfg, db)
+    said = ab_.tick(cfg, db)
     assert ": promote: better" in said[-1], said
     assert registry.live(db)["version"] == "v0002" and registry.get(db, "v0001")["status"] == "retired"
     assert routing(cfg) == {"experiment_id": None, "salt": "flywheel", "split": [["v0002", 1.0]],
@@ -77,10 +77,10 @@ def test_a_guardrail_breach_rolls_back(db, two_adapters, scrub_pool):
     from abtest import experiment as ab
 
     cfg = two_adapters
-    control.ab_tick(cfg, db)
+    ab_.tick(cfg, db)
     traffic(db, scrub_pool.scrub, ab.get(db), range(300), {"v0001": 0.5, "v0002": 0.6},
             latency={"v0001": 100.0, "v0002": 900.0})
-    said = control.ab_tick(cfg, db)
+    said = ab_.tick(cfg, db)
     assert "rollback: guardrail breached: p95 latency" in said[-1]
     assert registry.get(db, "v0002")["status"] == "rolled_back" and registry.live(db)["version"] == "v0001"
     assert routing(cfg)["split"] == [["v0001", 1.0]]
@@ -90,9 +90,9 @@ def test_blank_answers_breach_their_guardrail(db, two_adapters, scrub_pool):
     from abtest import experiment as ab
 
     cfg = two_adapters
-    control.ab_tick(cfg, db)
+    ab_.tick(cfg, db)
     traffic(db, scrub_pool.scrub, ab.get(db), range(300), {"v0001": 0.5, "v0002": 0.6}, blank="v0002")
-    said = control.ab_tick(cfg, db)
+    said = ab_.tick(cfg, db)
     assert "rollback: guardrail breached: empty answers" in said[-1]
     assert routing(cfg)["split"] == [["v0001", 1.0]]
 
@@ -101,11 +101,11 @@ def test_a_sample_ratio_mismatch_blocks_every_decision(db, two_adapters, scrub_p
     from abtest import experiment as ab
 
     cfg = two_adapters
-    control.ab_tick(cfg, db)
+    ab_.tick(cfg, db)
     exp = ab.get(db)
     traffic(db, scrub_pool.scrub, exp, range(150), {"v0001": 0.3, "v0002": 0.9}, force="v0002")  # broken router
     traffic(db, scrub_pool.scrub, exp, range(150, 300), {"v0001": 0.3, "v0002": 0.9}, force="v0001")
-    said = control.ab_tick(cfg, db)
+    said = ab_.tick(cfg, db)
     assert "rollback: sample-ratio mismatch" in said[-1]
     assert registry.live(db)["version"] == "v0001"
 
@@ -114,12 +114,12 @@ def test_a_tainted_challenger_is_never_promoted(db, two_adapters, scrub_pool):
     from abtest import experiment as ab
 
     cfg = two_adapters
-    control.ab_tick(cfg, db)
+    ab_.tick(cfg, db)
     db.execute("UPDATE adapters SET tainted = true WHERE version = 'v0002'")
     traffic(db, scrub_pool.scrub, ab.get(db), range(300), {"v0001": 0.1, "v0002": 0.99})
-    said = control.ab_tick(cfg, db)
+    said = ab_.tick(cfg, db)
     assert "rollback: v0002 is tainted" in said[-1] and registry.live(db)["version"] == "v0001"
-    assert control.ab_tick(cfg, db) == []  # and no new experiment starts for it
+    assert ab_.tick(cfg, db) == []  # and no new experiment starts for it
 
 
 def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scrub_pool, browser):
@@ -132,10 +132,10 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
     from tests.curation.test_review_page import click
 
     cfg = two_adapters
-    control.ab_tick(cfg, db)
+    ab_.tick(cfg, db)
     for k in range(2):  # a ramp, then a promotion
         traffic(db, scrub_pool.scrub, ab.get(db), range(k * 200, (k + 1) * 200), {"v0001": 0.3, "v0002": 0.9}, seed=k)
-        control.ab_tick(cfg, db)
+        ab_.tick(cfg, db)
     app = pages_app(ReviewStore(db, cfg), {"lead": ids.hash_key("lead-key")})
     with serve_in_thread(app) as url:
         browser.get(url + "/ab")

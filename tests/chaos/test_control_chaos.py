@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from infra import control
+from infra import control, schedule
 from infra.db import open_store
 from retrain import registry
 from tests.curation.conftest import store
@@ -81,6 +81,7 @@ def test_the_nightly_job_runs_once_per_time_across_restarts_and_a_missed_run_onc
     runs: list[datetime] = []
     monkeypatch.setattr(control, "retrain", lambda cfg, con, **kw: runs.append(clock.at))
     cfg = config(tiny_lm, tmp_path, misfire_grace_s=2 * 3600)
+    monkeypatch.setattr(control.Control, "current", control.Control(cfg, db))  # what `flywheel up` sets
     scheduler = None
 
     def restart_at(when: datetime):
@@ -88,7 +89,7 @@ def test_the_nightly_job_runs_once_per_time_across_restarts_and_a_missed_run_onc
         if scheduler is not None:
             scheduler.shutdown(wait=True)  # the control process stops (its job store is a file)
         clock.at = when
-        scheduler, job = control.start_scheduler(cfg, db)
+        scheduler, job = schedule.start_scheduler(cfg)
         return job
 
     def advance_to(when: datetime, expect: int):

@@ -160,7 +160,7 @@ def test_forget_routes_away_from_a_tainted_live_adapter_at_once(tmp_path, scrub_
     assert con.execute("SELECT status FROM adapters WHERE version = 'v0002'").fetchone() == ("retired",)
     con.execute("UPDATE adapters SET tainted = true WHERE version = 'v0000'")  # no clean ancestor left
     con.execute("UPDATE adapters SET status = 'live' WHERE version = 'v0000'")
-    from infra.control import serve_untainted
+    from infra.ab import serve_untainted
 
     assert serve_untainted(cfg, con)[0] == "v0000 is tainted: base serves now"
     assert json.loads((data / "routing.json").read_text())["split"] == [["base", 1.0]]
@@ -203,15 +203,15 @@ def test_late_ratings_and_encoded_ids_of_a_forgotten_user_are_gone(tmp_path, scr
 def test_a_retrain_without_the_user_runs_within_a_minute(tmp_path):
     from datetime import datetime, timedelta, timezone
 
-    from infra import control
+    from infra import schedule
     from infra.config import load_config
 
     cfg = load_config(overrides=[f"data_dir={tmp_path}"], env={})
     con = open_store(tmp_path / "flywheel.duckdb")
-    scheduler, nightly = control.start_scheduler(cfg, con)
+    scheduler, nightly = schedule.start_scheduler(cfg)
     try:
-        control.retrain_soon(scheduler)
-        job = control.retrain_soon(scheduler)  # a second forget moves it, never adds a second run
+        schedule.retrain_soon(scheduler)
+        job = schedule.retrain_soon(scheduler)  # a second forget moves it, never adds a second run
         jobs = [j for j in scheduler.get_jobs() if j.id == "retrain-after-forget"]
         now = datetime.now(timezone.utc)
         assert jobs == [job] and now < job.next_run_time <= now + timedelta(seconds=61)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from curation.config import CurationConfig
-from infra import control
+from infra import control, schedule
+from infra.processes import RetrainLock
 from infra.config import Config
 from infra.db import open_store
 from retrain import registry
@@ -126,8 +127,8 @@ def more_ratings(users: range):
 def test_stopping_the_service_kills_a_run_in_flight_and_records_it(tiny_lm, populated):
     con = open_store(populated / "flywheel.duckdb")
     try:
-        stopped = control.retrain(config(tiny_lm, populated), con,
-                                  on_worker=lambda proc: threading.Timer(1.0, control.stop_jobs).start())
+        ctl = control.Control(config(tiny_lm, populated), con)  # what `flywheel up` stops on SIGTERM
+        stopped = ctl.retrain(on_worker=lambda proc: threading.Timer(1.0, ctl.stop).start())
         assert stopped.status == "failed" and stopped.reason.startswith("stopped:"), stopped.reason
         assert registry.get(con, stopped.version)["status"] == "failed" and registry.live(con) is None
         assert not list((populated / "adapters").glob("*/adapter_model.safetensors"))
@@ -139,7 +140,7 @@ def test_one_run_at_a_time_and_too_little_data_is_skipped_with_the_reason(tiny_l
     cfg = config(tiny_lm, populated, min_new_samples=10_000)
     con = open_store(populated / "flywheel.duckdb")
     try:
-        holder = control.RetrainLock(populated)
+        holder = RetrainLock(populated)
         assert holder.acquire()
         busy = control.retrain(cfg, con)
         assert busy.status == "skipped" and "another retrain is running" in busy.reason
@@ -155,7 +156,7 @@ def test_one_run_at_a_time_and_too_little_data_is_skipped_with_the_reason(tiny_l
 
 def test_the_schedule_is_persistent_single_and_coalescing(tiny_lm, tmp_path):
     cfg = config(tiny_lm, tmp_path, misfire_grace_s=600)
-    scheduler, job = control.start_scheduler(cfg, None)
+    scheduler, job = schedule.start_scheduler(cfg)
     try:
         assert job.max_instances == 1 and job.coalesce and job.misfire_grace_time == 600
         first_run = job.next_run_time
@@ -163,12 +164,12 @@ def test_the_schedule_is_persistent_single_and_coalescing(tiny_lm, tmp_path):
     finally:
         scheduler.shutdown(wait=False)
     assert (tmp_path / "scheduler.sqlite").exists()
-    scheduler, job = control.start_scheduler(cfg, None)  # a restart finds the same job and its next run
+    scheduler, job = schedule.start_scheduler(cfg)  # a restart finds the same job and its next run
     try:
         assert len(scheduler.get_jobs()) == 1 and job.next_run_time == first_run
     finally:
         scheduler.shutdown(wait=False)
-    scheduler, job = control.start_scheduler(config(tiny_lm, tmp_path, schedule="30 3 * * *"), None)
+    scheduler, job = schedule.start_scheduler(config(tiny_lm, tmp_path, schedule="30 3 * * *"))
     try:
         assert len(scheduler.get_jobs()) == 1 and (job.next_run_time.hour, job.next_run_time.minute) == (3, 30)
     finally:
