@@ -82,47 +82,60 @@ def start(con, incumbent: str, challenger: str, cfg: AbtestConfig, now: datetime
     return get(con, exp_id)
 
 
+def _arm(mine: list[tuple], variant: str, cfg: AbtestConfig) -> tuple[dict, tuple[float, float]]:
+    """One arm's numbers from its rows of RATED, and (mean of per-user up-rates, its variance)."""
+    rated = [r for r in mine if r[4] is not None]
+    ups = np.array([1.0 if r[4] == 1 else 0.0 for r in rated])
+    rates = stats.user_rates(np.array([r[1] for r in rated], dtype=str), ups)
+    mean, var = stats.mean_var(rates)
+    radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha)) if len(rates) else None
+    return {
+        "variant": variant, "chats": len(mine), "stage_users": len({r[1] for r in mine if r[5]}),
+        "users": len(rates), "ratings": len(rated), "ups": int(ups.sum()), "up_rate": _num(mean),
+        "ci": [_num(max(0.0, mean - radius)), _num(min(1.0, mean + radius))] if radius is not None else [None, None],
+        "rating_rate": _num(len(rated) / len(mine)) if mine else None,
+        "p95_latency_ms": _num(stats.p95(np.array([r[2] for r in mine if r[2] is not None]))),
+        "empty_rate": _num(sum(1 for r in mine if r[3]) / len(mine)) if mine else None}, (mean, var)
+
+
+def _difference(numbers: dict, estimate: dict, cfg: AbtestConfig) -> tuple[float | None, float]:
+    """The challenger's lead and the mSPRT statistic (written into `numbers` too)."""
+    if not (numbers["arms"]["incumbent"]["users"] and numbers["arms"]["challenger"]["users"]):
+        numbers.update(difference=None, difference_ci=None, msprt=0.0, p_value=1.0)
+        return None, 0.0
+    diff = estimate["challenger"][0] - estimate["incumbent"][0]
+    var = estimate["challenger"][1] + estimate["incumbent"][1]
+    lam = float(stats.msprt(diff, var, cfg.tau))
+    radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha))
+    numbers.update(difference=_num(diff), difference_ci=[_num(diff - radius), _num(diff + radius)],
+                   msprt=_num(lam), p_value=_num(min(1.0, 1 / lam)) if lam > 0 else 1.0)
+    return diff, lam
+
+
 def evaluate(con, exp: Experiment, cfg: AbtestConfig, *, tainted: bool = False,
              now: datetime | None = None) -> Evaluation:
     """The decision the numbers support now (nothing is changed here)."""
     now = now or datetime.now(timezone.utc)
     rows = con.execute(RATED, [exp.stage_started_at, exp.experiment_id]).fetchall()
-    arms = {exp.incumbent: "incumbent", exp.challenger: "challenger"}
     numbers: dict = {"at": now.isoformat(timespec="seconds"), "share": exp.share, "stage": exp.stage,
                      "alpha": cfg.alpha, "threshold": 1 / cfg.alpha, "arms": {}}
-    estimate: dict[str, tuple[float, float]] = {}  # role -> (mean of per-user up-rates, its variance)
-    for variant, role in arms.items():
-        mine = [r for r in rows if r[0] == variant]
-        rated = [r for r in mine if r[4] is not None]
-        ups = np.array([1.0 if r[4] == 1 else 0.0 for r in rated])
-        rates = stats.user_rates(np.array([r[1] for r in rated], dtype=str), ups)
-        mean, var = estimate[role] = stats.mean_var(rates)
-        radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha)) if len(rates) else None
-        numbers["arms"][role] = {
-            "variant": variant, "chats": len(mine), "stage_users": len({r[1] for r in mine if r[5]}),
-            "users": len(rates), "ratings": len(rated), "ups": int(ups.sum()), "up_rate": _num(mean),
-            "ci": [_num(max(0.0, mean - radius)), _num(min(1.0, mean + radius))] if radius is not None else [None, None],
-            "rating_rate": _num(len(rated) / len(mine)) if mine else None,
-            "p95_latency_ms": _num(stats.p95(np.array([r[2] for r in mine if r[2] is not None]))),
-            "empty_rate": _num(sum(1 for r in mine if r[3]) / len(mine)) if mine else None}
+    estimate: dict[str, tuple[float, float]] = {}
+    for variant, role in {exp.incumbent: "incumbent", exp.challenger: "challenger"}.items():
+        numbers["arms"][role], estimate[role] = _arm([r for r in rows if r[0] == variant], variant, cfg)
     inc, ch = numbers["arms"]["incumbent"], numbers["arms"]["challenger"]
-    diff, lam = None, 0.0
-    if inc["users"] and ch["users"]:
-        diff = estimate["challenger"][0] - estimate["incumbent"][0]
-        var = estimate["challenger"][1] + estimate["incumbent"][1]
-        lam = float(stats.msprt(diff, var, cfg.tau))
-        radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha))
-        numbers.update(difference=_num(diff), difference_ci=[_num(diff - radius), _num(diff + radius)],
-                       msprt=_num(lam), p_value=_num(min(1.0, 1 / lam)) if lam > 0 else 1.0)
-    else:
-        numbers.update(difference=None, difference_ci=None, msprt=0.0, p_value=1.0)
+    diff, lam = _difference(numbers, estimate, cfg)
     srm = stats.srm_p([inc["stage_users"], ch["stage_users"]], [1 - exp.share, exp.share])
     numbers["srm_p"] = _num(srm)
-    guardrails = _guardrails(inc, ch, cfg)
-    numbers["guardrails"] = guardrails
+    numbers["guardrails"] = _guardrails(inc, ch, cfg)
     elapsed = (now - exp.started_at).total_seconds()
     numbers["elapsed_s"] = round(elapsed)
+    return _decide(exp, cfg, numbers, tainted=tainted, diff=diff, lam=lam, srm=srm, elapsed=elapsed)
 
+
+def _decide(exp: Experiment, cfg: AbtestConfig, numbers: dict, *, tainted: bool, diff: float | None, lam: float,
+            srm: float, elapsed: float) -> Evaluation:
+    """The first rule that applies, safest first: taint, SRM, guardrails, worse, ramp, better, timeout."""
+    inc, ch, guardrails = numbers["arms"]["incumbent"], numbers["arms"]["challenger"], numbers["guardrails"]
     if tainted:
         return Evaluation("rollback", f"{exp.challenger} is tainted (trained on a forgotten user's data)", numbers)
     if inc["stage_users"] + ch["stage_users"] >= 100 and srm < cfg.srm_p:

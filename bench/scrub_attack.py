@@ -25,7 +25,8 @@ from ingest import sink  # noqa: E402
 from ingest.batch import Record, prepare  # noqa: E402
 from ingest.config import PiiConfig  # noqa: E402
 from ingest.contracts import MAX_FIELD_CHARS, MAX_TEXT_COST, Feedback, scrub_cost  # noqa: E402
-from ingest.scrub import SCRUBBER_VERSION, ScrubPool  # noqa: E402
+from ingest.scrub import SCRUBBER_VERSION  # noqa: E402
+from ingest.scrub_pool import ScrubPool  # noqa: E402
 from ingest.synthetic import events as make_events  # noqa: E402
 from serving.config import ServingConfig  # noqa: E402
 

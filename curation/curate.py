@@ -174,19 +174,8 @@ SAMPLE_COLUMNS = ("sample_id", "chat_event_id", "response_id", "user_id", "label
                   "scores", "keep", "reason")
 
 
-def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
-    """Recompute candidates and filters, upsert samples, apply the review policy to new ones; one
-    transaction, one audit entry."""
-    samples, report = candidates(con, cfg)
-    report.per_user_cap = apply_filters(samples, cfg) if samples else 0
-    report.samples = len(samples)
-    for s in samples:
-        if s.reason:
-            kind = s.reason.split(":")[0]
-            report.dropped[kind] = report.dropped.get(kind, 0) + 1
-    kept = [s for s in samples if s.reason is None]
-    report.kept, report.users = len(kept), len({s.user_id for s in kept})
-    table = pa.table({
+def _table(samples: list[Sample]) -> pa.Table:
+    return pa.table({
         "sample_id": [s.sample_id for s in samples],
         "chat_event_id": [s.chat_event_id for s in samples],
         "response_id": [s.response_id for s in samples],
@@ -199,6 +188,35 @@ def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
         "keep": [s.reason is None for s in samples],
         "reason": [s.reason for s in samples],
     }, schema=pa.schema([(c, pa.bool_() if c == "keep" else pa.string()) for c in SAMPLE_COLUMNS]))
+
+
+def _auto_approve(con, sample_ids: list[str], cfg: CurationConfig) -> None:
+    """What the review policy approves without a reviewer, with its reviews and one audit entry."""
+    reviewer = f"policy:{cfg.review_policy}"
+    con.register("_auto", pa.table({"sample_id": sample_ids}))
+    con.execute("UPDATE samples SET status = 'approved' WHERE sample_id IN (SELECT sample_id FROM _auto)")
+    con.execute("INSERT INTO reviews (sample_id, decision, reason, reviewer, policy) "
+                f"SELECT sample_id, 'approve', 'review policy {cfg.review_policy}', ?, ? FROM _auto",
+                [reviewer, cfg.review_policy])
+    con.unregister("_auto")
+    audit.append(con, reviewer, "approve", f"{len(sample_ids)} samples", {
+        "policy": cfg.review_policy, "count": len(sample_ids),
+        "sample_ids_sha256": hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()})
+
+
+def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
+    """Recompute candidates and filters, upsert samples, apply the review policy to new ones; one
+    transaction, one audit entry."""
+    samples, report = candidates(con, cfg)
+    report.per_user_cap = apply_filters(samples, cfg) if samples else 0
+    report.samples = len(samples)
+    for s in samples:
+        if s.reason:
+            kind = s.reason.split(":")[0]
+            report.dropped[kind] = report.dropped.get(kind, 0) + 1
+    kept = [s for s in samples if s.reason is None]
+    report.kept, report.users = len(kept), len({s.user_id for s in kept})
+    table = _table(samples)
     cols = ", ".join(SAMPLE_COLUMNS)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -218,16 +236,7 @@ def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
         report.new = len(new)
         auto = sorted(s.sample_id for s in new if s.reason is None and not needs_review(s.sample_id, cfg))
         if auto:
-            reviewer = f"policy:{cfg.review_policy}"
-            con.register("_auto", pa.table({"sample_id": auto}))
-            con.execute("UPDATE samples SET status = 'approved' WHERE sample_id IN (SELECT sample_id FROM _auto)")
-            con.execute("INSERT INTO reviews (sample_id, decision, reason, reviewer, policy) "
-                        f"SELECT sample_id, 'approve', 'review policy {cfg.review_policy}', ?, ? FROM _auto",
-                        [reviewer, cfg.review_policy])
-            con.unregister("_auto")
-            audit.append(con, reviewer, "approve", f"{len(auto)} samples", {
-                "policy": cfg.review_policy, "count": len(auto),
-                "sample_ids_sha256": hashlib.sha256("\n".join(auto).encode()).hexdigest()})
+            _auto_approve(con, auto, cfg)
         report.auto_approved = len(auto)
         report.pending = con.execute("SELECT count(*) FROM samples WHERE status = 'pending' AND keep").fetchone()[0]
         audit.append(con, actor, "curate", None, report.as_dict())

@@ -76,6 +76,65 @@ def _write(table: pa.Table, path: Path) -> None:
                    write_statistics=False, store_schema=True)
 
 
+def _split(rows: list[tuple], cfg: CurationConfig) -> tuple[list[tuple], list[tuple]]:
+    """(train, eval): whole users go to eval (curation.eval_share), and tiny sets still get one user each side."""
+    if cfg.eval_share > 0 and len({r[1] for r in rows}) >= 2:
+        eval_rows = [r for r in rows if in_eval(r[1], cfg)]
+        if not eval_rows or len(eval_rows) == len(rows):
+            first = min({r[1] for r in rows}, key=user_key)
+            eval_rows = [r for r in rows if r[1] == first]
+    else:
+        eval_rows = []
+    eval_ids = {r[0] for r in eval_rows}
+    return [r for r in rows if r[0] not in eval_ids], eval_rows
+
+
+def _freeze(root: Path, train_rows: list[tuple], eval_rows: list[tuple], facts: dict) -> tuple[Path, bool]:
+    """Write the Parquet files and the manifest into a staging folder, then rename it to its content's id:
+    (the folder, whether it is new). An identical snapshot that exists already is kept as it is."""
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        _write(_table(train_rows), staging / "train.parquet")
+        _write(_table(eval_rows), staging / "eval.parquet")
+        digest = hashlib.sha256()
+        for name in ("train.parquet", "eval.parquet"):
+            digest.update((staging / name).read_bytes())
+        content_hash = digest.hexdigest()
+        snapshot_id = f"snap-{content_hash[:12]}"
+        manifest = {"snapshot_id": snapshot_id, "content_hash": content_hash,
+                    "files": {"train": "train.parquet", "eval": "eval.parquet"}, **facts,
+                    "sample_ids": {"train": [r[0] for r in train_rows], "eval": [r[0] for r in eval_rows]}}
+        final = root / snapshot_id
+        if final.exists():
+            shutil.rmtree(staging)
+            return final, False
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        os.rename(staging, final)
+        return final, True
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _record(con, final: Path, manifest: dict, actor: str) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        inserted = con.execute(
+            "INSERT INTO snapshots (snapshot_id, content_hash, path, manifest) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING RETURNING 1",
+            [manifest["snapshot_id"], manifest["content_hash"], str(final), json.dumps(manifest)]).fetchall()
+        if inserted:
+            audit.append(con, actor, "snapshot", manifest["snapshot_id"],
+                         {"content_hash": manifest["content_hash"], **manifest["counts"]})
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
 def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapshot | None:
     """Freeze the approved samples; None when there are none."""
     rows = con.execute(APPROVED).fetchall()
@@ -90,72 +149,19 @@ def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapsh
             f"no snapshot: {len(set(users))} users cannot meet the per-user cap of "
             f"{cfg.max_user_share:.1%} (curation.max_user_share needs at least {1 / cfg.max_user_share:.0f} users)"
         )
-    if cfg.eval_share > 0 and len({r[1] for r in rows}) >= 2:
-        eval_rows = [r for r in rows if in_eval(r[1], cfg)]
-        if not eval_rows or len(eval_rows) == len(rows):  # tiny sets: still one user on each side
-            first = min({r[1] for r in rows}, key=user_key)
-            eval_rows = [r for r in rows if r[1] == first]
-    else:
-        eval_rows = []
-    eval_ids = {r[0] for r in eval_rows}
-    train_rows = [r for r in rows if r[0] not in eval_ids]
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        _write(_table(train_rows), staging / "train.parquet")
-        _write(_table(eval_rows), staging / "eval.parquet")
-        digest = hashlib.sha256()
-        for name in ("train.parquet", "eval.parquet"):
-            digest.update((staging / name).read_bytes())
-        content_hash = digest.hexdigest()
-        snapshot_id = f"snap-{content_hash[:12]}"
-        labels = [r[2] for r in rows]
-        manifest = {
-            "snapshot_id": snapshot_id,
-            "content_hash": content_hash,
-            "files": {"train": "train.parquet", "eval": "eval.parquet"},
-            "counts": {"train": len(train_rows), "eval": len(eval_rows),
-                       "desirable": labels.count("desirable"), "undesirable": labels.count("undesirable"),
-                       "users": len({r[1] for r in rows}), "approved": len(users),
-                       "over_user_cap": len(users) - len(rows)},
-            "per_user_cap": cap,
-            "sample_ids": {"train": [r[0] for r in train_rows], "eval": [r[0] for r in eval_rows]},
-            "filter_stats": review.filter_stats(con),
-            "config": cfg.model_dump(mode="json"),
-            "seed": cfg.seed,
-        }
-        final = root / snapshot_id
-        if final.exists():
-            shutil.rmtree(staging)
-            created = False
-        else:
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-            os.rename(staging, final)
-            created = True
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    train_rows, eval_rows = _split(rows, cfg)
+    labels = [r[2] for r in rows]
+    facts = {"counts": {"train": len(train_rows), "eval": len(eval_rows), "desirable": labels.count("desirable"),
+                        "undesirable": labels.count("undesirable"), "users": len({r[1] for r in rows}),
+                        "approved": len(users), "over_user_cap": len(users) - len(rows)},
+             "per_user_cap": cap, "filter_stats": review.filter_stats(con), "config": cfg.model_dump(mode="json"),
+             "seed": cfg.seed}
+    final, created = _freeze(Path(root), train_rows, eval_rows, facts)
     manifest = json.loads((final / "manifest.json").read_text())
-    con.execute("BEGIN TRANSACTION")
-    try:
-        inserted = con.execute(
-            "INSERT INTO snapshots (snapshot_id, content_hash, path, manifest) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING RETURNING 1", [snapshot_id, content_hash, str(final), json.dumps(manifest)]
-        ).fetchall()
-        if inserted:
-            audit.append(con, actor, "snapshot", snapshot_id, {"content_hash": content_hash, **manifest["counts"]})
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    log.info("snapshot %s: %d train, %d eval samples (%s)", snapshot_id, len(train_rows), len(eval_rows),
-             "new" if created else "unchanged")
-    return Snapshot(snapshot_id, content_hash, final, manifest, created)
-
+    _record(con, final, manifest, actor)
+    log.info("snapshot %s: %d train, %d eval samples (%s)", manifest["snapshot_id"], len(train_rows),
+             len(eval_rows), "new" if created else "unchanged")
+    return Snapshot(manifest["snapshot_id"], manifest["content_hash"], final, manifest, created)
 
 
 def replayable(con, snapshot_ids: list[str | None], current: Path) -> list[str]:

@@ -186,117 +186,146 @@ class Result:
         return dataclasses.asdict(self)  # the retrain Outcome is a dataclass too
 
 
-def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: int = 4, seed: int = 0,
-        control: bool = False, keep_running: bool = False, echo=print, stop=None) -> Result:
-    """The loop, stage by stage; `echo` gets one line per event worth seeing."""
-    from abtest import experiment as ab
-    from curation import curate, snapshot
-    from infra import ab as infra_ab, control as ctl
-    from infra.services import start_services
-    from retrain import registry
+class Loop:
+    """One demo run's state, stage by stage: `echo` gets one line per event worth seeing, `result` the
+    figures, and every stage's time is measured from the end of the one before."""
 
-    result = Result()
-    people = store.population(users, seed)
-    stop = stop or threading.Event()
-    clock = time.monotonic()
+    def __init__(self, cfg: Config, svc, people, *, seed: int, control: bool, echo):
+        self.cfg, self.svc, self.people, self.seed, self.control, self.echo = cfg, svc, people, seed, control, echo
+        self.result, self.rng, self.clock = Result(), random.Random(seed), time.monotonic()
+        self.reader = svc.con.cursor()
+        self.traffic = None
 
-    def stage(name: str) -> None:
-        nonlocal clock
+    def stage(self, name: str) -> None:
         now = time.monotonic()
-        result.stages[name] = round(now - clock, 1)
-        clock = now
+        self.result.stages[name] = round(now - self.clock, 1)
+        self.clock = now
 
-    with ExitStack() as stack:
-        svc = start_services(cfg, stack, threading.Event(), echo=lambda line: None)  # one line of ours instead
-        api, ingest, con = svc.api, svc.ingest, svc.con
-        result.urls = {"review": f"{api.url}/review", "ab": f"{api.url}/ab"}
-        stage("start")
-        echo(f"started   {svc.kafka} at {svc.bootstrap}; DuckDB {cfg.db_path}; API {api.url}/v1 on {cfg.base_model}")
-        reader = con.cursor()
+    def drive(self, tasks, seed: int):
+        return drive(self.svc.api.url, tasks, seed=seed, control=self.control, max_tokens=self.cfg.serving.max_tokens)
 
-        # 1. Traffic on the base model: every customer asks once, agents ask several times and correct.
-        rng = random.Random(seed)
-        tasks = [(p, rng.choice(store.TOPICS)) for p in people for _ in range(agent_questions if p.agent else 1)]
-        rng.shuffle(tasks)
-        agents = sum(p.agent for p in people)
-        echo(f"traffic   {len(people)} simulated customers ({agents} support agents) ask {len(tasks)} questions "
-             f"about the policies of {store.STORE} ...")
-        traffic = drive(api.url, tasks, seed=seed, control=control, max_tokens=cfg.serving.max_tokens)
-        result.before = (traffic.ups, traffic.ratings)
-        echo(f"          {traffic.answered} answered, {traffic.ratings} rated ({_rate(*result.before)} thumbs-up), "
-             f"{traffic.corrections} corrections" + (" (control: shuffled across topics)" if control else ""))
-        stage("traffic")
+    def wait_ingested(self):
+        return wait_ingested(self.reader, self.traffic.answered, self.traffic.accepted)
 
-        stored = wait_ingested(reader, traffic.answered, traffic.accepted)
-        stage("ingest")
+    def base_traffic(self, agent_questions: int) -> None:
+        """Traffic on the base model: every customer asks once, agents ask several times and correct."""
+        people, echo = self.people, self.echo
+        tasks = [(p, self.rng.choice(store.TOPICS)) for p in people for _ in range(agent_questions if p.agent else 1)]
+        self.rng.shuffle(tasks)
+        echo(f"traffic   {len(people)} simulated customers ({sum(p.agent for p in people)} support agents) ask "
+             f"{len(tasks)} questions about the policies of {store.STORE} ...")
+        traffic = self.traffic = self.drive(tasks, self.seed)
+        self.result.before = (traffic.ups, traffic.ratings)
+        echo(f"          {traffic.answered} answered, {traffic.ratings} rated ({_rate(*self.result.before)} thumbs-up), "
+             f"{traffic.corrections} corrections" + (" (control: shuffled across topics)" if self.control else ""))
+        self.stage("traffic")
+        stored = self.wait_ingested()
+        self.stage("ingest")
         echo(f"ingest    {stored[0]} chats and {stored[1]} ratings in DuckDB, PII scrubbed")
 
-        # 2. Curation and snapshot (review policy auto).
-        report = curate.run(reader, cfg.curation, actor="demo")
-        snap = snapshot.build(reader, cfg.curation, cfg.data_dir / "snapshots", actor="demo")
-        stage("curate")
+    def curate(self):
+        """Curation and snapshot (review policy auto)."""
+        from curation import curate, snapshot
+
+        cfg = self.cfg
+        report = curate.run(self.reader, cfg.curation, actor="demo")
+        snap = snapshot.build(self.reader, cfg.curation, cfg.data_dir / "snapshots", actor="demo")
+        self.stage("curate")
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(report.dropped.items())) or "none"
-        echo(f"curate    {report.candidates} candidates -> {report.kept} samples kept (dropped: {dropped}); "
-             f"{report.auto_approved} approved by policy:{cfg.curation.review_policy}")
+        self.echo(f"curate    {report.candidates} candidates -> {report.kept} samples kept (dropped: {dropped}); "
+                  f"{report.auto_approved} approved by policy:{cfg.curation.review_policy}")
         if snap is not None:
-            echo(f"snapshot  {snap.snapshot_id}: {snap.manifest['counts']['train']} train, "
-                 f"{snap.manifest['counts']['eval']} eval rows")
+            self.echo(f"snapshot  {snap.snapshot_id}: {snap.manifest['counts']['train']} train, "
+                      f"{snap.manifest['counts']['eval']} eval rows")
+        return snap
 
-        # 3. Retrain from the snapshot in a subprocess, then the artifact and offline gates.
-        echo(f"retrain   LoRA on {cfg.base_model} ({cfg.retrain.objective}, {cfg.retrain.epochs:g} epochs) ...")
-        outcome = result.retrain = ctl.retrain(cfg, reader)
-        stage("retrain")
-        echo(f"          {outcome.version or '-'}: {outcome.status} in {outcome.seconds:.0f} s"
-             + (f" ({outcome.reason})" if outcome.reason else ""))
-        if outcome.status == "candidate":
-            off = outcome.metrics.get("offline", {})
-            echo(f"gates     artifact ok; offline: {_offline_line(off)}")
+    def retrain(self) -> Outcome:
+        """Retrain from the snapshot in a subprocess, then the artifact and offline gates."""
+        from infra import control as ctl
 
-            # 4. Canary, then the live A/B test on the same population, evaluated after every round.
-            exp = infra_ab.start_experiment(cfg, reader, outcome.version)
+        cfg = self.cfg
+        self.echo(f"retrain   LoRA on {cfg.base_model} ({cfg.retrain.objective}, {cfg.retrain.epochs:g} epochs) ...")
+        outcome = self.result.retrain = ctl.retrain(cfg, self.reader)
+        self.stage("retrain")
+        self.echo(f"          {outcome.version or '-'}: {outcome.status} in {outcome.seconds:.0f} s"
+                  + (f" ({outcome.reason})" if outcome.reason else ""))
+        return outcome
+
+    def ab_test(self, outcome: Outcome, rounds: int, stop) -> None:
+        """Canary, then the live A/B test on the same population, evaluated after every round."""
+        from abtest import experiment as ab
+        from infra import ab as infra_ab
+
+        cfg, result, echo, api = self.cfg, self.result, self.echo, self.svc.api
+        echo(f"gates     artifact ok; offline: {_offline_line(outcome.metrics.get('offline', {}))}")
+        exp = infra_ab.start_experiment(cfg, self.reader, outcome.version)
+        wait_serving(api, cfg)
+        echo(f"canary    {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}")
+        for round_ in range(1, rounds + 1):
+            if stop.is_set():
+                break
+            tasks = [(p, self.rng.choice(store.TOPICS)) for p in self.people]
+            self.rng.shuffle(tasks)
+            self.traffic.add(self.drive(tasks, self.seed * 1000 + round_))
+            self.wait_ingested()
+            said = infra_ab.tick(cfg, self.reader)
+            last = ab.decisions(self.reader, exp.experiment_id)[-1]
+            result.decision, result.reason, result.numbers = last["decision"], last["reason"], last["numbers"]
+            arms = result.numbers["arms"]
+            echo(f"a/b       round {round_}: {_arm(arms['incumbent'])} | {_arm(arms['challenger'])} -> "
+                 f"{'; '.join(s.split(': ', 1)[1] for s in said if s.startswith(exp.experiment_id))}")
             wait_serving(api, cfg)
-            echo(f"canary    {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}")
-            for round_ in range(1, ab_rounds + 1):
-                if stop.is_set():
-                    break
-                tasks = [(p, rng.choice(store.TOPICS)) for p in people]
-                rng.shuffle(tasks)
-                more = drive(api.url, tasks, seed=seed * 1000 + round_, control=control,
-                             max_tokens=cfg.serving.max_tokens)
-                traffic.add(more)
-                wait_ingested(reader, traffic.answered, traffic.accepted)
-                said = infra_ab.tick(cfg, reader)
-                last = ab.decisions(reader, exp.experiment_id)[-1]
-                result.decision, result.reason, result.numbers = last["decision"], last["reason"], last["numbers"]
-                arms = result.numbers["arms"]
-                echo(f"a/b       round {round_}: {_arm(arms['incumbent'])} | {_arm(arms['challenger'])} -> "
-                     f"{'; '.join(s.split(': ', 1)[1] for s in said if s.startswith(exp.experiment_id))}")
-                wait_serving(api, cfg)
-                if result.decision in ("promote", "rollback"):
-                    break
-            stage("a/b")
-        else:
-            result.decision, result.reason = "not started", f"no candidate: {outcome.status} ({outcome.reason})"
+            if result.decision in ("promote", "rollback"):
+                break
+        self.stage("a/b")
 
-        # 5. Counts at every hop.
-        wait_ingested(reader, traffic.answered, traffic.accepted)
-        row = reader.execute(
+    def count(self, snap) -> None:
+        """Counts at every hop."""
+        traffic, ingest, result = self.traffic, self.svc.ingest, self.result
+        self.wait_ingested()
+        row = self.reader.execute(
             "SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback), "
             "(SELECT count(*) FROM samples WHERE keep), (SELECT count(*) FROM samples WHERE status = 'approved'), "
             "(SELECT count(*) FROM pii_findings)").fetchone()
+        counts = snap.manifest["counts"] if snap else {}
         result.counts = {
             "requests": traffic.sent, "answered": traffic.answered, "failed": traffic.failed, "ratings": traffic.ratings,
             "ratings_accepted": traffic.accepted, "corrections": traffic.corrections,
             # Events ingest consumed from the topics (the bundled broker's end offsets can lag by one).
             "kafka_chats": ingest.totals["chats"], "kafka_feedback": ingest.totals["feedback"],
             "duckdb_chats": row[0], "duckdb_feedback": row[1], "samples_kept": row[2], "samples_approved": row[3],
-            "snapshot_train": snap.manifest["counts"]["train"] if snap else 0,
-            "snapshot_eval": snap.manifest["counts"]["eval"] if snap else 0,
-            "snapshot_over_user_cap": snap.manifest["counts"]["over_user_cap"] if snap else 0, "pii_findings": row[4]}
+            "snapshot_train": counts.get("train", 0), "snapshot_eval": counts.get("eval", 0),
+            "snapshot_over_user_cap": counts.get("over_user_cap", 0), "pii_findings": row[4]}
         result.errors = traffic.errors
-        result.pii_types = dict(reader.execute(
+        result.pii_types = dict(self.reader.execute(
             "SELECT entity_type, count(*) FROM pii_findings GROUP BY 1 ORDER BY 2 DESC").fetchall())
-        live = registry.live(reader)
+
+
+def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: int = 4, seed: int = 0,
+        control: bool = False, keep_running: bool = False, echo=print, stop=None) -> Result:
+    """The loop, stage by stage; `echo` gets one line per event worth seeing."""
+    from infra.services import start_services
+    from retrain import registry
+
+    people = store.population(users, seed)
+    stop = stop or threading.Event()
+    started = time.monotonic()
+    with ExitStack() as stack:
+        svc = start_services(cfg, stack, threading.Event(), echo=lambda line: None)  # one line of ours instead
+        loop = Loop(cfg, svc, people, seed=seed, control=control, echo=echo)
+        loop.clock, result = started, loop.result
+        result.urls = {"review": f"{svc.api.url}/review", "ab": f"{svc.api.url}/ab"}
+        loop.stage("start")
+        echo(f"started   {svc.kafka} at {svc.bootstrap}; DuckDB {cfg.db_path}; API {svc.api.url}/v1 on {cfg.base_model}")
+        loop.base_traffic(agent_questions)
+        snap = loop.curate()
+        outcome = loop.retrain()
+        if outcome.status == "candidate":
+            loop.ab_test(outcome, ab_rounds, stop)
+        else:
+            result.decision, result.reason = "not started", f"no candidate: {outcome.status} ({outcome.reason})"
+        loop.count(snap)
+        live = registry.live(loop.reader)
         if live:
             echo(f"live      {live['version']}")
         if keep_running:

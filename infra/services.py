@@ -126,7 +126,7 @@ def build_ingest(cfg: Config, bootstrap: str, con: duckdb.DuckDBPyConnection, re
 
     from infra.kafka import client_settings, consumer_settings
     from ingest.consumer import IngestConsumer
-    from ingest.scrub import ScrubPool
+    from ingest.scrub_pool import ScrubPool
 
     consumer = KafkaConsumer(
         **client_settings(cfg.kafka, bootstrap), **consumer_settings(cfg.kafka), group_id=cfg.ingest.group_id,

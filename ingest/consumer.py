@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ingest import sink
 from ingest.batch import Record, prepare
-from ingest.scrub import SCRUBBER_VERSION, ScrubPool
+from ingest.scrub import SCRUBBER_VERSION
+from ingest.scrub_pool import ScrubPool
 
 log = logging.getLogger(__name__)
 

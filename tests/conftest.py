@@ -114,7 +114,7 @@ def tiny_lm(tmp_path_factory) -> Path:
 def scrub_pool():
     """The real scrubber, in-process (workers=0), loaded once: spaCy + Presidio take a few seconds."""
     from ingest.config import PiiConfig
-    from ingest.scrub import ScrubPool
+    from ingest.scrub_pool import ScrubPool
 
     pool = ScrubPool(PiiConfig(workers=0))
     yield pool

@@ -114,7 +114,7 @@ def test_admin_api_needs_an_admin_key_and_forgets_a_user(review_server):
     assert db.execute("SELECT count(*) FROM chats WHERE user_id = ?", [ann]).fetchone() == (0,)
     assert db.execute("SELECT app_id FROM chats WHERE user_id = ?", [other]).fetchall() == [("shop",)]  # kept
     # What stays of her (the hash in forgotten_users) cannot be matched by guessing ids without the secret.
-    from curation.curate import FORGET_PREFIX
+    from ingest.contracts import FORGET_PREFIX
 
     stored = {h for (h,) in db.execute("SELECT user_hash FROM forgotten_users").fetchall()}
     assert hashlib.sha256(f"{FORGET_PREFIX}{ann}".encode()).hexdigest() in stored

@@ -6,7 +6,8 @@ import pytest
 from ingest.config import PiiConfig
 from ingest.names import truecase
 from ingest.pii_eval import STORE_WORDS, Score, corpus
-from ingest.scrub import ScrubFailed, ScrubPool
+from ingest.scrub import ScrubFailed
+from ingest.scrub_pool import ScrubPool
 
 @pytest.fixture(scope="module")
 def store_pool():

@@ -3,7 +3,8 @@
 import pytest
 
 from ingest.config import DenyPattern, PiiConfig
-from ingest.scrub import ScrubFailed, ScrubPool
+from ingest.scrub import ScrubFailed
+from ingest.scrub_pool import ScrubPool
 
 TEXT = (
     "Hi, I'm Maria Garcia, email maria.garcia@example.com, phone +1 415 555 0123. "
