@@ -11,7 +11,8 @@ class Section(BaseModel):
 
 class AbtestConfig(Section):
     ramp: list[float] = Field(
-        [0.1, 0.5], min_length=1,
+        [0.1, 0.5],
+        min_length=1,
         description="Challenger traffic share per stage: the next stage starts once the guardrails hold "
         "with the minimum sample.",
     )
@@ -21,11 +22,14 @@ class AbtestConfig(Section):
     min_users_per_arm: int = Field(50, ge=1, description="No decision before this many rating users per arm.")
     min_duration_s: float = Field(3600, ge=0, description="No decision before the experiment ran this long.")
     max_duration_s: float = Field(14 * 86400, gt=0, description="Inconclusive after this long: keep the incumbent.")
-    latency_margin: float = Field(0.25, ge=0, description="Guardrail: challenger p95 latency at most this much "
-                                  "above the incumbent's (relative).")
-    rating_rate_margin: float = Field(0.10, ge=0, description="Guardrail: share of answers rated at most this "
-                                      "much below the incumbent's (absolute).")
-    empty_answer_margin: float = Field(0.02, ge=0, description="Guardrail: share of empty answers at most this "
-                                       "much above the incumbent's (absolute).")
+    latency_margin: float = Field(
+        0.25, ge=0, description="Guardrail: challenger p95 latency at most this much above the incumbent's (relative)."
+    )
+    rating_rate_margin: float = Field(
+        0.10, ge=0, description="Guardrail: share of answers rated at most this much below the incumbent's (absolute)."
+    )
+    empty_answer_margin: float = Field(
+        0.02, ge=0, description="Guardrail: share of empty answers at most this much above the incumbent's (absolute)."
+    )
     evaluate_every_s: float = Field(300, gt=0, description="How often `flywheel up` evaluates experiments.")
     auto_start: bool = Field(True, description="`flywheel up` starts an experiment for a new candidate.")

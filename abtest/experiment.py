@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
 from abtest import stats
 from abtest.config import AbtestConfig
 from ingest.contracts import BASE
-
 
 RATED = """
 SELECT c.variant, c.user_id, c.latency_ms, length(trim(c.response)) = 0, l.rating, c.created_at >= ? AS in_stage
@@ -47,8 +46,10 @@ class Evaluation:
     numbers: dict = field(default_factory=dict)
 
 
-EXPERIMENTS = ("SELECT experiment_id, incumbent, challenger, salt, challenger_share, stage, status, started_at, "
-               "coalesce(stage_started_at, started_at) FROM experiments WHERE {where} ORDER BY started_at DESC")
+EXPERIMENTS = (
+    "SELECT experiment_id, incumbent, challenger, salt, challenger_share, stage, status, started_at, "
+    "coalesce(stage_started_at, started_at) FROM experiments WHERE {where} ORDER BY started_at DESC"
+)
 
 
 def get(con, experiment_id: str | None = None) -> Experiment | None:
@@ -62,15 +63,23 @@ def routing(exp: Experiment | None, live: str, paths: dict[str, str]) -> dict:
     """The live split for serving: the experiment's two arms, or the live version alone."""
     if exp is None or exp.status != "running":
         split = [[live, 1.0]]
-        return {"experiment_id": None, "salt": "flywheel", "split": split,
-                "adapters": {live: paths[live]} if live != BASE else {}}
+        return {
+            "experiment_id": None,
+            "salt": "flywheel",
+            "split": split,
+            "adapters": {live: paths[live]} if live != BASE else {},
+        }
     split = [[exp.challenger, exp.share], [exp.incumbent, round(1 - exp.share, 10)]]
-    return {"experiment_id": exp.experiment_id, "salt": exp.salt, "split": split,
-            "adapters": {v: paths[v] for v, _ in split if v != BASE}}
+    return {
+        "experiment_id": exp.experiment_id,
+        "salt": exp.salt,
+        "split": split,
+        "adapters": {v: paths[v] for v, _ in split if v != BASE},
+    }
 
 
 def start(con, incumbent: str, challenger: str, cfg: AbtestConfig, now: datetime | None = None) -> Experiment:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if get(con) is not None:
         raise ValueError("an experiment is already running: decide it first")
     n = con.execute("SELECT count(*) FROM experiments").fetchone()[0] + 1
@@ -78,7 +87,8 @@ def start(con, incumbent: str, challenger: str, cfg: AbtestConfig, now: datetime
     con.execute(
         "INSERT INTO experiments (experiment_id, incumbent, challenger, salt, challenger_share, status, started_at, "
         "stage, stage_started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, 0, ?)",
-        [exp_id, incumbent, challenger, exp_id, cfg.ramp[0], now, now])
+        [exp_id, incumbent, challenger, exp_id, cfg.ramp[0], now, now],
+    )
     return get(con, exp_id)
 
 
@@ -90,12 +100,18 @@ def _arm(mine: list[tuple], variant: str, cfg: AbtestConfig) -> tuple[dict, tupl
     mean, var = stats.mean_var(rates)
     radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha)) if len(rates) else None
     return {
-        "variant": variant, "chats": len(mine), "stage_users": len({r[1] for r in mine if r[5]}),
-        "users": len(rates), "ratings": len(rated), "ups": int(ups.sum()), "up_rate": _num(mean),
+        "variant": variant,
+        "chats": len(mine),
+        "stage_users": len({r[1] for r in mine if r[5]}),
+        "users": len(rates),
+        "ratings": len(rated),
+        "ups": int(ups.sum()),
+        "up_rate": _num(mean),
         "ci": [_num(max(0.0, mean - radius)), _num(min(1.0, mean + radius))] if radius is not None else [None, None],
         "rating_rate": _num(len(rated) / len(mine)) if mine else None,
         "p95_latency_ms": _num(stats.p95(np.array([r[2] for r in mine if r[2] is not None]))),
-        "empty_rate": _num(sum(1 for r in mine if r[3]) / len(mine)) if mine else None}, (mean, var)
+        "empty_rate": _num(sum(1 for r in mine if r[3]) / len(mine)) if mine else None,
+    }, (mean, var)
 
 
 def _difference(numbers: dict, estimate: dict, cfg: AbtestConfig) -> tuple[float | None, float]:
@@ -107,18 +123,29 @@ def _difference(numbers: dict, estimate: dict, cfg: AbtestConfig) -> tuple[float
     var = estimate["challenger"][1] + estimate["incumbent"][1]
     lam = float(stats.msprt(diff, var, cfg.tau))
     radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha))
-    numbers.update(difference=_num(diff), difference_ci=[_num(diff - radius), _num(diff + radius)],
-                   msprt=_num(lam), p_value=_num(min(1.0, 1 / lam)) if lam > 0 else 1.0)
+    numbers.update(
+        difference=_num(diff),
+        difference_ci=[_num(diff - radius), _num(diff + radius)],
+        msprt=_num(lam),
+        p_value=_num(min(1.0, 1 / lam)) if lam > 0 else 1.0,
+    )
     return diff, lam
 
 
-def evaluate(con, exp: Experiment, cfg: AbtestConfig, *, tainted: bool = False,
-             now: datetime | None = None) -> Evaluation:
+def evaluate(
+    con, exp: Experiment, cfg: AbtestConfig, *, tainted: bool = False, now: datetime | None = None
+) -> Evaluation:
     """The decision the numbers support now (nothing is changed here)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     rows = con.execute(RATED, [exp.stage_started_at, exp.experiment_id]).fetchall()
-    numbers: dict = {"at": now.isoformat(timespec="seconds"), "share": exp.share, "stage": exp.stage,
-                     "alpha": cfg.alpha, "threshold": 1 / cfg.alpha, "arms": {}}
+    numbers: dict = {
+        "at": now.isoformat(timespec="seconds"),
+        "share": exp.share,
+        "stage": exp.stage,
+        "alpha": cfg.alpha,
+        "threshold": 1 / cfg.alpha,
+        "arms": {},
+    }
     estimate: dict[str, tuple[float, float]] = {}
     for variant, role in {exp.incumbent: "incumbent", exp.challenger: "challenger"}.items():
         numbers["arms"][role], estimate[role] = _arm([r for r in rows if r[0] == variant], variant, cfg)
@@ -132,34 +159,61 @@ def evaluate(con, exp: Experiment, cfg: AbtestConfig, *, tainted: bool = False,
     return _decide(exp, cfg, numbers, tainted=tainted, diff=diff, lam=lam, srm=srm, elapsed=elapsed)
 
 
-def _decide(exp: Experiment, cfg: AbtestConfig, numbers: dict, *, tainted: bool, diff: float | None, lam: float,
-            srm: float, elapsed: float) -> Evaluation:
+def _decide(
+    exp: Experiment,
+    cfg: AbtestConfig,
+    numbers: dict,
+    *,
+    tainted: bool,
+    diff: float | None,
+    lam: float,
+    srm: float,
+    elapsed: float,
+) -> Evaluation:
     """The first rule that applies, safest first: taint, SRM, guardrails, worse, ramp, better, timeout."""
     inc, ch, guardrails = numbers["arms"]["incumbent"], numbers["arms"]["challenger"], numbers["guardrails"]
     if tainted:
         return Evaluation("rollback", f"{exp.challenger} is tainted (trained on a forgotten user's data)", numbers)
     if inc["stage_users"] + ch["stage_users"] >= 100 and srm < cfg.srm_p:
-        return Evaluation("rollback", f"sample-ratio mismatch (p={srm:.2g} < {cfg.srm_p:g}): assignment is broken, "
-                                      "no decision can be trusted", numbers)
+        return Evaluation(
+            "rollback",
+            f"sample-ratio mismatch (p={srm:.2g} < {cfg.srm_p:g}): assignment is broken, no decision can be trusted",
+            numbers,
+        )
     enough = min(inc["users"], ch["users"]) >= cfg.min_users_per_arm and elapsed >= cfg.min_duration_s
     breached = [g for g in guardrails if not g["ok"]]
     if enough and breached:
         return Evaluation("rollback", "guardrail breached: " + "; ".join(g["why"] for g in breached), numbers)
     if enough and lam >= 1 / cfg.alpha and diff < 0:
-        return Evaluation("rollback", f"worse: up-rate {ch['up_rate']:.3f} vs {inc['up_rate']:.3f} "
-                                      f"(mSPRT {lam:.3g} >= {1 / cfg.alpha:g})", numbers)
+        return Evaluation(
+            "rollback",
+            f"worse: up-rate {ch['up_rate']:.3f} vs {inc['up_rate']:.3f} (mSPRT {lam:.3g} >= {1 / cfg.alpha:g})",
+            numbers,
+        )
     if enough and exp.stage + 1 < len(cfg.ramp):
-        return Evaluation("ramp", f"guardrails hold with {min(inc['users'], ch['users'])} users per arm: "
-                                  f"challenger share {exp.share:.0%} -> {cfg.ramp[exp.stage + 1]:.0%}", numbers)
+        return Evaluation(
+            "ramp",
+            f"guardrails hold with {min(inc['users'], ch['users'])} users per arm: "
+            f"challenger share {exp.share:.0%} -> {cfg.ramp[exp.stage + 1]:.0%}",
+            numbers,
+        )
     if enough and lam >= 1 / cfg.alpha and diff > 0:
-        return Evaluation("promote", f"better: up-rate {ch['up_rate']:.3f} vs {inc['up_rate']:.3f}, difference "
-                                     f"{diff:+.3f} (mSPRT {lam:.3g} >= {1 / cfg.alpha:g}), guardrails hold", numbers)
+        return Evaluation(
+            "promote",
+            f"better: up-rate {ch['up_rate']:.3f} vs {inc['up_rate']:.3f}, difference "
+            f"{diff:+.3f} (mSPRT {lam:.3g} >= {1 / cfg.alpha:g}), guardrails hold",
+            numbers,
+        )
     if elapsed >= cfg.max_duration_s:
         return Evaluation("rollback", f"inconclusive after {elapsed / 86400:.1f} days: keep the incumbent", numbers)
     if not enough:
-        return Evaluation("continue", f"collecting: {inc['users']}/{ch['users']} rating users per arm (need "
-                                      f"{cfg.min_users_per_arm}), {elapsed / 60:.0f} of {cfg.min_duration_s / 60:.0f} "
-                                      "minutes", numbers)
+        return Evaluation(
+            "continue",
+            f"collecting: {inc['users']}/{ch['users']} rating users per arm (need "
+            f"{cfg.min_users_per_arm}), {elapsed / 60:.0f} of {cfg.min_duration_s / 60:.0f} "
+            "minutes",
+            numbers,
+        )
     return Evaluation("continue", f"no significant difference yet (mSPRT {lam:.3g} < {1 / cfg.alpha:g})", numbers)
 
 
@@ -168,18 +222,39 @@ def _guardrails(inc: dict, ch: dict, cfg: AbtestConfig) -> list[dict]:
     a, b = inc["p95_latency_ms"], ch["p95_latency_ms"]
     if a is not None and b is not None:
         ok = b <= a * (1 + cfg.latency_margin)
-        out.append({"name": "p95 latency", "ok": ok, "incumbent": a, "challenger": b,
-                    "why": f"p95 latency {b:.0f} ms > {a:.0f} ms + {cfg.latency_margin:.0%}"})
+        out.append(
+            {
+                "name": "p95 latency",
+                "ok": ok,
+                "incumbent": a,
+                "challenger": b,
+                "why": f"p95 latency {b:.0f} ms > {a:.0f} ms + {cfg.latency_margin:.0%}",
+            }
+        )
     a, b = inc["rating_rate"], ch["rating_rate"]
     if a is not None and b is not None:
         ok = b >= a - cfg.rating_rate_margin
-        out.append({"name": "rating rate", "ok": ok, "incumbent": a, "challenger": b,
-                    "why": f"rating rate {b:.1%} < {a:.1%} - {cfg.rating_rate_margin:.0%}"})
+        out.append(
+            {
+                "name": "rating rate",
+                "ok": ok,
+                "incumbent": a,
+                "challenger": b,
+                "why": f"rating rate {b:.1%} < {a:.1%} - {cfg.rating_rate_margin:.0%}",
+            }
+        )
     a, b = inc["empty_rate"], ch["empty_rate"]
     if a is not None and b is not None:
         ok = b <= a + cfg.empty_answer_margin
-        out.append({"name": "empty answers", "ok": ok, "incumbent": a, "challenger": b,
-                    "why": f"empty answers {b:.1%} > {a:.1%} + {cfg.empty_answer_margin:.0%}"})
+        out.append(
+            {
+                "name": "empty answers",
+                "ok": ok,
+                "incumbent": a,
+                "challenger": b,
+                "why": f"empty answers {b:.1%} > {a:.1%} + {cfg.empty_answer_margin:.0%}",
+            }
+        )
     return out
 
 
@@ -189,24 +264,33 @@ def _num(x) -> float | None:
 
 def apply(con, exp: Experiment, ev: Evaluation, cfg: AbtestConfig, now: datetime | None = None) -> str | None:
     """Record the decision and change the experiment; returns the new live version when it ended."""
-    now = now or datetime.now(timezone.utc)
-    con.execute("INSERT INTO decisions (experiment_id, decided_at, decision, reason, numbers) VALUES (?, ?, ?, ?, ?)",
-                [exp.experiment_id, now, ev.decision, ev.reason, json.dumps(ev.numbers)])
+    now = now or datetime.now(UTC)
+    con.execute(
+        "INSERT INTO decisions (experiment_id, decided_at, decision, reason, numbers) VALUES (?, ?, ?, ?, ?)",
+        [exp.experiment_id, now, ev.decision, ev.reason, json.dumps(ev.numbers)],
+    )
     if ev.decision == "ramp":
-        con.execute("UPDATE experiments SET stage = stage + 1, challenger_share = ?, stage_started_at = ? "
-                    "WHERE experiment_id = ?", [cfg.ramp[exp.stage + 1], now, exp.experiment_id])
+        con.execute(
+            "UPDATE experiments SET stage = stage + 1, challenger_share = ?, stage_started_at = ? "
+            "WHERE experiment_id = ?",
+            [cfg.ramp[exp.stage + 1], now, exp.experiment_id],
+        )
         return None
     if ev.decision in ("promote", "rollback"):
         status = "promoted" if ev.decision == "promote" else "rolled_back"
-        con.execute("UPDATE experiments SET status = ?, ended_at = ? WHERE experiment_id = ?",
-                    [status, now, exp.experiment_id])
+        con.execute(
+            "UPDATE experiments SET status = ?, ended_at = ? WHERE experiment_id = ?", [status, now, exp.experiment_id]
+        )
         return exp.challenger if ev.decision == "promote" else exp.incumbent
     return None
 
 
 def decisions(con, experiment_id: str) -> list[dict]:
-    rows = con.execute("SELECT strftime(decided_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'), decision, reason, numbers "
-                       "FROM decisions WHERE experiment_id = ? ORDER BY decided_at", [experiment_id]).fetchall()
+    rows = con.execute(
+        "SELECT strftime(decided_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'), decision, reason, numbers "
+        "FROM decisions WHERE experiment_id = ? ORDER BY decided_at",
+        [experiment_id],
+    ).fetchall()
     return [{"at": r[0], "decision": r[1], "reason": r[2], "numbers": json.loads(r[3])} for r in rows]
 
 

@@ -81,9 +81,11 @@ def load(path: Path, chats: int, users: int) -> float:
     events = synthetic.events(chats * 2, users=users, feedback_share=1.0)
     kinds = {"c": "chat", "f": "feedback"}
     for start in range(0, len(events), 20_000):
-        part = events[start:start + 20_000]
-        records = [Record("c" if isinstance(e, synthetic.ChatLog) else "f", 0, start + i, e.model_dump_json().encode())
-                   for i, e in enumerate(part)]
+        part = events[start : start + 20_000]
+        records = [
+            Record("c" if isinstance(e, synthetic.ChatLog) else "f", 0, start + i, e.model_dump_json().encode())
+            for i, e in enumerate(part)
+        ]
         sink.write(con, "bench", None, prepare(records, kinds, scrubbed, "bench"))
     con.close()
     return time.perf_counter() - t0
@@ -115,8 +117,12 @@ def main() -> None:
     total = result["curate_s"] + result["snapshot_s"]
     r, c = result["report"], result["counts"]
     print(f"curate    {result['curate_s']:.1f} s: {r['samples']:,} samples, {r['kept']:,} kept, dropped {r['dropped']}")
-    print(f"snapshot  {result['snapshot_s']:.1f} s: {c['train']:,} train + {c['eval']:,} eval from {c['users']:,} users")
-    print(f"total     {total:.1f} s for {args.chats:,} chats ({args.chats / total:,.0f} chats/s), peak memory {peak:,} MB")
+    print(
+        f"snapshot  {result['snapshot_s']:.1f} s: {c['train']:,} train + {c['eval']:,} eval from {c['users']:,} users"
+    )
+    print(
+        f"total     {total:.1f} s for {args.chats:,} chats ({args.chats / total:,.0f} chats/s), peak memory {peak:,} MB"
+    )
     print(f"baseline  {baseline:.1f} s to read the candidates and write them as Parquet (the I/O floor)")
     print(f"ratio     {total / baseline:.1f}x the floor; target < 60 s: {'met' if total < 60 else 'NOT met'}")
 

@@ -41,8 +41,9 @@ def baseline_presidio(texts: list[str], model: str) -> float:
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
     offline_tldextract()
-    engine = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]}).create_engine()
+    engine = NlpEngineProvider(
+        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]}
+    ).create_engine()
     batch = BatchAnalyzerEngine(AnalyzerEngine(nlp_engine=engine, supported_languages=["en"]))
     started = time.perf_counter()
     list(batch.analyze_iterator(texts, language="en"))
@@ -64,8 +65,9 @@ def run_ingest_bench(n: int, workdir: Path) -> dict:
     evs = make_events(n, seed=42)
     with EmbeddedBroker(cfg.kafka, workdir) as broker:
         cfg = load_config(overrides=[f"data_dir={workdir}", f"kafka.bootstrap_servers={broker.bootstrap}"], env={})
-        producer = EventProducer.connect(client_settings(cfg.kafka, broker.bootstrap), cfg.kafka.chats_topic,
-                                         cfg.kafka.feedback_topic)
+        producer = EventProducer.connect(
+            client_settings(cfg.kafka, broker.bootstrap), cfg.kafka.chats_topic, cfg.kafka.feedback_topic
+        )
         started = time.perf_counter()
         for e in evs:
             producer.send(e)
@@ -83,7 +85,9 @@ def run_ingest_bench(n: int, workdir: Path) -> dict:
         first_row, stored = None, 0
         while stored < n:
             time.sleep(0.05)
-            stored = reader.execute("SELECT (SELECT count(*) FROM chats) + (SELECT count(*) FROM feedback)").fetchone()[0]
+            stored = reader.execute("SELECT (SELECT count(*) FROM chats) + (SELECT count(*) FROM feedback)").fetchone()[
+                0
+            ]
             if stored and first_row is None:
                 first_row = time.perf_counter()
         total_s = time.perf_counter() - started
@@ -115,11 +119,18 @@ def main() -> None:
     b = len(sample) / t_spacy
     print(f"cores: {os.cpu_count()}")
     print(f"produce: {args.events} events in {r['produce_s']:.1f} s ({args.events / r['produce_s']:,.0f}/s)")
-    print(f"ingest end-to-end: {args.events} events in {r['ingest_s']:.1f} s = {ours:,.0f} events/s "
-          f"({r['join_s']:.1f} s of it joining the group; {ours_steady:,.0f} events/s after), "
-          f"{r['findings']} PII findings")
-    print(f"(a) Presidio BatchAnalyzerEngine, default settings: {a:,.0f} events/s ({len(texts) / t_presidio:,.0f} texts/s)")
-    print(f"(b) bare spaCy NER, nlp.pipe tok2vec+ner:           {b:,.0f} events/s ({len(texts) / t_spacy:,.0f} texts/s)")
+    print(
+        f"ingest end-to-end: {args.events} events in {r['ingest_s']:.1f} s = {ours:,.0f} events/s "
+        f"({r['join_s']:.1f} s of it joining the group; {ours_steady:,.0f} events/s after), "
+        f"{r['findings']} PII findings"
+    )
+    print(
+        f"(a) Presidio BatchAnalyzerEngine, default settings: {a:,.0f} events/s "
+        f"({len(texts) / t_presidio:,.0f} texts/s)"
+    )
+    print(
+        f"(b) bare spaCy NER, nlp.pipe tok2vec+ner:           {b:,.0f} events/s ({len(texts) / t_spacy:,.0f} texts/s)"
+    )
     print(f"ratio vs (a): {ours / a:.2f}x (target >= 4)")
     print(f"ratio vs (b): {ours / b:.2f}x (target >= 0.8)")
 

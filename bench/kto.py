@@ -34,10 +34,13 @@ def rows(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     def row(i: int, topic, wording: str, item: str, desirable: bool) -> dict:
         other = rng.choice([t for t in TOPICS if t is not topic])
         answer = topic.policy if desirable else other.policy
-        prompt = [{"role": "system", "content": SYSTEM},
-                  {"role": "user", "content": wording.format(item=item)}]
-        return {"sample_id": f"{'d' if desirable else 'u'}{i}", "label": desirable, "prompt": prompt,
-                "completion": [{"role": "assistant", "content": answer}]}
+        prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": wording.format(item=item)}]
+        return {
+            "sample_id": f"{'d' if desirable else 'u'}{i}",
+            "label": desirable,
+            "prompt": prompt,
+            "completion": [{"role": "assistant", "content": answer}],
+        }
 
     train = []
     for i in range(n):
@@ -45,8 +48,10 @@ def rows(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
         train.append(row(i, topic, rng.choice(topic.questions[:5]), rng.choice(seen_items), desirable=i % 3 != 2))
     held_out = []
     for i, (topic, item) in enumerate((t, it) for t in TOPICS for it in new_items):
-        held_out += [row(10_000 + i, topic, topic.questions[5], item, True),
-                     row(20_000 + i, topic, topic.questions[5], item, False)]
+        held_out += [
+            row(10_000 + i, topic, topic.questions[5], item, True),
+            row(20_000 + i, topic, topic.questions[5], item, False),
+        ]
     return train, held_out
 
 
@@ -72,8 +77,10 @@ def report(name: str, examples, delta: list[float]) -> None:
 
     line = name
     for label, xs in (("desirable", good), ("undesirable", bad)):
-        line += (f"  {label} {mean([d for d, _ in xs]):+.2f} nats/answer "
-                 f"({sum(d for d, _ in xs) / sum(e.n_labels for _, e in xs):+.3f}/token, n={len(xs)})")
+        line += (
+            f"  {label} {mean([d for d, _ in xs]):+.2f} nats/answer "
+            f"({sum(d for d, _ in xs) / sum(e.n_labels for _, e in xs):+.3f}/token, n={len(xs)})"
+        )
     print(line)
 
 
@@ -100,13 +107,17 @@ def main() -> None:
     train = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in train_rows]
     held = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in held_rows]
     n_good = sum(e.desirable for e in train)
-    print(f"{len(train)} training rows ({n_good} desirable, {len(train) - n_good} undesirable), {len(held)} held-out "
-          f"rows (an unseen wording of each topic, unseen items); {args.model}, kto, lr {cfg.learning_rate:g}, "
-          f"beta {cfg.kto_beta:g}, {cfg.epochs:g} epochs")
+    print(
+        f"{len(train)} training rows ({n_good} desirable, {len(train) - n_good} undesirable), {len(held)} held-out "
+        f"rows (an unseen wording of each topic, unseen items); {args.model}, kto, lr {cfg.learning_rate:g}, "
+        f"beta {cfg.kto_beta:g}, {cfg.epochs:g} epochs"
+    )
     model = recipe.load_model(base, cfg, None)
     started = time.perf_counter()
     result = recipe.train(model, train, cfg, pad)
-    print(f"trained: {result.steps} steps in {time.perf_counter() - started:.0f} s ({result.tokens_per_s:,.0f} tokens/s)")
+    print(
+        f"trained: {result.steps} steps in {time.perf_counter() - started:.0f} s ({result.tokens_per_s:,.0f} tokens/s)"
+    )
     model.eval()
     ref = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()  # the starting weights
     held_delta = deltas(model, ref, held, pad)

@@ -67,8 +67,9 @@ def run_presidio(samples: list[Sample], model: str) -> tuple[Score, float]:
     from presidio_anonymizer import AnonymizerEngine
 
     offline_tldextract()
-    engine = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]}).create_engine()
+    engine = NlpEngineProvider(
+        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]}
+    ).create_engine()
     batch = BatchAnalyzerEngine(AnalyzerEngine(nlp_engine=engine, supported_languages=["en"]))
     anonymizer = AnonymizerEngine()
     list(batch.analyze_iterator([s.text for s in samples[:20]], language="en"))
@@ -82,20 +83,25 @@ def run_presidio(samples: list[Sample], model: str) -> tuple[Score, float]:
     return score, len(samples) / elapsed
 
 
-def report(name: str, ours: tuple[Score, float], base: tuple[Score, float], leaks: int,
-           with_store_words: Score | None = None) -> None:
+def report(
+    name: str, ours: tuple[Score, float], base: tuple[Score, float], leaks: int, with_store_words: Score | None = None
+) -> None:
     (a, a_rate), (b, b_rate) = ours, base
     print(f"\n## {name}: {sum(st['n'] for st in a.per_type.values())} labelled values")
-    print(f"{'entity':<16}{'values':>7} | {'recall':>7}{'leaked':>7}{'partly':>7}{'prec':>6} | "
-          f"{'Presidio':>8}{'leaked':>7}{'prec':>6}")
+    print(
+        f"{'entity':<16}{'values':>7} | {'recall':>7}{'leaked':>7}{'partly':>7}{'prec':>6} | "
+        f"{'Presidio':>8}{'leaked':>7}{'prec':>6}"
+    )
     kinds = sorted((k for k in a.per_type if a.per_type[k]["n"]), key=lambda k: -a.per_type[k]["n"])
     for k in kinds:
         st, bt = a.per_type[k], b.per_type.get(k, {"n": 0, "hit": 0, "leaked": 0, "found": 0, "true": 0})
         prec = st["true"] / st["found"] if st["found"] else float("nan")
         b_prec = bt["true"] / bt["found"] if bt["found"] else float("nan")
         b_recall = bt["hit"] / bt["n"] if bt.get("n") else float("nan")
-        print(f"{k:<16}{st['n']:>7} | {a.recall(k):>7.3f}{st['leaked']:>7}{st['partly']:>7}{prec:>6.2f} | "
-              f"{b_recall:>8.3f}{bt['leaked']:>7}{b_prec:>6.2f}")
+        print(
+            f"{k:<16}{st['n']:>7} | {a.recall(k):>7.3f}{st['leaked']:>7}{st['partly']:>7}{prec:>6.2f} | "
+            f"{b_recall:>8.3f}{bt['leaked']:>7}{b_prec:>6.2f}"
+        )
     print(f"{'leaked values':<24}{'Flywheel':>12}{'Presidio':>12}")
     print(f"{'  count':<24}{a.leaked:>12}{b.leaked:>12}")
     print(f"{'  share':<24}{a.leak_rate:>12.2%}{b.leak_rate:>12.2%}")
@@ -104,8 +110,10 @@ def report(name: str, ours: tuple[Score, float], base: tuple[Score, float], leak
     if a.domain_words:
         print(f"{'domain words scrubbed':<24}{a.over_redaction:>12.2%}{b.over_redaction:>12.2%}")
     if with_store_words is not None:
-        print(f"{'  store words allowed':<24}{with_store_words.over_redaction:>12.2%}"
-              f"   (ingest.pii.allow_words = the store's {len(STORE_WORDS)} brand and product names)")
+        print(
+            f"{'  store words allowed':<24}{with_store_words.over_redaction:>12.2%}"
+            f"   (ingest.pii.allow_words = the store's {len(STORE_WORDS)} brand and product names)"
+        )
     print(f"{'texts/s':<24}{a_rate:>12.1f}{b_rate:>12.1f}   ratio {a_rate / b_rate:.2f}x")
     for kind, value, text in a.leaks[:leaks]:
         print(f"  leaked {kind}: {value!r} in {text!r}")
@@ -117,15 +125,23 @@ def main() -> None:
     parser.add_argument("--templates", type=int, default=660, help="sentences of the template set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--leaks", type=int, default=15, help="leaked values to print per set")
-    parser.add_argument("--names-held-out", type=float, default=0.0,
-                        help="share of names left out of the scrubber's name list (recall on unseen names)")
+    parser.add_argument(
+        "--names-held-out",
+        type=float,
+        default=0.0,
+        help="share of names left out of the scrubber's name list (recall on unseen names)",
+    )
     args = parser.parse_args()
     cfg = PiiConfig(workers=0)
     faker_set, template_set = corpus(args.texts, args.seed), template_corpus(args.templates, args.seed)
     print(f"faker set: {len(faker_set)} texts, seed {args.seed}; template set: {len(template_set)} sentences")
     for name, samples in (("faker", faker_set), ("templates", template_set)):
         if samples:
-            store = run_flywheel(samples, PiiConfig(workers=0, allow_words=list(STORE_WORDS)))[0] if name == "faker" else None
+            store = (
+                run_flywheel(samples, PiiConfig(workers=0, allow_words=list(STORE_WORDS)))[0]
+                if name == "faker"
+                else None
+            )
             report(name, run_flywheel(samples, cfg), run_presidio(samples, cfg.spacy_model), args.leaks, store)
     if args.names_held_out:
         held_out_names(faker_set, cfg, args.names_held_out)
@@ -152,8 +168,10 @@ def held_out_names(samples: list[Sample], cfg: PiiConfig, share: float) -> None:
     print(f"\n## names with a share of {share:.0%} of name words left out of the gazetteer")
     print(f"all names: {all_st['n']}, recall {everyone.recall('PERSON'):.3f}, leaked {all_st['leaked']}")
     if st["n"]:
-        print(f"names none of whose words the gazetteer holds: {st['n']}, recall {unseen.recall('PERSON'):.3f}, "
-              f"leaked {st['leaked']}")
+        print(
+            f"names none of whose words the gazetteer holds: {st['n']}, recall {unseen.recall('PERSON'):.3f}, "
+            f"leaked {st['leaked']}"
+        )
         for kind, value, text in unseen.leaks[:10]:
             print(f"  leaked {kind}: {value!r} in {text!r}")
 

@@ -45,13 +45,21 @@ SHAPES = {"phone-shaped": largest("call 555-123-4567 "), "prose": largest("the p
 
 
 def records(evs, start: int) -> list[Record]:
-    return [Record("feedback" if isinstance(e, Feedback) else "chats", 0, start + i, e.model_dump_json().encode())
-            for i, e in enumerate(evs)]
+    return [
+        Record("feedback" if isinstance(e, Feedback) else "chats", 0, start + i, e.model_dump_json().encode())
+        for i, e in enumerate(evs)
+    ]
 
 
 def attack_event(text: str) -> Feedback:
-    return Feedback(event_id=uuid.uuid4(), response_id="chatcmpl-x", app_id="attacker", user_id="u-attacker",
-                    rating=-1, comment=text)
+    return Feedback(
+        event_id=uuid.uuid4(),
+        response_id="chatcmpl-x",
+        app_id="attacker",
+        user_id="u-attacker",
+        rating=-1,
+        comment=text,
+    )
 
 
 def run(pool: ScrubPool, honest, text: str | None, rate: float, workdir: Path) -> tuple[float, int]:
@@ -94,13 +102,17 @@ def main() -> None:
     finally:
         pool.close()
     base = sum(results["baseline"]) / len(results["baseline"])
-    print(f"scrub_cost_per_s {rate:g} per key; one attacker text costs <= {MAX_TEXT_COST} "
-          f"({', '.join(f'{k} {len(v)} chars' for k, v in SHAPES.items())})")
+    print(
+        f"scrub_cost_per_s {rate:g} per key; one attacker text costs <= {MAX_TEXT_COST} "
+        f"({', '.join(f'{k} {len(v)} chars' for k, v in SHAPES.items())})"
+    )
     print(f"honest ingest alone          {base:7.0f} events/s  (mean of {args.rounds})")
     for name in SHAPES:
         mean = sum(results[name]) / len(results[name])
-        print(f"with a {name:<13} attacker {mean:7.0f} events/s  ratio {mean / base:.2f}  "
-              f"({sent[name]} attacker texts in)")
+        print(
+            f"with a {name:<13} attacker {mean:7.0f} events/s  ratio {mean / base:.2f}  "
+            f"({sent[name]} attacker texts in)"
+        )
 
 
 if __name__ == "__main__":

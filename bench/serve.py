@@ -31,8 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 KEY = "bench-key"
-QUESTIONS = ["How long does shipping to Canada take?", "Can I return a jacket that does not fit?",
-             "What is your warranty policy for headphones?", "How do I change my delivery address?"]
+QUESTIONS = [
+    "How long does shipping to Canada take?",
+    "Can I return a jacket that does not fit?",
+    "What is your warranty policy for headphones?",
+    "How do I change my delivery address?",
+]
 
 
 def free_port() -> int:
@@ -66,8 +70,12 @@ def wrk(url: str, body: dict, seconds: int = 10, connections: int = 64) -> tuple
         '  io.write(string.format("P99 %f\\nERRORS %d\\n", latency:percentile(99) / 1000,'
         " summary.errors.status + summary.errors.connect + summary.errors.timeout))\nend\n"
     )
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = float(re.search(r"P99 ([\d.]+)", out).group(1))
     errors = int(re.search(r"ERRORS (\d+)", out).group(1))
@@ -100,11 +108,16 @@ def bench_feedback() -> None:
         from infra.models import resolve_base_model
 
         model = resolve_base_model("bundled:SmolLM2-135M-Instruct", ROOT / "var" / "models")
-        env = {**os.environ, "FLYWHEEL_DATA_DIR": tmp, "FLYWHEEL_SERVING__PORT": str(port_api),
-               "FLYWHEEL_BASE_MODEL": str(model), "FLYWHEEL_SERVING__API_KEYS": '{bench = "%s"}' % ids.hash_key(KEY),
-               "FLYWHEEL_SERVING__RATE_LIMIT_PER_S": "1000000", "FLYWHEEL_SERVING__RATE_BURST": "1000000"}
-        subprocess.run([sys.executable, "-m", "infra.cli", "broker", "start"], env=env, check=True,
-                       capture_output=True)
+        env = {
+            **os.environ,
+            "FLYWHEEL_DATA_DIR": tmp,
+            "FLYWHEEL_SERVING__PORT": str(port_api),
+            "FLYWHEEL_BASE_MODEL": str(model),
+            "FLYWHEEL_SERVING__API_KEYS": f'{{bench = "{ids.hash_key(KEY)}"}}',
+            "FLYWHEEL_SERVING__RATE_LIMIT_PER_S": "1000000",
+            "FLYWHEEL_SERVING__RATE_BURST": "1000000",
+        }
+        subprocess.run([sys.executable, "-m", "infra.cli", "broker", "start"], env=env, check=True, capture_output=True)
         api = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve"], env=env)
         try:
             wait_http(f"http://127.0.0.1:{port_noop}/docs")
@@ -112,8 +125,9 @@ def bench_feedback() -> None:
             import openai
 
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port_api}/v1", api_key=KEY)
-            reply = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}],
-                                                   max_tokens=4, user="bench-user")
+            reply = client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, user="bench-user"
+            )
             body = {"response_id": reply.id, "rating": "up"}
             wrk(f"http://127.0.0.1:{port_noop}/noop", body, seconds=3)  # warm both up
             wrk(f"http://127.0.0.1:{port_api}/v1/feedback", body, seconds=3)
@@ -145,14 +159,18 @@ def static_batch(model, tokenizer, n: int, max_tokens: int) -> float:
     import torch
 
     tokenizer.padding_side = "left"
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[i % 4]}],
-                                             add_generation_prompt=True, tokenize=False) for i in range(n)]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": QUESTIONS[i % 4]}], add_generation_prompt=True, tokenize=False
+        )
+        for i in range(n)
+    ]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     started = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**batch, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     elapsed = time.perf_counter() - started
-    new = out[:, batch["input_ids"].shape[1]:]
+    new = out[:, batch["input_ids"].shape[1] :]
     tokens = int((new != tokenizer.pad_token_id).sum())
     return tokens / elapsed
 
@@ -167,8 +185,13 @@ def concurrent_clients(url: str, clients: int, rounds: int, max_tokens: int) -> 
         c = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=600)
         n = 0
         for r in range(rounds):
-            reply = c.chat.completions.create(model="x", user=f"user-{i}", max_tokens=max_tokens, temperature=0,
-                                              messages=[{"role": "user", "content": QUESTIONS[(i + r) % 4]}])
+            reply = c.chat.completions.create(
+                model="x",
+                user=f"user-{i}",
+                max_tokens=max_tokens,
+                temperature=0,
+                messages=[{"role": "user", "content": QUESTIONS[(i + r) % 4]}],
+            )
             n += reply.usage.completion_tokens
         totals.append(n)
 
@@ -200,10 +223,18 @@ def start_api(tmp: Path, tokenizer, model, routing: dict | None, loaded: bool = 
     if routing:
         publish(tmp, routing)
     router.refresh()
-    app = create_app(ServingConfig(api_keys={"bench": ids.hash_key(KEY)}, max_tokens=512, rate_limit_per_s=1e6,
-                                   rate_burst=10**6), generator=gen, tokenizer=tokenizer,
-                     outbox=Outbox(tmp / "outbox.sqlite"), chats_topic="c", feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32,
-                     route=router.route, variants=router.variants)
+    app = create_app(
+        ServingConfig(api_keys={"bench": ids.hash_key(KEY)}, max_tokens=512, rate_limit_per_s=1e6, rate_burst=10**6),
+        generator=gen,
+        tokenizer=tokenizer,
+        outbox=Outbox(tmp / "outbox.sqlite"),
+        chats_topic="c",
+        feedback_topic="f",
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=router.route,
+        variants=router.variants,
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     threading.Thread(target=server.run, daemon=True).start()
@@ -219,8 +250,7 @@ def make_adapters(tmp: Path, model) -> dict:
     out = {}
     for i, version in enumerate(["v0001", "v0002"]):
         torch.manual_seed(i)
-        peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
-                              adapter_name=version)
+        peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"), adapter_name=version)
         for name, p in peft.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.001)
@@ -259,8 +289,12 @@ def bench_generation(parts: set[str], max_tokens: int = 48, rounds: int = 2, rep
             # generator thread) lives at a time, as in `flywheel serve`: an idle generator thread that has
             # run OpenMP regions slows another's by ~25% here, the adapters' many small ops more.
             adapters = off_main(lambda: make_adapters(tmp, load_model()[1]))
-            routing = {"experiment_id": "bench", "salt": "b", "split": [["v0001", 0.5], ["v0002", 0.5]],
-                       "adapters": adapters}
+            routing = {
+                "experiment_id": "bench",
+                "salt": "b",
+                "split": [["v0001", 0.5], ["v0002", 0.5]],
+                "adapters": adapters,
+            }
             models = {"base": (model, None), "mixed": (off_main(load_model)[1], routing)}
             ratios, turns, ready = [], itertools.count(), {}
 
@@ -280,8 +314,10 @@ def bench_generation(parts: set[str], max_tokens: int = 48, rounds: int = 2, rep
             for i in range(repeat):
                 base, mixed = measure("base"), measure("mixed")
                 ratios.append(mixed / base)
-                print(f"turn {i + 1}: base model only {base:,.1f} tokens/s, users split across two adapters "
-                      f"{mixed:,.1f} tokens/s, ratio {mixed / base:.3f}")
+                print(
+                    f"turn {i + 1}: base model only {base:,.1f} tokens/s, users split across two adapters "
+                    f"{mixed:,.1f} tokens/s, ratio {mixed / base:.3f}"
+                )
             print(f"ratio (median of {repeat} turns): {statistics.median(ratios):.3f} (target >= 0.9)")
 
 

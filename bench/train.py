@@ -33,10 +33,17 @@ def samples(n: int, seed: int = 0) -> list[dict]:
     out = []
     for i in range(n):
         c = synthetic.chat(rng, f"user-{i}")
-        answer = c.response if rng.random() < 0.5 else c.response + " " + rng.choice(synthetic.ANSWERS).format(order="#1")
-        out.append({"sample_id": str(i), "label": True,
-                    "prompt": [{"role": m.role, "content": m.content} for m in c.messages],
-                    "completion": [{"role": "assistant", "content": answer}]})
+        answer = (
+            c.response if rng.random() < 0.5 else c.response + " " + rng.choice(synthetic.ANSWERS).format(order="#1")
+        )
+        out.append(
+            {
+                "sample_id": str(i),
+                "label": True,
+                "prompt": [{"role": m.role, "content": m.content} for m in c.messages],
+                "completion": [{"role": "assistant", "content": answer}],
+            }
+        )
     return out
 
 
@@ -48,19 +55,36 @@ def naive(base: Path, examples, cfg, batch_size: int) -> float:
     from retrain import recipe
 
     model = recipe.load_model(base, cfg, None)
-    data = datasets.Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels,
-                                        "attention_mask": [1] * len(e.input_ids)} for e in examples])
+    data = datasets.Dataset.from_list(
+        [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in examples]
+    )
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch_size, num_train_epochs=1,
-                                 learning_rate=cfg.learning_rate, lr_scheduler_type="linear", warmup_steps=1,
-                                 max_grad_norm=1.0, logging_steps=10_000, save_strategy="no", report_to=[],
-                                 seed=cfg.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-                                 bf16=torch.cuda.is_available(), disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=data,
-                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=batch_size,
+            num_train_epochs=1,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type="linear",
+            warmup_steps=1,
+            max_grad_norm=1.0,
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to=[],
+            seed=cfg.seed,
+            dataloader_num_workers=0,
+            use_cpu=not torch.cuda.is_available(),
+            bf16=torch.cuda.is_available(),
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        )
         started = time.perf_counter()
         trainer.train()
         return time.perf_counter() - started
@@ -88,25 +112,34 @@ def main() -> None:
     mean_len = real / len(examples)
     cfg = RetrainConfig(epochs=1, tokens_per_batch=int(args.batch * mean_len * 1.15), seed=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"{args.samples} samples, {real:,} tokens (mean {mean_len:.0f}), {args.model} on {device}, "
-          f"{torch.get_num_threads()} threads, quantization {'nf4' if recipe.use_nf4(cfg) else 'none'}")
+    print(
+        f"{args.samples} samples, {real:,} tokens (mean {mean_len:.0f}), {args.model} on {device}, "
+        f"{torch.get_num_threads()} threads, quantization {'nf4' if recipe.use_nf4(cfg) else 'none'}"
+    )
 
     naive_s = naive(base, examples, cfg, args.batch)
-    print(f"naive HF Trainer (batches of {args.batch}, padded to longest): {real / naive_s:,.1f} tokens/s ({naive_s:.1f} s)")
+    print(
+        f"naive HF Trainer (batches of {args.batch}, padded to longest): {real / naive_s:,.1f} tokens/s "
+        f"({naive_s:.1f} s)"
+    )
     model = recipe.load_model(base, cfg, None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = recipe.train(model, examples, cfg, pad)
-    print(f"recipe (bucketed, head on answers only): {result.tokens_per_s:,.1f} tokens/s ({result.seconds:.1f} s, "
-          f"{result.steps} steps)")
+    print(
+        f"recipe (bucketed, head on answers only): {result.tokens_per_s:,.1f} tokens/s ({result.seconds:.1f} s, "
+        f"{result.steps} steps)"
+    )
     print(f"ratio: {result.tokens_per_s / (real / naive_s):.2f} (target >= 1.5 on CPU)")
     if device == "cuda":
         params = sum(p.numel() for p in model.parameters())
         flops = 6 * params * result.tokens_per_s  # forward + backward, dense estimate
         peak = torch.cuda.get_device_properties(0)
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB; "
-              f"~{flops / 1e12:.1f} TFLOP/s model FLOPs on {peak.name}")
+        print(
+            f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB; "
+            f"~{flops / 1e12:.1f} TFLOP/s model FLOPs on {peak.name}"
+        )
 
 
 if __name__ == "__main__":

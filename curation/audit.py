@@ -4,8 +4,9 @@ Every entry stores the hash of the one before it; `verify` recomputes the chain,
 reordered entry is found. A chain alone does not catch a rewrite that recomputes every hash after it, nor the
 loss of the newest entries, so the head is anchored outside the database: `seal` signs (seq, hash) with a
 key the database does not hold (the data dir's secret), the service writes it to a file after each change
-and logs it, and `verify` checks the chain against an anchor (the file, or a head a reviewer kept). This module only ever inserts into `audit_log`; no code path updates or deletes
-it (a test greps for that). Entries never hold a user id: forgetting a user must not need to edit it.
+and logs it, and `verify` checks the chain against an anchor (the file, or a head a reviewer kept). This
+module only ever inserts into `audit_log`; no code path updates or deletes it (a test checks that).
+Entries never hold a user id: forgetting a user must not need to edit it.
 """
 
 from __future__ import annotations
@@ -81,22 +82,28 @@ def verify(con, anchor: Anchor | None = None, key: bytes | None = None) -> Verdi
     if anchor is None or not verdict.ok:
         return verdict
     if key is not None and not hmac.compare_digest(_mac(key, anchor.seq, anchor.hash), anchor.mac):
-        return Verdict(verdict.entries, anchor.seq, "the anchor's signature does not verify: it was not written "
-                                                    "with this data dir's secret")
+        return Verdict(
+            verdict.entries,
+            anchor.seq,
+            "the anchor's signature does not verify: it was not written with this data dir's secret",
+        )
     row = con.execute("SELECT hash FROM audit_log WHERE seq = ?", [anchor.seq]).fetchone()
     if row is None:
-        return Verdict(verdict.entries, anchor.seq, f"the anchor names entry {anchor.seq}, which is missing: the "
-                                                    "log was truncated")
+        return Verdict(
+            verdict.entries, anchor.seq, f"the anchor names entry {anchor.seq}, which is missing: the log was truncated"
+        )
     if row[0] != anchor.hash:
-        return Verdict(verdict.entries, anchor.seq, f"entry {anchor.seq} differs from the anchor's hash: the log "
-                                                    "was rewritten up to it")
+        return Verdict(
+            verdict.entries,
+            anchor.seq,
+            f"entry {anchor.seq} differs from the anchor's hash: the log was rewritten up to it",
+        )
     return verdict
 
 
 def _verify_chain(con) -> Verdict:
     rows = con.execute(
-        "SELECT seq, epoch_us(logged_at), actor, action, subject, details, prev_hash, hash "
-        "FROM audit_log ORDER BY seq"
+        "SELECT seq, epoch_us(logged_at), actor, action, subject, details, prev_hash, hash FROM audit_log ORDER BY seq"
     ).fetchall()
     prev, expected_seq = GENESIS, 1
     for seq, logged_us, actor, action, subject, details, prev_hash, digest in rows:
@@ -114,7 +121,17 @@ def entries(con, limit: int = 50) -> list[dict]:
     """The latest entries, newest first."""
     rows = con.execute(
         "SELECT seq, strftime(logged_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'), actor, action, subject, details "
-        "FROM audit_log ORDER BY seq DESC LIMIT ?", [limit]
+        "FROM audit_log ORDER BY seq DESC LIMIT ?",
+        [limit],
     ).fetchall()
-    return [{"seq": r[0], "logged_at": r[1] + "Z", "actor": r[2], "action": r[3], "subject": r[4],
-             "details": json.loads(r[5])} for r in rows]
+    return [
+        {
+            "seq": r[0],
+            "logged_at": r[1] + "Z",
+            "actor": r[2],
+            "action": r[3],
+            "subject": r[4],
+            "details": json.loads(r[5]),
+        }
+        for r in rows
+    ]

@@ -32,12 +32,14 @@ class CurationConfig(Section):
         ["en"], description="ISO 639-1 codes kept; texts too short to tell are kept. Empty: keep all."
     )
     near_duplicate_threshold: float = Field(
-        0.9, gt=0, le=1, description="Jaccard similarity (MinHash) of prompt and of answer above which two "
+        0.9,
+        gt=0,
+        le=1,
+        description="Jaccard similarity (MinHash) of prompt and of answer above which two "
         "samples with the same label are one.",
     )
     max_placeholder_share: float = Field(
-        0.5, gt=0, le=1, description="Answers whose text is more than this share of <PII> placeholders are "
-        "dropped.",
+        0.5, gt=0, le=1, description="Answers whose text is more than this share of <PII> placeholders are dropped."
     )
     eval_share: float = Field(0.1, ge=0, lt=1, description="Share of users whose samples form the eval split.")
     seed: int = Field(0, description="Seed for splits and sampling; same data + seed = same snapshot.")

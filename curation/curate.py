@@ -80,7 +80,8 @@ def candidates(con, cfg: CurationConfig) -> tuple[list[Sample], Report]:
         prompt = json.loads(messages)
 
         def add(source: str, label: str, answer: str) -> None:
-            out.append(Sample(sample_id(event_id, source), event_id, response_id, user, label, source, prompt, answer))
+            # called only inside this iteration: the loop variables are the ones meant
+            out.append(Sample(sample_id(event_id, source), event_id, response_id, user, label, source, prompt, answer))  # noqa: B023
 
         if rating == 1:
             report.ratings_up += 1
@@ -100,34 +101,33 @@ def _last_user(prompt: list[dict]) -> str:
     return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
 
 
-def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
-    """Set scores and, for dropped samples, the first reason as "filter: detail" (filters in the order
-    below); returns the per-user cap."""
-    prompts_full = ["\n".join(m.get("content", "") for m in s.prompt) for s in samples]
-    last_user = [_last_user(s.prompt) for s in samples]
+def _drop(s: Sample, why: str) -> None:
+    """The first filter that drops a sample names the reason."""
+    if s.reason is None:
+        s.reason = why
 
-    def drop(s: Sample, why: str) -> None:
-        if s.reason is None:
-            s.reason = why
 
+def _lengths(samples: list[Sample], prompts_full: list[str], last_user: list[str], cfg: CurationConfig) -> None:
     for s, full, last in zip(samples, prompts_full, last_user):
         s.scores["prompt_chars"], s.scores["answer_chars"] = len(full), len(s.answer)
         if len(last.strip()) < cfg.min_prompt_chars:
-            drop(s, f"length: prompt under {cfg.min_prompt_chars} characters")
+            _drop(s, f"length: prompt under {cfg.min_prompt_chars} characters")
         elif len(full) > cfg.max_prompt_chars:
-            drop(s, f"length: prompt over {cfg.max_prompt_chars} characters")
+            _drop(s, f"length: prompt over {cfg.max_prompt_chars} characters")
         elif len(s.answer.strip()) < cfg.min_answer_chars:
-            drop(s, f"length: answer under {cfg.min_answer_chars} characters")
+            _drop(s, f"length: answer under {cfg.min_answer_chars} characters")
         elif len(s.answer) > cfg.max_answer_chars:
-            drop(s, f"length: answer over {cfg.max_answer_chars} characters")
+            _drop(s, f"length: answer over {cfg.max_answer_chars} characters")
 
+
+def _content(samples: list[Sample], prompts_full: list[str], last_user: list[str], cfg: CurationConfig) -> None:
+    """Language, PII left after scrubbing, and answers that are mostly placeholders."""
     if cfg.languages:
-        for s, (lang, confidence) in zip(samples, filters.languages([f"{p}\n{s.answer}" for s, p in
-                                                                       zip(samples, last_user)], cfg.languages)):
+        texts = [f"{p}\n{s.answer}" for s, p in zip(samples, last_user)]
+        for s, (lang, confidence) in zip(samples, filters.languages(texts, cfg.languages)):
             s.scores["language"], s.scores["language_confidence"] = lang, confidence
             if lang is not None and lang not in cfg.languages:
-                drop(s, f"language: {lang}, not one of {','.join(cfg.languages)}")
-
+                _drop(s, f"language: {lang}, not one of {','.join(cfg.languages)}")
     seen: dict[str, list[str]] = {}
     for s, full in zip(samples, prompts_full):
         text = f"{full}\n{s.answer}"
@@ -136,29 +136,43 @@ def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
             found = seen[text] = filters.leftover_pii(text)
         s.scores["leftover_pii"] = found
         if found:
-            drop(s, "pii: " + ",".join(found) + " left after scrubbing")
-
+            _drop(s, "pii: " + ",".join(found) + " left after scrubbing")
     for s in samples:
         share = round(filters.placeholder_share(s.answer), 4)
         s.scores["placeholder_share"] = share
         if share > cfg.max_placeholder_share:
-            drop(s, f"placeholder: {share:.0%} of the answer is placeholders")
+            _drop(s, f"placeholder: {share:.0%} of the answer is placeholders")
 
+
+def _duplicates(samples: list[Sample], prompts_full: list[str], cfg: CurationConfig) -> None:
     alive = [i for i, s in enumerate(samples) if s.reason is None]
-    dup_of = filters.near_duplicates([prompts_full[i] for i in alive], [samples[i].answer for i in alive],
-                                     [samples[i].label for i in alive], cfg.near_duplicate_threshold)
+    dup_of = filters.near_duplicates(
+        [prompts_full[i] for i in alive],
+        [samples[i].answer for i in alive],
+        [samples[i].label for i in alive],
+        cfg.near_duplicate_threshold,
+    )
     for k, j in enumerate(dup_of):
         s = samples[alive[k]]
         s.scores["duplicate_of"] = None if j is None else samples[alive[j]].sample_id
         if j is not None:
-            drop(s, "duplicate: of " + samples[alive[j]].sample_id)
+            _drop(s, "duplicate: of " + samples[alive[j]].sample_id)
 
+
+def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
+    """Set scores and, for dropped samples, the first reason as "filter: detail" (filters in the order
+    below); returns the per-user cap."""
+    prompts_full = ["\n".join(m.get("content", "") for m in s.prompt) for s in samples]
+    last_user = [_last_user(s.prompt) for s in samples]
+    _lengths(samples, prompts_full, last_user, cfg)
+    _content(samples, prompts_full, last_user, cfg)
+    _duplicates(samples, prompts_full, cfg)
     alive = [i for i, s in enumerate(samples) if s.reason is None]
     order = filters.cap_order([samples[i].source for i in alive], [samples[i].sample_id for i in alive], cfg.seed)
     cap, kept = filters.user_cap([samples[i].user_id for i in alive], cfg.max_user_share, order)
     for k, i in enumerate(alive):
         if k not in kept:
-            drop(samples[i], f"user_cap: over {cap} samples per user ({cfg.max_user_share:.1%} of the kept)")
+            _drop(samples[i], f"user_cap: over {cap} samples per user ({cfg.max_user_share:.1%} of the kept)")
     return cap
 
 
@@ -170,24 +184,38 @@ def needs_review(sample_id_: str, cfg: CurationConfig) -> bool:
     return filters.unit(f"{cfg.seed}:review:{sample_id_}") < cfg.review_sample_share
 
 
-SAMPLE_COLUMNS = ("sample_id", "chat_event_id", "response_id", "user_id", "label", "prompt", "answer", "source",
-                  "scores", "keep", "reason")
+SAMPLE_COLUMNS = (
+    "sample_id",
+    "chat_event_id",
+    "response_id",
+    "user_id",
+    "label",
+    "prompt",
+    "answer",
+    "source",
+    "scores",
+    "keep",
+    "reason",
+)
 
 
 def _table(samples: list[Sample]) -> pa.Table:
-    return pa.table({
-        "sample_id": [s.sample_id for s in samples],
-        "chat_event_id": [s.chat_event_id for s in samples],
-        "response_id": [s.response_id for s in samples],
-        "user_id": [s.user_id for s in samples],
-        "label": [s.label for s in samples],
-        "prompt": [json.dumps(s.prompt) for s in samples],
-        "answer": [s.answer for s in samples],
-        "source": [s.source for s in samples],
-        "scores": [json.dumps(s.scores, sort_keys=True) for s in samples],
-        "keep": [s.reason is None for s in samples],
-        "reason": [s.reason for s in samples],
-    }, schema=pa.schema([(c, pa.bool_() if c == "keep" else pa.string()) for c in SAMPLE_COLUMNS]))
+    return pa.table(
+        {
+            "sample_id": [s.sample_id for s in samples],
+            "chat_event_id": [s.chat_event_id for s in samples],
+            "response_id": [s.response_id for s in samples],
+            "user_id": [s.user_id for s in samples],
+            "label": [s.label for s in samples],
+            "prompt": [json.dumps(s.prompt) for s in samples],
+            "answer": [s.answer for s in samples],
+            "source": [s.source for s in samples],
+            "scores": [json.dumps(s.scores, sort_keys=True) for s in samples],
+            "keep": [s.reason is None for s in samples],
+            "reason": [s.reason for s in samples],
+        },
+        schema=pa.schema([(c, pa.bool_() if c == "keep" else pa.string()) for c in SAMPLE_COLUMNS]),
+    )
 
 
 def _auto_approve(con, sample_ids: list[str], cfg: CurationConfig) -> None:
@@ -195,13 +223,23 @@ def _auto_approve(con, sample_ids: list[str], cfg: CurationConfig) -> None:
     reviewer = f"policy:{cfg.review_policy}"
     con.register("_auto", pa.table({"sample_id": sample_ids}))
     con.execute("UPDATE samples SET status = 'approved' WHERE sample_id IN (SELECT sample_id FROM _auto)")
-    con.execute("INSERT INTO reviews (sample_id, decision, reason, reviewer, policy) "
-                f"SELECT sample_id, 'approve', 'review policy {cfg.review_policy}', ?, ? FROM _auto",
-                [reviewer, cfg.review_policy])
+    con.execute(
+        "INSERT INTO reviews (sample_id, decision, reason, reviewer, policy) "
+        f"SELECT sample_id, 'approve', 'review policy {cfg.review_policy}', ?, ? FROM _auto",
+        [reviewer, cfg.review_policy],
+    )
     con.unregister("_auto")
-    audit.append(con, reviewer, "approve", f"{len(sample_ids)} samples", {
-        "policy": cfg.review_policy, "count": len(sample_ids),
-        "sample_ids_sha256": hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()})
+    audit.append(
+        con,
+        reviewer,
+        "approve",
+        f"{len(sample_ids)} samples",
+        {
+            "policy": cfg.review_policy,
+            "count": len(sample_ids),
+            "sample_ids_sha256": hashlib.sha256("\n".join(sample_ids).encode()).hexdigest(),
+        },
+    )
 
 
 def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
@@ -244,6 +282,12 @@ def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    log.info("curated %d candidates into %d samples (%d kept, %d new, %d auto-approved)", report.candidates,
-             report.samples, report.kept, report.new, report.auto_approved)
+    log.info(
+        "curated %d candidates into %d samples (%d kept, %d new, %d auto-approved)",
+        report.candidates,
+        report.samples,
+        report.kept,
+        report.new,
+        report.auto_approved,
+    )
     return report

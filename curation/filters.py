@@ -91,8 +91,9 @@ def _shingles(text: str, tag: str) -> list[bytes]:
     return [f"{tag}{words[i]} {words[i + 1]} {words[i + 2]}".encode() for i in range(len(words) - 2)]
 
 
-def near_duplicates(prompts: list[str], answers: list[str], groups: list[str], threshold: float,
-                    num_perm: int = 64) -> list[int | None]:
+def near_duplicates(
+    prompts: list[str], answers: list[str], groups: list[str], threshold: float, num_perm: int = 64
+) -> list[int | None]:
     """For each item, the index of the earlier item it duplicates (None when it is the first of its kind).
 
     Items are duplicates when they are in the same group (the label) and the word 3-grams of prompt and
@@ -141,8 +142,10 @@ def unit(key: str) -> float:
 
 def cap_order(sources: list[str], ids: list[str], seed: int) -> list[int]:
     """Which samples the per-user cap keeps first: corrections, then a seeded shuffle."""
-    return sorted(range(len(ids)), key=lambda i: (sources[i] != "correction",
-                                                  hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest()))
+    return sorted(
+        range(len(ids)),
+        key=lambda i: (sources[i] != "correction", hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest()),
+    )
 
 
 def user_cap(users: list[str], share: float, order: list[int]) -> tuple[int, set[int]]:

@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from curation import audit
@@ -29,8 +29,12 @@ class Forgotten:
     adapters: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"user_hash": self.user_hash, "deleted": self.deleted, "snapshots": self.snapshots,
-                "adapters": self.adapters}
+        return {
+            "user_hash": self.user_hash,
+            "deleted": self.deleted,
+            "snapshots": self.snapshots,
+            "adapters": self.adapters,
+        }
 
 
 def base64_fragments(value: str) -> list[str]:
@@ -50,6 +54,41 @@ def user_hash(user_id: str) -> str:
     return hashlib.sha256(f"{FORGET_PREFIX}{user_id}".encode()).hexdigest()
 
 
+EVENTS = "SELECT event_id FROM chats WHERE user_id = $u UNION ALL SELECT event_id FROM feedback WHERE user_id = $u"
+DELETES = {
+    "pii_findings": f"DELETE FROM pii_findings WHERE event_id IN ({EVENTS})",
+    "reviews": "DELETE FROM reviews WHERE sample_id IN (SELECT sample_id FROM samples WHERE user_id = $u)",
+    "samples": "DELETE FROM samples WHERE user_id = $u",
+    "feedback": "DELETE FROM feedback WHERE user_id = $u",
+    "chats": "DELETE FROM chats WHERE user_id = $u",
+    # A malformed event's scrubbed excerpt may still carry the id.
+    "dead_letters": "DELETE FROM dead_letters WHERE contains(excerpt, $u)",
+}
+
+
+def _snapshots_holding(con, user_id: str) -> list[tuple[str, str]]:
+    """(snapshot id, folder) of every snapshot that holds one of the user's samples."""
+    sample_ids = {r[0] for r in con.execute("SELECT sample_id FROM samples WHERE user_id = ?", [user_id]).fetchall()}
+    out = []
+    for snapshot_id, manifest, path in con.execute(
+        "SELECT snapshot_id, manifest, path FROM snapshots ORDER BY snapshot_id"
+    ).fetchall():
+        ids = json.loads(manifest).get("sample_ids", {})
+        if sample_ids & (set(ids.get("train", [])) | set(ids.get("eval", []))):
+            out.append((snapshot_id, path))
+    return out
+
+
+def _delete_rows(con, user_id: str) -> dict[str, int]:
+    deleted = {table: con.execute(sql, {"u": user_id}).fetchone()[0] for table, sql in DELETES.items()}
+    # ... or carry it only inside an encoded response id (base64 of [app, user, ...]): match each of the
+    # three alignments the id can have in such an encoding.
+    for fragment in base64_fragments(user_id):
+        sql = "DELETE FROM dead_letters WHERE contains(excerpt, ?)"
+        deleted["dead_letters"] += con.execute(sql, [fragment]).fetchone()[0]
+    return deleted
+
+
 def forget(con, user_id: str, actor: str, *, taint: Callable[[object, list[str]], list[str]]) -> Forgotten:
     """Erase `user_id` in one transaction; returns what was deleted and what was trained on it.
 
@@ -60,38 +99,20 @@ def forget(con, user_id: str, actor: str, *, taint: Callable[[object, list[str]]
     out = Forgotten(user_hash(user_id))
     con.execute("BEGIN TRANSACTION")
     try:
-        sample_ids = {r[0] for r in con.execute("SELECT sample_id FROM samples WHERE user_id = ?", [user_id]).fetchall()}
-        snapshots = []
-        for snapshot_id, manifest, path in con.execute(
-                "SELECT snapshot_id, manifest, path FROM snapshots ORDER BY snapshot_id").fetchall():
-            ids = json.loads(manifest).get("sample_ids", {})
-            if sample_ids & (set(ids.get("train", [])) | set(ids.get("eval", []))):
-                snapshots.append((snapshot_id, path))
+        snapshots = _snapshots_holding(con, user_id)
         out.snapshots = [s for s, _ in snapshots]
-
-        events = "SELECT event_id FROM chats WHERE user_id = $u UNION ALL SELECT event_id FROM feedback WHERE user_id = $u"
-        statements = {
-            "pii_findings": f"DELETE FROM pii_findings WHERE event_id IN ({events})",
-            "reviews": "DELETE FROM reviews WHERE sample_id IN (SELECT sample_id FROM samples WHERE user_id = $u)",
-            "samples": "DELETE FROM samples WHERE user_id = $u",
-            "feedback": "DELETE FROM feedback WHERE user_id = $u",
-            "chats": "DELETE FROM chats WHERE user_id = $u",
-            # A malformed event's scrubbed excerpt may still carry the id.
-            "dead_letters": "DELETE FROM dead_letters WHERE contains(excerpt, $u)",
-        }
-        for table, sql in statements.items():
-            out.deleted[table] = con.execute(sql, {"u": user_id}).fetchone()[0]
-        # ... or carry it only inside an encoded response id (base64 of [app, user, ...]): match each of the
-        # three alignments the id can have in such an encoding.
-        for fragment in base64_fragments(user_id):
-            out.deleted["dead_letters"] += con.execute(
-                "DELETE FROM dead_letters WHERE contains(excerpt, ?)", [fragment]).fetchone()[0]
-        now = datetime.now(timezone.utc)
-        con.execute("INSERT INTO forgotten_users VALUES (?, ?) ON CONFLICT (user_hash) DO UPDATE SET "
-                    "forgotten_at = excluded.forgotten_at", [out.user_hash, now])
+        out.deleted = _delete_rows(con, user_id)
+        now = datetime.now(UTC)
+        con.execute(
+            "INSERT INTO forgotten_users VALUES (?, ?) ON CONFLICT (user_hash) DO UPDATE SET "
+            "forgotten_at = excluded.forgotten_at",
+            [out.user_hash, now],
+        )
         if out.snapshots:
-            con.execute("UPDATE snapshots SET purged_at = ? WHERE snapshot_id IN (SELECT unnest(?::VARCHAR[]))",
-                        [now, out.snapshots])
+            con.execute(
+                "UPDATE snapshots SET purged_at = ? WHERE snapshot_id IN (SELECT unnest(?::VARCHAR[]))",
+                [now, out.snapshots],
+            )
         out.adapters = taint(con, out.snapshots) if out.snapshots else []
         audit.append(con, actor, "forget", out.user_hash[:16], out.as_dict())
         con.execute("COMMIT")
@@ -102,4 +123,3 @@ def forget(con, user_id: str, actor: str, *, taint: Callable[[object, list[str]]
         for name in ("train.parquet", "eval.parquet"):
             Path(path, name).unlink(missing_ok=True)
     return out
-

@@ -8,7 +8,6 @@ import pyarrow as pa
 
 from curation import audit
 
-
 # What counts as blank in a reason: Python's whitespace (str.isspace, which includes \x1c-\x1f and \x85) and
 # the BOM: the same reasons are blank under the API schema's pattern (serving.pages, ECMA-262's \s plus those).
 BLANK = "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) + "\ufeff"
@@ -24,7 +23,8 @@ class UnknownSamples(ReviewError):
 
 def pending(con, limit: int = 50, offset: int = 0) -> list[dict]:
     """Kept samples waiting for a decision, oldest first, with the PII types found in their chat."""
-    rows = con.execute("""
+    rows = con.execute(
+        """
         SELECT s.sample_id, s.label, s.source, s.prompt, s.answer, s.scores, f.rating,
                (SELECT list(DISTINCT p.entity_type ORDER BY p.entity_type) FROM pii_findings p
                 WHERE p.event_id = s.chat_event_id OR p.event_id = f.event_id) AS pii
@@ -33,9 +33,22 @@ def pending(con, limit: int = 50, offset: int = 0) -> list[dict]:
         WHERE s.status = 'pending' AND s.keep
         ORDER BY s.created_at, s.sample_id
         LIMIT ? OFFSET ?
-    """, [limit, offset]).fetchall()
-    return [{"sample_id": r[0], "label": r[1], "source": r[2], "prompt": json.loads(r[3]), "answer": r[4],
-             "scores": json.loads(r[5] or "{}"), "rating": r[6], "pii": list(r[7] or [])} for r in rows]
+    """,
+        [limit, offset],
+    ).fetchall()
+    return [
+        {
+            "sample_id": r[0],
+            "label": r[1],
+            "source": r[2],
+            "prompt": json.loads(r[3]),
+            "answer": r[4],
+            "scores": json.loads(r[5] or "{}"),
+            "rating": r[6],
+            "pii": list(r[7] or []),
+        }
+        for r in rows
+    ]
 
 
 def pending_ids(con) -> list[str]:
@@ -56,8 +69,9 @@ def filter_stats(con) -> dict[str, int]:
     return dict(rows)
 
 
-def decide(con, sample_ids: list[str], decision: str, reviewer: str, reason: str | None = None,
-           policy: str = "required") -> int:
+def decide(
+    con, sample_ids: list[str], decision: str, reviewer: str, reason: str | None = None, policy: str = "required"
+) -> int:
     """Approve or reject samples, one or a batch; one transaction and one audit entry. Returns how many."""
     if decision not in ("approve", "reject"):
         raise ReviewError(f"decision must be approve or reject, not {decision!r}")
@@ -71,17 +85,29 @@ def decide(con, sample_ids: list[str], decision: str, reviewer: str, reason: str
     con.execute("BEGIN TRANSACTION")
     try:
         con.register("_ids", pa.table({"sample_id": ids}))
-        known = {r[0] for r in con.execute(
-            "SELECT sample_id FROM samples WHERE sample_id IN (SELECT sample_id FROM _ids)").fetchall()}
+        known = {
+            r[0]
+            for r in con.execute(
+                "SELECT sample_id FROM samples WHERE sample_id IN (SELECT sample_id FROM _ids)"
+            ).fetchall()
+        }
         unknown = [i for i in ids if i not in known]
         if unknown:
             raise UnknownSamples(f"unknown sample ids: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
         status = "approved" if decision == "approve" else "rejected"
         con.execute("UPDATE samples SET status = ? WHERE sample_id IN (SELECT sample_id FROM _ids)", [status])
-        con.execute("INSERT INTO reviews (sample_id, decision, reason, reviewer, policy) "
-                    "SELECT sample_id, ?, ?, ?, ? FROM _ids", [decision, reason, reviewer, policy])
-        audit.append(con, reviewer, decision, ids[0] if len(ids) == 1 else f"{len(ids)} samples",
-                     {"sample_ids": ids, "reason": reason, "policy": policy})
+        con.execute(
+            "INSERT INTO reviews (sample_id, decision, reason, reviewer, policy) "
+            "SELECT sample_id, ?, ?, ?, ? FROM _ids",
+            [decision, reason, reviewer, policy],
+        )
+        audit.append(
+            con,
+            reviewer,
+            decision,
+            ids[0] if len(ids) == 1 else f"{len(ids)} samples",
+            {"sample_ids": ids, "reason": reason, "policy": policy},
+        )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

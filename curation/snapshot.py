@@ -24,14 +24,16 @@ from curation.config import CurationConfig
 log = logging.getLogger("flywheel.curation")
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("user_key", pa.string()),        # a hash of the user id: enough to keep users apart, not to find them
-    ("label", pa.bool_()),            # True: desirable (TRL's KTO convention)
-    ("source", pa.string()),          # rating | correction | unrated
-    ("prompt", pa.list_(MESSAGE)),    # the conversation up to the answer
-    ("completion", pa.list_(MESSAGE)),  # one assistant message
-])
+SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("user_key", pa.string()),  # a hash of the user id: enough to keep users apart, not to find them
+        ("label", pa.bool_()),  # True: desirable (TRL's KTO convention)
+        ("source", pa.string()),  # rating | correction | unrated
+        ("prompt", pa.list_(MESSAGE)),  # the conversation up to the answer
+        ("completion", pa.list_(MESSAGE)),  # one assistant message
+    ]
+)
 
 # Approved samples of chats whose user was not forgotten since (`remembered_chats`, migration 0005).
 APPROVED = """
@@ -63,17 +65,33 @@ def in_eval(user_id: str, cfg: CurationConfig) -> bool:
 
 
 def _table(rows: list[tuple]) -> pa.Table:
-    return pa.Table.from_pylist([{
-        "sample_id": sid, "user_key": user_key(user), "label": label == "desirable", "source": source,
-        "prompt": [{"role": m.get("role", ""), "content": m.get("content", "")} for m in json.loads(prompt)],
-        "completion": [{"role": "assistant", "content": answer}],
-    } for sid, user, label, source, prompt, answer in rows], schema=SCHEMA)
+    return pa.Table.from_pylist(
+        [
+            {
+                "sample_id": sid,
+                "user_key": user_key(user),
+                "label": label == "desirable",
+                "source": source,
+                "prompt": [{"role": m.get("role", ""), "content": m.get("content", "")} for m in json.loads(prompt)],
+                "completion": [{"role": "assistant", "content": answer}],
+            }
+            for sid, user, label, source, prompt, answer in rows
+        ],
+        schema=SCHEMA,
+    )
 
 
 def _write(table: pa.Table, path: Path) -> None:
     # Fixed writer settings: same rows, same bytes (no timestamps are written into Parquet metadata).
-    pq.write_table(table, path, compression="zstd", compression_level=3, row_group_size=64 * 1024,
-                   write_statistics=False, store_schema=True)
+    pq.write_table(
+        table,
+        path,
+        compression="zstd",
+        compression_level=3,
+        row_group_size=64 * 1024,
+        write_statistics=False,
+        store_schema=True,
+    )
 
 
 def _split(rows: list[tuple], cfg: CurationConfig) -> tuple[list[tuple], list[tuple]]:
@@ -104,9 +122,13 @@ def _freeze(root: Path, train_rows: list[tuple], eval_rows: list[tuple], facts: 
             digest.update((staging / name).read_bytes())
         content_hash = digest.hexdigest()
         snapshot_id = f"snap-{content_hash[:12]}"
-        manifest = {"snapshot_id": snapshot_id, "content_hash": content_hash,
-                    "files": {"train": "train.parquet", "eval": "eval.parquet"}, **facts,
-                    "sample_ids": {"train": [r[0] for r in train_rows], "eval": [r[0] for r in eval_rows]}}
+        manifest = {
+            "snapshot_id": snapshot_id,
+            "content_hash": content_hash,
+            "files": {"train": "train.parquet", "eval": "eval.parquet"},
+            **facts,
+            "sample_ids": {"train": [r[0] for r in train_rows], "eval": [r[0] for r in eval_rows]},
+        }
         final = root / snapshot_id
         if final.exists():
             shutil.rmtree(staging)
@@ -125,10 +147,16 @@ def _record(con, final: Path, manifest: dict, actor: str) -> None:
         inserted = con.execute(
             "INSERT INTO snapshots (snapshot_id, content_hash, path, manifest) VALUES (?, ?, ?, ?) "
             "ON CONFLICT DO NOTHING RETURNING 1",
-            [manifest["snapshot_id"], manifest["content_hash"], str(final), json.dumps(manifest)]).fetchall()
+            [manifest["snapshot_id"], manifest["content_hash"], str(final), json.dumps(manifest)],
+        ).fetchall()
         if inserted:
-            audit.append(con, actor, "snapshot", manifest["snapshot_id"],
-                         {"content_hash": manifest["content_hash"], **manifest["counts"]})
+            audit.append(
+                con,
+                actor,
+                "snapshot",
+                manifest["snapshot_id"],
+                {"content_hash": manifest["content_hash"], **manifest["counts"]},
+            )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -151,16 +179,31 @@ def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapsh
         )
     train_rows, eval_rows = _split(rows, cfg)
     labels = [r[2] for r in rows]
-    facts = {"counts": {"train": len(train_rows), "eval": len(eval_rows), "desirable": labels.count("desirable"),
-                        "undesirable": labels.count("undesirable"), "users": len({r[1] for r in rows}),
-                        "approved": len(users), "over_user_cap": len(users) - len(rows)},
-             "per_user_cap": cap, "filter_stats": review.filter_stats(con), "config": cfg.model_dump(mode="json"),
-             "seed": cfg.seed}
+    facts = {
+        "counts": {
+            "train": len(train_rows),
+            "eval": len(eval_rows),
+            "desirable": labels.count("desirable"),
+            "undesirable": labels.count("undesirable"),
+            "users": len({r[1] for r in rows}),
+            "approved": len(users),
+            "over_user_cap": len(users) - len(rows),
+        },
+        "per_user_cap": cap,
+        "filter_stats": review.filter_stats(con),
+        "config": cfg.model_dump(mode="json"),
+        "seed": cfg.seed,
+    }
     final, created = _freeze(Path(root), train_rows, eval_rows, facts)
     manifest = json.loads((final / "manifest.json").read_text())
     _record(con, final, manifest, actor)
-    log.info("snapshot %s: %d train, %d eval samples (%s)", manifest["snapshot_id"], len(train_rows),
-             len(eval_rows), "new" if created else "unchanged")
+    log.info(
+        "snapshot %s: %d train, %d eval samples (%s)",
+        manifest["snapshot_id"],
+        len(train_rows),
+        len(eval_rows),
+        "new" if created else "unchanged",
+    )
     return Snapshot(manifest["snapshot_id"], manifest["content_hash"], final, manifest, created)
 
 
@@ -169,8 +212,9 @@ def replayable(con, snapshot_ids: list[str | None], current: Path) -> list[str]:
     leaving out `current`: what an incremental run replays."""
     out = []
     for snapshot_id in snapshot_ids:
-        row = con.execute("SELECT path FROM snapshots WHERE snapshot_id = ? AND purged_at IS NULL",
-                          [snapshot_id]).fetchone()
+        row = con.execute(
+            "SELECT path FROM snapshots WHERE snapshot_id = ? AND purged_at IS NULL", [snapshot_id]
+        ).fetchone()
         if row and row[0] != str(current) and Path(row[0], "train.parquet").exists():
             out.append(row[0])
     return out

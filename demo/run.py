@@ -11,25 +11,23 @@ the base model's converted copy is shared with DATA_DIR/models.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo import store
+from demo.traffic import drive
 from infra.config import Config, load_config
 from infra.control import Outcome
 
 log = logging.getLogger(__name__)
-
-API_KEY = "flywheel-demo-key"  # the default config's demo app (serving.api_keys)
 
 # The demo's settings on top of the embedded defaults; KEY=VALUE overrides on the command line win.
 DEMO_SETTINGS = [
@@ -46,23 +44,6 @@ DEMO_SETTINGS = [
 ]
 
 
-@dataclass
-class Traffic:
-    sent: int = 0
-    answered: int = 0
-    failed: int = 0
-    ratings: int = 0
-    ups: int = 0
-    accepted: int = 0
-    corrections: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, other: Traffic) -> None:
-        for name in ("sent", "answered", "failed", "ratings", "ups", "accepted", "corrections"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.errors += other.errors
-
-
 def demo_config(base: Config, config_path: Path | None, overrides: list[str], control: bool) -> Config:
     folder = Path(base.data_dir) / ("demo-control" if control else "demo")
     return load_config(config_path, [*DEMO_SETTINGS, *overrides, f"data_dir={folder}"])
@@ -74,61 +55,6 @@ def prepare_data_dir(cfg: Config, shared_models: Path) -> None:
     cfg.data_dir.mkdir(parents=True)
     shared_models.mkdir(parents=True, exist_ok=True)
     (cfg.data_dir / "models").symlink_to(shared_models.resolve(), target_is_directory=True)
-
-
-def drive(url: str, tasks: list[tuple[store.Customer, store.Topic]], *, seed: int, control: bool,
-          max_tokens: int, workers: int = 24, rate_share: float = 0.85) -> Traffic:
-    """Each task: one customer asks one question through the openai client, then (usually) rates it; agents
-    always rate and correct a missed answer. Tasks run `workers` at a time, like many app sessions."""
-    import httpx
-    import openai
-
-    local = threading.local()
-    lock = threading.Lock()
-    total = Traffic()
-
-    def one(i: int, who: store.Customer, topic: store.Topic) -> None:
-        rng = random.Random(f"{seed}-{i}-{who.user_id}")
-        if not hasattr(local, "client"):
-            local.client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=3, timeout=600)
-            local.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
-        mine = Traffic(sent=1)
-        try:
-            reply = local.client.chat.completions.create(
-                model="flywheel", user=who.user_id, max_tokens=max_tokens, temperature=0.2, seed=rng.randrange(1 << 30),
-                messages=[{"role": "system", "content": store.SYSTEM},
-                          {"role": "user", "content": store.question(rng, who, topic)}])
-        except openai.APIError as e:
-            log.warning("demo: a chat failed: %s", e)
-            mine.failed = 1
-            mine.errors.append(f"chat: {type(e).__name__}: {e}"[:300])
-        else:
-            mine.answered = 1
-            answer = reply.choices[0].message.content or ""
-            rating = store.judge(topic, answer, who) if who.agent or rng.random() < rate_share else None
-            if rating is not None:
-                body = {"response_id": reply.id, "rating": "up" if rating > 0 else "down"}
-                if who.agent and rating < 0:
-                    body["correction"] = store.correction(topic, rng, control)
-                mine.ratings, mine.ups = 1, int(rating > 0)
-                for attempt in range(5):  # 202 means durable; 429/503 are worth a retry
-                    r = local.http.post("/v1/feedback", json=body)
-                    if r.status_code not in (429, 503):
-                        break
-                    time.sleep(0.5 * (attempt + 1))
-                if r.status_code == 202:
-                    mine.accepted = 1
-                    mine.corrections = int("correction" in body)
-                else:
-                    log.warning("demo: feedback refused: %s %s", r.status_code, r.text[:200])
-                    mine.errors.append(f"feedback: {r.status_code} {r.text[:200]}")
-        with lock:
-            total.add(mine)
-
-    with ThreadPoolExecutor(workers) as pool:
-        for f in [pool.submit(one, i, who, topic) for i, (who, topic) in enumerate(tasks)]:
-            f.result()
-    return total
 
 
 def wait_serving(api, cfg: Config, timeout: float = 120) -> None:
@@ -212,12 +138,16 @@ class Loop:
         people, echo = self.people, self.echo
         tasks = [(p, self.rng.choice(store.TOPICS)) for p in people for _ in range(agent_questions if p.agent else 1)]
         self.rng.shuffle(tasks)
-        echo(f"traffic   {len(people)} simulated customers ({sum(p.agent for p in people)} support agents) ask "
-             f"{len(tasks)} questions about the policies of {store.STORE} ...")
+        echo(
+            f"traffic   {len(people)} simulated customers ({sum(p.agent for p in people)} support agents) ask "
+            f"{len(tasks)} questions about the policies of {store.STORE} ..."
+        )
         traffic = self.traffic = self.drive(tasks, self.seed)
         self.result.before = (traffic.ups, traffic.ratings)
-        echo(f"          {traffic.answered} answered, {traffic.ratings} rated ({_rate(*self.result.before)} thumbs-up), "
-             f"{traffic.corrections} corrections" + (" (control: shuffled across topics)" if self.control else ""))
+        echo(
+            f"          {traffic.answered} answered, {traffic.ratings} rated ({_rate(*self.result.before)} thumbs-up), "
+            f"{traffic.corrections} corrections" + (" (control: shuffled across topics)" if self.control else "")
+        )
         self.stage("traffic")
         stored = self.wait_ingested()
         self.stage("ingest")
@@ -232,11 +162,15 @@ class Loop:
         snap = snapshot.build(self.reader, cfg.curation, cfg.data_dir / "snapshots", actor="demo")
         self.stage("curate")
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(report.dropped.items())) or "none"
-        self.echo(f"curate    {report.candidates} candidates -> {report.kept} samples kept (dropped: {dropped}); "
-                  f"{report.auto_approved} approved by policy:{cfg.curation.review_policy}")
+        self.echo(
+            f"curate    {report.candidates} candidates -> {report.kept} samples kept (dropped: {dropped}); "
+            f"{report.auto_approved} approved by policy:{cfg.curation.review_policy}"
+        )
         if snap is not None:
-            self.echo(f"snapshot  {snap.snapshot_id}: {snap.manifest['counts']['train']} train, "
-                      f"{snap.manifest['counts']['eval']} eval rows")
+            self.echo(
+                f"snapshot  {snap.snapshot_id}: {snap.manifest['counts']['train']} train, "
+                f"{snap.manifest['counts']['eval']} eval rows"
+            )
         return snap
 
     def retrain(self) -> Outcome:
@@ -247,8 +181,10 @@ class Loop:
         self.echo(f"retrain   LoRA on {cfg.base_model} ({cfg.retrain.objective}, {cfg.retrain.epochs:g} epochs) ...")
         outcome = self.result.retrain = ctl.retrain(cfg, self.reader)
         self.stage("retrain")
-        self.echo(f"          {outcome.version or '-'}: {outcome.status} in {outcome.seconds:.0f} s"
-                  + (f" ({outcome.reason})" if outcome.reason else ""))
+        self.echo(
+            f"          {outcome.version or '-'}: {outcome.status} in {outcome.seconds:.0f} s"
+            + (f" ({outcome.reason})" if outcome.reason else "")
+        )
         return outcome
 
     def ab_test(self, outcome: Outcome, rounds: int, stop) -> None:
@@ -272,8 +208,10 @@ class Loop:
             last = ab.decisions(self.reader, exp.experiment_id)[-1]
             result.decision, result.reason, result.numbers = last["decision"], last["reason"], last["numbers"]
             arms = result.numbers["arms"]
-            echo(f"a/b       round {round_}: {_arm(arms['incumbent'])} | {_arm(arms['challenger'])} -> "
-                 f"{'; '.join(s.split(': ', 1)[1] for s in said if s.startswith(exp.experiment_id))}")
+            echo(
+                f"a/b       round {round_}: {_arm(arms['incumbent'])} | {_arm(arms['challenger'])} -> "
+                f"{'; '.join(s.split(': ', 1)[1] for s in said if s.startswith(exp.experiment_id))}"
+            )
             wait_serving(api, cfg)
             if result.decision in ("promote", "rollback"):
                 break
@@ -286,23 +224,46 @@ class Loop:
         row = self.reader.execute(
             "SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback), "
             "(SELECT count(*) FROM samples WHERE keep), (SELECT count(*) FROM samples WHERE status = 'approved'), "
-            "(SELECT count(*) FROM pii_findings)").fetchone()
+            "(SELECT count(*) FROM pii_findings)"
+        ).fetchone()
         counts = snap.manifest["counts"] if snap else {}
         result.counts = {
-            "requests": traffic.sent, "answered": traffic.answered, "failed": traffic.failed, "ratings": traffic.ratings,
-            "ratings_accepted": traffic.accepted, "corrections": traffic.corrections,
+            "requests": traffic.sent,
+            "answered": traffic.answered,
+            "failed": traffic.failed,
+            "ratings": traffic.ratings,
+            "ratings_accepted": traffic.accepted,
+            "corrections": traffic.corrections,
             # Events ingest consumed from the topics (the bundled broker's end offsets can lag by one).
-            "kafka_chats": ingest.totals["chats"], "kafka_feedback": ingest.totals["feedback"],
-            "duckdb_chats": row[0], "duckdb_feedback": row[1], "samples_kept": row[2], "samples_approved": row[3],
-            "snapshot_train": counts.get("train", 0), "snapshot_eval": counts.get("eval", 0),
-            "snapshot_over_user_cap": counts.get("over_user_cap", 0), "pii_findings": row[4]}
+            "kafka_chats": ingest.totals["chats"],
+            "kafka_feedback": ingest.totals["feedback"],
+            "duckdb_chats": row[0],
+            "duckdb_feedback": row[1],
+            "samples_kept": row[2],
+            "samples_approved": row[3],
+            "snapshot_train": counts.get("train", 0),
+            "snapshot_eval": counts.get("eval", 0),
+            "snapshot_over_user_cap": counts.get("over_user_cap", 0),
+            "pii_findings": row[4],
+        }
         result.errors = traffic.errors
-        result.pii_types = dict(self.reader.execute(
-            "SELECT entity_type, count(*) FROM pii_findings GROUP BY 1 ORDER BY 2 DESC").fetchall())
+        result.pii_types = dict(
+            self.reader.execute("SELECT entity_type, count(*) FROM pii_findings GROUP BY 1 ORDER BY 2 DESC").fetchall()
+        )
 
 
-def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: int = 4, seed: int = 0,
-        control: bool = False, keep_running: bool = False, echo=print, stop=None) -> Result:
+def run(
+    cfg: Config,
+    *,
+    users: int = 240,
+    agent_questions: int = 4,
+    ab_rounds: int = 4,
+    seed: int = 0,
+    control: bool = False,
+    keep_running: bool = False,
+    echo=print,
+    stop=None,
+) -> Result:
     """The loop, stage by stage; `echo` gets one line per event worth seeing."""
     from infra.services import start_services
     from retrain import registry
@@ -316,7 +277,9 @@ def run(cfg: Config, *, users: int = 240, agent_questions: int = 4, ab_rounds: i
         loop.clock, result = started, loop.result
         result.urls = {"review": f"{svc.api.url}/review", "ab": f"{svc.api.url}/ab"}
         loop.stage("start")
-        echo(f"started   {svc.kafka} at {svc.bootstrap}; DuckDB {cfg.db_path}; API {svc.api.url}/v1 on {cfg.base_model}")
+        echo(
+            f"started   {svc.kafka} at {svc.bootstrap}; DuckDB {cfg.db_path}; API {svc.api.url}/v1 on {cfg.base_model}"
+        )
         loop.base_traffic(agent_questions)
         snap = loop.curate()
         outcome = loop.retrain()
@@ -362,29 +325,46 @@ def summary(result: Result, cfg: Config, control: bool) -> list[str]:
     n = result.numbers.get("arms", {})
     inc, ch = n.get("incumbent"), n.get("challenger")
     lines = ["", "== summary " + ("(control run: corrections shuffled across topics) " if control else "") + "=="]
-    lines.append(f"thumbs-up before training: {result.before[0]}/{result.before[1]} = "
-                 f"{_rate(*result.before)} (base model)")
+    lines.append(
+        f"thumbs-up before training: {result.before[0]}/{result.before[1]} = {_rate(*result.before)} (base model)"
+    )
     if inc and ch:
         lines.append(f"A/B incumbent  {_arm(inc)}")
         lines.append(f"A/B challenger {_arm(ch)}")
         if result.numbers.get("difference") is not None:
             lo, hi = result.numbers["difference_ci"]
-            lines.append(f"difference {result.numbers['difference']:+.1%} (95% confidence sequence "
-                         f"[{lo:+.1%}, {hi:+.1%}]), mSPRT {result.numbers['msprt']:.3g} vs {result.numbers['threshold']:g}")
+            lines.append(
+                f"difference {result.numbers['difference']:+.1%} (95% confidence sequence "
+                f"[{lo:+.1%}, {hi:+.1%}]), mSPRT {result.numbers['msprt']:.3g} vs {result.numbers['threshold']:g}"
+            )
     lines.append(f"decision: {result.decision}: {result.reason}")
-    lines.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
-                 + f"; total {sum(result.stages.values()) / 60:.1f} min")
+    lines.append(
+        "time: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
+        + f"; total {sum(result.stages.values()) / 60:.1f} min"
+    )
     c = result.counts
     failed = f" ({c['failed']} failed: {result.errors[0]})" if c["failed"] else ""
-    lines.append(f"chats:    {c['requests']} requests -> {c['answered']} answered{failed} -> {c['kafka_chats']} in Kafka "
-                 f"-> {c['duckdb_chats']} in DuckDB")
-    lines.append(f"ratings:  {c['ratings']} sent -> {c['ratings_accepted']} accepted ({c['corrections']} corrections) "
-                 f"-> {c['kafka_feedback']} in Kafka -> {c['duckdb_feedback']} in DuckDB")
-    lines.append(f"training: {c['samples_kept']} samples kept -> {c['samples_approved']} approved -> snapshot "
-                 f"{c['snapshot_train']} train + {c['snapshot_eval']} eval")
-    lines.append("PII placeholders: " + (", ".join(f"{k} {v}" for k, v in result.pii_types.items()) or "none")
-                 + f"; canary emails/phones found in {cfg.data_dir}: {result.leaks.get('email', 0)}/"
-                 f"{result.leaks.get('phone', 0)}")
-    lines.append(f"pages: review {result.urls.get('review')}  A/B dashboard {result.urls.get('ab')}  "
-                 "(key flywheel-review-key; up while --keep-running)")
+    lines.append(
+        f"chats:    {c['requests']} requests -> {c['answered']} answered{failed} -> {c['kafka_chats']} in Kafka "
+        f"-> {c['duckdb_chats']} in DuckDB"
+    )
+    lines.append(
+        f"ratings:  {c['ratings']} sent -> {c['ratings_accepted']} accepted ({c['corrections']} corrections) "
+        f"-> {c['kafka_feedback']} in Kafka -> {c['duckdb_feedback']} in DuckDB"
+    )
+    lines.append(
+        f"training: {c['samples_kept']} samples kept -> {c['samples_approved']} approved -> snapshot "
+        f"{c['snapshot_train']} train + {c['snapshot_eval']} eval"
+    )
+    lines.append(
+        "PII placeholders: "
+        + (", ".join(f"{k} {v}" for k, v in result.pii_types.items()) or "none")
+        + f"; canary emails/phones found in {cfg.data_dir}: {result.leaks.get('email', 0)}/"
+        f"{result.leaks.get('phone', 0)}"
+    )
+    lines.append(
+        f"pages: review {result.urls.get('review')}  A/B dashboard {result.urls.get('ab')}  "
+        "(key flywheel-review-key; up while --keep-running)"
+    )
     return lines

@@ -33,53 +33,169 @@ class Topic:
 
 
 TOPICS = (
-    Topic("shipping", "Standard shipping takes 3 to 5 business days and is free on orders over $50.",
-          re.compile(r"\b3\s*(-|–|to)\s*5 business days", re.I),
-          ("How long does shipping take for {item}?", "When will my {item} arrive if I order today?",
-           "How many days is delivery?", "Is shipping slow? I need {item} soon.",
-           "What are your delivery times?", "How fast do you ship {item}?")),
-    Topic("returns", "You can return any item within 45 days for a full refund, and the return label is free.",
-          re.compile(r"\b45[\s-]*days?\b|forty[\s-]five days", re.I),
-          ("Can I return {item} that doesn't fit?", "What is your return policy?",
-           "How long do I have to send back {item}?", "I want a refund for {item}. Is it too late?",
-           "Do you accept returns on {item}?", "My {item} is the wrong size, can I send it back?")),
-    Topic("order_status", "Open the Orders page of your account and enter your order number to see where it is.",
-          re.compile(r"orders page", re.I),
-          ("Where is my order?", "How can I check the status of my {item} order?",
-           "My {item} has not arrived yet, where is it?", "Can I track my package?",
-           "Has my order shipped?", "I ordered {item} last week, what is its status?")),
-    Topic("warranty", "All our gear carries a 2-year warranty against defects; we repair or replace it.",
-          re.compile(r"\b(2|two)[\s-]*years?\b", re.I),
-          ("Does {item} come with a warranty?", "My {item} broke after a month, is it covered?",
-           "What is your warranty policy?", "How long is the guarantee on {item}?",
-           "Do you repair defective {item}?", "Is there a warranty if {item} stops working?")),
-    Topic("payment", "We accept all credit cards, and any order over $100 can be split into 3 interest-free payments.",
-          re.compile(r"\b(3|three) interest[\s-]free payments", re.I),
-          ("Which payment methods do you accept?", "Can I pay for {item} in installments?",
-           "Do you take credit cards?", "How can I pay for my order?",
-           "Can I pay cash on delivery for {item}?", "What are my options to pay?")),
-    Topic("cancellation", "You can cancel an order within 2 hours of placing it, from your account page.",
-          re.compile(r"\b(2|two)\s*hours?\b", re.I),
-          ("Can I cancel my order for {item}?", "I ordered {item} by mistake, how do I cancel?",
-           "How late can I cancel an order?", "Is it possible to cancel my purchase?",
-           "I changed my mind about {item}, can I cancel?", "What is your cancellation policy?")),
-    Topic("international", "We ship to 14 countries in Europe and North America; duties are included.",
-          re.compile(r"\b14 countries\b|fourteen countries", re.I),
-          ("Do you ship {item} abroad?", "Can you deliver to Canada?", "Do you ship internationally?",
-           "Which countries do you deliver to?", "Will I pay customs fees on {item}?",
-           "Can I order {item} from Germany?")),
-    Topic("gift_cards", "Northwind gift cards never expire and can be used on any item, online only.",
-          re.compile(r"never expire", re.I),
-          ("Do your gift cards expire?", "Can I buy {item} with a gift card?", "How long is a gift card valid?",
-           "I have an old gift card, does it still work?", "Can I use a gift card on {item}?",
-           "What are the rules for gift cards?")),
+    Topic(
+        "shipping",
+        "Standard shipping takes 3 to 5 business days and is free on orders over $50.",
+        re.compile(r"\b3\s*(-|–|to)\s*5 business days", re.I),
+        (
+            "How long does shipping take for {item}?",
+            "When will my {item} arrive if I order today?",
+            "How many days is delivery?",
+            "Is shipping slow? I need {item} soon.",
+            "What are your delivery times?",
+            "How fast do you ship {item}?",
+        ),
+    ),
+    Topic(
+        "returns",
+        "You can return any item within 45 days for a full refund, and the return label is free.",
+        re.compile(r"\b45[\s-]*days?\b|forty[\s-]five days", re.I),
+        (
+            "Can I return {item} that doesn't fit?",
+            "What is your return policy?",
+            "How long do I have to send back {item}?",
+            "I want a refund for {item}. Is it too late?",
+            "Do you accept returns on {item}?",
+            "My {item} is the wrong size, can I send it back?",
+        ),
+    ),
+    Topic(
+        "order_status",
+        "Open the Orders page of your account and enter your order number to see where it is.",
+        re.compile(r"orders page", re.I),
+        (
+            "Where is my order?",
+            "How can I check the status of my {item} order?",
+            "My {item} has not arrived yet, where is it?",
+            "Can I track my package?",
+            "Has my order shipped?",
+            "I ordered {item} last week, what is its status?",
+        ),
+    ),
+    Topic(
+        "warranty",
+        "All our gear carries a 2-year warranty against defects; we repair or replace it.",
+        re.compile(r"\b(2|two)[\s-]*years?\b", re.I),
+        (
+            "Does {item} come with a warranty?",
+            "My {item} broke after a month, is it covered?",
+            "What is your warranty policy?",
+            "How long is the guarantee on {item}?",
+            "Do you repair defective {item}?",
+            "Is there a warranty if {item} stops working?",
+        ),
+    ),
+    Topic(
+        "payment",
+        "We accept all credit cards, and any order over $100 can be split into 3 interest-free payments.",
+        re.compile(r"\b(3|three) interest[\s-]free payments", re.I),
+        (
+            "Which payment methods do you accept?",
+            "Can I pay for {item} in installments?",
+            "Do you take credit cards?",
+            "How can I pay for my order?",
+            "Can I pay cash on delivery for {item}?",
+            "What are my options to pay?",
+        ),
+    ),
+    Topic(
+        "cancellation",
+        "You can cancel an order within 2 hours of placing it, from your account page.",
+        re.compile(r"\b(2|two)\s*hours?\b", re.I),
+        (
+            "Can I cancel my order for {item}?",
+            "I ordered {item} by mistake, how do I cancel?",
+            "How late can I cancel an order?",
+            "Is it possible to cancel my purchase?",
+            "I changed my mind about {item}, can I cancel?",
+            "What is your cancellation policy?",
+        ),
+    ),
+    Topic(
+        "international",
+        "We ship to 14 countries in Europe and North America; duties are included.",
+        re.compile(r"\b14 countries\b|fourteen countries", re.I),
+        (
+            "Do you ship {item} abroad?",
+            "Can you deliver to Canada?",
+            "Do you ship internationally?",
+            "Which countries do you deliver to?",
+            "Will I pay customs fees on {item}?",
+            "Can I order {item} from Germany?",
+        ),
+    ),
+    Topic(
+        "gift_cards",
+        "Northwind gift cards never expire and can be used on any item, online only.",
+        re.compile(r"never expire", re.I),
+        (
+            "Do your gift cards expire?",
+            "Can I buy {item} with a gift card?",
+            "How long is a gift card valid?",
+            "I have an old gift card, does it still work?",
+            "Can I use a gift card on {item}?",
+            "What are the rules for gift cards?",
+        ),
+    ),
 )
-ITEMS = ("a rain jacket", "hiking boots", "a wool sweater", "a backpack", "running shoes", "a tent",
-         "a sleeping bag", "a fleece vest", "ski gloves", "a down parka", "trail socks", "a beanie")
-FIRST = ("Maria", "James", "Aisha", "Lukas", "Sofia", "Daniel", "Priya", "Tom", "Elena", "Omar", "Hannah",
-         "Kenji", "Chloe", "Mateo", "Grace", "Ivan", "Leila", "Noah", "Sara", "Victor")
-LAST = ("Garcia", "Smith", "Khan", "Müller", "Rossi", "Johnson", "Patel", "Brown", "Novak", "Haddad",
-        "Schmidt", "Tanaka", "Martin", "Lopez", "Wilson", "Petrov", "Nasser", "Taylor", "Berg", "Costa")
+ITEMS = (
+    "a rain jacket",
+    "hiking boots",
+    "a wool sweater",
+    "a backpack",
+    "running shoes",
+    "a tent",
+    "a sleeping bag",
+    "a fleece vest",
+    "ski gloves",
+    "a down parka",
+    "trail socks",
+    "a beanie",
+)
+FIRST = (
+    "Maria",
+    "James",
+    "Aisha",
+    "Lukas",
+    "Sofia",
+    "Daniel",
+    "Priya",
+    "Tom",
+    "Elena",
+    "Omar",
+    "Hannah",
+    "Kenji",
+    "Chloe",
+    "Mateo",
+    "Grace",
+    "Ivan",
+    "Leila",
+    "Noah",
+    "Sara",
+    "Victor",
+)
+LAST = (
+    "Garcia",
+    "Smith",
+    "Khan",
+    "Müller",
+    "Rossi",
+    "Johnson",
+    "Patel",
+    "Brown",
+    "Novak",
+    "Haddad",
+    "Schmidt",
+    "Tanaka",
+    "Martin",
+    "Lopez",
+    "Wilson",
+    "Petrov",
+    "Nasser",
+    "Taylor",
+    "Berg",
+    "Costa",
+)
 
 
 @dataclass(frozen=True)
@@ -97,12 +213,17 @@ def population(n: int, seed: int, agent_share: float = 0.25, lenient_share: floa
     people = []
     for i in range(n):
         first, last = rng.choice(FIRST), rng.choice(LAST)
-        people.append(Customer(
-            user_id=f"u{seed}-{i:04d}", name=f"{first} {last}",
-            email=f"{first.lower()}.{last.lower()}{rng.randrange(10, 99)}@{rng.choice(['mail', 'post', 'inbox'])}"
-                  f".example.com".replace("ü", "ue"),
-            phone=f"+1 415 {rng.randrange(200, 999)} {rng.randrange(1000, 9999)}",
-            agent=i < round(n * agent_share), lenient=rng.random() < lenient_share))
+        people.append(
+            Customer(
+                user_id=f"u{seed}-{i:04d}",
+                name=f"{first} {last}",
+                email=f"{first.lower()}.{last.lower()}{rng.randrange(10, 99)}@{rng.choice(['mail', 'post', 'inbox'])}"
+                f".example.com".replace("ü", "ue"),
+                phone=f"+1 415 {rng.randrange(200, 999)} {rng.randrange(1000, 9999)}",
+                agent=i < round(n * agent_share),
+                lenient=rng.random() < lenient_share,
+            )
+        )
     return people
 
 

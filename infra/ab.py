@@ -25,8 +25,9 @@ def publish_routing(cfg: Config, con, exp=None) -> dict:
     from serving.routing import publish
 
     live = registry.live(con)
-    routing = ab.routing(exp if exp is not None else ab.get(con), live["version"] if live else BASE,
-                         registry.paths(con))
+    routing = ab.routing(
+        exp if exp is not None else ab.get(con), live["version"] if live else BASE, registry.paths(con)
+    )
     current = cfg.data_dir / "routing.json"
     if not current.exists() or json.loads(current.read_text()) != routing:
         publish(cfg.data_dir, routing)
@@ -88,8 +89,9 @@ def tick(cfg: Config, con, now=None) -> list[str]:
         candidate = registry.newest_candidate(con)
         if candidate:
             exp = start_experiment(cfg, con, candidate, now)
-            said.append(f"started {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against "
-                        f"{exp.incumbent}")
+            said.append(
+                f"started {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}"
+            )
     if exp is not None:
         challenger = registry.get(con, exp.challenger)
         ev = ab.evaluate(con, exp, cfg.abtest, tainted=bool(challenger and challenger["tainted"]), now=now)
@@ -129,8 +131,14 @@ def _replace_tainted_live(con) -> list[str]:
     found = registry.get(con, live["version"]) if live else None
     if found is None or not found["tainted"]:
         return []
-    parent = next((a["version"] for a in registry.ancestors(con, found["parent"])
-                   if not a["tainted"] and a["path"] and Path(a["path"]).is_dir()), None)
+    parent = next(
+        (
+            a["version"]
+            for a in registry.ancestors(con, found["parent"])
+            if not a["tainted"] and a["path"] and Path(a["path"]).is_dir()
+        ),
+        None,
+    )
     registry.set_status(con, found["version"], "retired", "tainted: trained on a forgotten user's data")
     if parent is not None:
         registry.set_status(con, parent, "live", f"serves in place of tainted {found['version']}")

@@ -143,8 +143,16 @@ class EmbeddedBroker:
         cluster_id = f"flywheel-{uuid.uuid4().hex[:12]}"
         with open(logs / "broker.log", "ab") as out:
             self.proc = subprocess.Popen(
-                [str(binary), "broker", "--cluster-id", cluster_id, "--listener-url", url,
-                 "--advertised-listener-url", url],
+                [
+                    str(binary),
+                    "broker",
+                    "--cluster-id",
+                    cluster_id,
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -178,8 +186,12 @@ class EmbeddedBroker:
             if not self._watching.is_set() or (proc is not None and proc.poll() is None):
                 continue
             if proc is not None:
-                log.warning("bundled Kafka broker (pid %d) exited with code %s: starting a new one on %s",
-                            proc.pid, proc.returncode, self.bootstrap)
+                log.warning(
+                    "bundled Kafka broker (pid %d) exited with code %s: starting a new one on %s",
+                    proc.pid,
+                    proc.returncode,
+                    self.bootstrap,
+                )
             try:
                 self.start()
                 self.restarts += 1

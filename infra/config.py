@@ -35,8 +35,7 @@ class Section(BaseModel):
 
 class KafkaConfig(Section):
     bootstrap_servers: str | None = Field(
-        None,
-        description="Kafka cluster as host:port[,host:port]. Unset: start the bundled Tansu broker.",
+        None, description="Kafka cluster as host:port[,host:port]. Unset: start the bundled Tansu broker."
     )
     host: str = Field("127.0.0.1", description="Embedded broker: address to listen on (loopback).")
     port: int = Field(0, ge=0, le=65535, description="Embedded broker: port; 0 picks a free one.")
@@ -144,9 +143,7 @@ def split_overrides(argv: Iterable[str]) -> tuple[list[str], list[str]]:
 
 
 def load_config(
-    path: str | Path | None = None,
-    overrides: Iterable[str] = (),
-    env: Mapping[str, str] | None = None,
+    path: str | Path | None = None, overrides: Iterable[str] = (), env: Mapping[str, str] | None = None
 ) -> Config:
     """Defaults, then the TOML file (`path` or $FLYWHEEL_CONFIG), then FLYWHEEL_SECTION__KEY, then overrides."""
     env = os.environ if env is None else env

@@ -59,12 +59,26 @@ def _prepare(cfg: Config, con):
     staging = cfg.data_dir / "adapters" / f".staging-{version}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    job = plan.job(version, cfg.retrain, base_model=cfg.base_model, base_path=base_path,
-                   base_hash=model_hash(base_path), snapshot=snap, earlier=earlier, begin=begin,
-                   out_dir=staging / "adapter")
+    job = plan.job(
+        version,
+        cfg.retrain,
+        base_model=cfg.base_model,
+        base_path=base_path,
+        base_hash=model_hash(base_path),
+        snapshot=snap,
+        earlier=earlier,
+        begin=begin,
+        out_dir=staging / "adapter",
+    )
     (staging / "job.json").write_text(job.to_json())
-    log.info("retrain %s: %d samples (%d new) from %s, parent %s", version, len(train_ids), len(new),
-             snap.snapshot_id, job.parent_version or "none (base model)")
+    log.info(
+        "retrain %s: %d samples (%d new) from %s, parent %s",
+        version,
+        len(train_ids),
+        len(new),
+        snap.snapshot_id,
+        job.parent_version or "none (base model)",
+    )
     return job, begin
 
 
@@ -80,11 +94,22 @@ class Run:
         from retrain import registry
 
         job = self.job
-        registry.register(self.con, job.version, status=status, path=path, metrics=metrics, reason=reason,
-                          parent=job.parent_version, base_model=job.base_model, base_hash=job.base_hash,
-                          snapshot_id=job.snapshot_id)
+        registry.register(
+            self.con,
+            job.version,
+            status=status,
+            path=path,
+            metrics=metrics,
+            reason=reason,
+            parent=job.parent_version,
+            base_model=job.base_model,
+            base_hash=job.base_hash,
+            snapshot_id=job.snapshot_id,
+        )
         details = {"snapshot_id": job.snapshot_id}
-        details.update({"offline": metrics["offline"].get("candidate")} if status == "candidate" else {"reason": reason})
+        details.update(
+            {"offline": metrics["offline"].get("candidate")} if status == "candidate" else {"reason": reason}
+        )
         audit.append(self.con, "retrain", status, job.version, details)
         if path is None:
             shutil.rmtree(self.staging, ignore_errors=True)
@@ -97,8 +122,19 @@ class Run:
         return self.children.gate(args, 600)
 
     def offline_gate(self, final) -> dict:
-        args = ["-m", "retrain.gates", "offline", "--base", self.job.base_path, "--candidate", str(final),
-                "--snapshot", self.job.snapshot_dir, "--tolerance", str(self.cfg.retrain.forgetting_tolerance)]
+        args = [
+            "-m",
+            "retrain.gates",
+            "offline",
+            "--base",
+            self.job.base_path,
+            "--candidate",
+            str(final),
+            "--snapshot",
+            self.job.snapshot_dir,
+            "--tolerance",
+            str(self.cfg.retrain.forgetting_tolerance),
+        ]
         if self.begin.incumbent:
             args += ["--incumbent", self.begin.incumbent["path"]]
         return self.children.gate(args, 3600)
@@ -106,8 +142,9 @@ class Run:
     def __call__(self, on_worker: Callable | None, echo: bool) -> Outcome:
         import json
 
-        code, last, tail = self.children.run(["-m", "retrain.worker", str(self.staging / "job.json")],
-                                             self.cfg.retrain.timeout_s, on_worker, echo)
+        code, last, tail = self.children.run(
+            ["-m", "retrain.worker", str(self.staging / "job.json")], self.cfg.retrain.timeout_s, on_worker, echo
+        )
         if code != 0:
             return self.record("failed", failure_reason(code, tail), {}, None)
         metrics = {"train": json.loads(last)}
@@ -125,8 +162,9 @@ class Run:
         return self.record("candidate", None, metrics, str(final))
 
 
-def retrain(cfg: Config, con, *, children: Children | None = None, on_worker: Callable | None = None,
-            echo: bool = False) -> Outcome:
+def retrain(
+    cfg: Config, con, *, children: Children | None = None, on_worker: Callable | None = None, echo: bool = False
+) -> Outcome:
     """One run; every outcome (skipped included) is logged, and all but `skipped` are in the registry."""
     started = time.monotonic()
     lock = RetrainLock(cfg.data_dir)
@@ -146,8 +184,9 @@ def _done(outcome: Outcome, started: float) -> Outcome:
     if outcome.status == "skipped":
         log.info("retrain skipped: %s", outcome.reason)
     elif outcome.status == "candidate":
-        log.info("retrain %s: candidate (passed the artifact and offline gates) in %.0f s", outcome.version,
-                 outcome.seconds)
+        log.info(
+            "retrain %s: candidate (passed the artifact and offline gates) in %.0f s", outcome.version, outcome.seconds
+        )
     else:
         log.warning("retrain %s: %s: %s", outcome.version, outcome.status, outcome.reason)
     return outcome

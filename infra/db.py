@@ -77,8 +77,7 @@ def migrate(con: duckdb.DuckDBPyConnection, migrations: list[Migration] | None =
         if m.version in applied:
             if applied[m.version] != m.checksum:
                 raise FlywheelError(
-                    f"migration {m.version:04d}_{m.name} was edited after it was applied; "
-                    "add a new migration instead"
+                    f"migration {m.version:04d}_{m.name} was edited after it was applied; add a new migration instead"
                 )
             continue
         con.execute("BEGIN TRANSACTION")

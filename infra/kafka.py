@@ -79,9 +79,7 @@ def ensure_topics(cfg: KafkaConfig, bootstrap: str) -> list[str]:
         missing = [t for t in wanted if t not in existing]
         if missing:
             try:
-                client.create_topics(
-                    [NewTopic(t, cfg.partitions, cfg.replication_factor) for t in missing]
-                )
+                client.create_topics([NewTopic(t, cfg.partitions, cfg.replication_factor) for t in missing])
             except TopicAlreadyExistsError:  # a concurrent creator won the race: fine
                 pass
             log.info("created topics %s with %d partitions", missing, cfg.partitions)

@@ -23,8 +23,10 @@ DATA_DIR_SECRET = "flywheel.secret"
 
 def check_secret(value: bytes, where: str) -> bytes:
     if len(value) < MIN_BYTES:
-        raise FlywheelError(f"{where} is {len(value)} bytes: a secret needs at least {MIN_BYTES} "
-                            f"(generate one with: python -c 'import secrets; print(secrets.token_hex(32))')")
+        raise FlywheelError(
+            f"{where} is {len(value)} bytes: a secret needs at least {MIN_BYTES} "
+            f"(generate one with: python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
     return value
 
 
@@ -76,8 +78,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def public_keys(serving) -> list[str]:
     """'serving.api_keys[demo] = flywheel-demo-key', ... for every public key the section holds."""
-    return [f"serving.{field}[{name}] = {PUBLIC_KEYS[h]}" for field in ("api_keys", "admin_keys")
-            for name, h in getattr(serving, field).items() if h in PUBLIC_KEYS]
+    return [
+        f"serving.{field}[{name}] = {PUBLIC_KEYS[h]}"
+        for field in ("api_keys", "admin_keys")
+        for name, h in getattr(serving, field).items()
+        if h in PUBLIC_KEYS
+    ]
 
 
 def service_keys(cfg, *, demo_keys: bool, echo=print):
@@ -92,17 +98,24 @@ def service_keys(cfg, *, demo_keys: bool, echo=print):
     serving, found = cfg.serving, public_keys(cfg.serving)
     if demo_keys:
         if found and serving.host not in LOOPBACK:
-            raise FlywheelError(f"--demo-keys with serving.host={serving.host}: the demo keys are public; "
-                                "serve them on loopback only")
+            raise FlywheelError(
+                f"--demo-keys with serving.host={serving.host}: the demo keys are public; serve them on loopback only"
+            )
         return cfg
     if not found:
         return cfg
     defaults = ServingConfig()
-    mixed = [k for k in found if (k.startswith("serving.api_keys") and serving.api_keys != defaults.api_keys)
-             or (k.startswith("serving.admin_keys") and serving.admin_keys != defaults.admin_keys)]
+    mixed = [
+        k
+        for k in found
+        if (k.startswith("serving.api_keys") and serving.api_keys != defaults.api_keys)
+        or (k.startswith("serving.admin_keys") and serving.admin_keys != defaults.admin_keys)
+    ]
     if mixed:
-        raise FlywheelError(f"{mixed[0]}: a public key from the README. Replace its hash "
-                            "(`flywheel keys hash NEW-KEY`), or pass --demo-keys on a laptop")
+        raise FlywheelError(
+            f"{mixed[0]}: a public key from the README. Replace its hash "
+            "(`flywheel keys hash NEW-KEY`), or pass --demo-keys on a laptop"
+        )
     path = Path(cfg.data_dir) / KEYS_FILE
     stored = json.loads(path.read_text()) if path.exists() else {}
     fresh = {}
@@ -156,5 +169,6 @@ def read_anchor(data_dir: Path):
     except FileNotFoundError:
         return None
     except (ValueError, TypeError) as e:
-        raise FlywheelError(f"{Path(data_dir) / ANCHOR_FILE} is damaged ({e}): the audit log cannot be checked "
-                            "against it") from None
+        raise FlywheelError(
+            f"{Path(data_dir) / ANCHOR_FILE} is damaged ({e}): the audit log cannot be checked against it"
+        ) from None

@@ -71,21 +71,25 @@ class Children:
     def resume(self) -> None:
         self.stopping.clear()
 
-    def run(self, args: list[str], timeout: float, on_start: Callable | None = None,
-            echo: bool = False) -> tuple[int, str, list[str]]:
+    def run(
+        self, args: list[str], timeout: float, on_start: Callable | None = None, echo: bool = False
+    ) -> tuple[int, str, list[str]]:
         """Run `python ARGS` in a fresh process; returns (exit code, last stdout line, last stderr lines).
         A negative code is the signal that ended it (-9: killed, often the kernel's OOM killer)."""
         if self.stopping.is_set():
             return -signal.SIGTERM, "", [STOPPED]
-        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         self.running.add(proc)
         if on_start:
             on_start(proc)
         tail: deque[str] = deque(maxlen=40)
         out: list[str] = []
-        readers = [threading.Thread(target=_pump, args=(proc, tail, echo), daemon=True),
-                   threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)]
+        readers = [
+            threading.Thread(target=_pump, args=(proc, tail, echo), daemon=True),
+            threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True),
+        ]
         for r in readers:
             r.start()
         try:
@@ -126,7 +130,7 @@ def failure_reason(code: int, tail: list[str]) -> str:
 
     for line in reversed(tail):
         if line.startswith(FAILED):
-            return line[len(FAILED):]
+            return line[len(FAILED) :]
         if line.startswith(("timed out after", "stopped: ")):
             return line
     if code < 0:

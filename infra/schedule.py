@@ -4,7 +4,7 @@ once), a retrain soon after a forget tainted an adapter, and the A/B evaluation 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from infra.config import Config
@@ -36,8 +36,10 @@ def start_scheduler(cfg: Config):
 
     trigger = cron(cfg.retrain.schedule)
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{Path(cfg.data_dir).resolve() / 'scheduler.sqlite'}"),
-                   "memory": MemoryJobStore()},
+        jobstores={
+            "default": SQLAlchemyJobStore(url=f"sqlite:///{Path(cfg.data_dir).resolve() / 'scheduler.sqlite'}"),
+            "memory": MemoryJobStore(),
+        },
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": cfg.retrain.misfire_grace_s},
     )
     scheduler.start()
@@ -53,11 +55,25 @@ def start_scheduler(cfg: Config):
 def retrain_soon(scheduler, delay_s: float = RETRAIN_AFTER_FORGET_S):
     """Run the retrain once, `delay_s` from now (again from now if already pending): after a forget tainted
     an adapter, so that a model trained without the user replaces its ancestor before the next night."""
-    return scheduler.add_job(RETRAIN_REF, "date", id=AFTER_FORGET, run_date=datetime.now(timezone.utc)
-                             + timedelta(seconds=delay_s), replace_existing=True, jobstore="memory")
+    return scheduler.add_job(
+        RETRAIN_REF,
+        "date",
+        id=AFTER_FORGET,
+        run_date=datetime.now(UTC) + timedelta(seconds=delay_s),
+        replace_existing=True,
+        jobstore="memory",
+    )
 
 
 def evaluate_ab_every(scheduler, seconds: float) -> None:
     """The A/B evaluation, every `seconds` (not persisted: it is added again at every start)."""
-    scheduler.add_job(AB_REF, "interval", seconds=seconds, id=AB, jobstore="memory", replace_existing=True,
-                      max_instances=1, coalesce=True)
+    scheduler.add_job(
+        AB_REF,
+        "interval",
+        seconds=seconds,
+        id=AB,
+        jobstore="memory",
+        replace_existing=True,
+        max_instances=1,
+        coalesce=True,
+    )

@@ -9,10 +9,14 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from infra.config import Config
+
+if TYPE_CHECKING:
+    from infra.api import Api
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,13 @@ class Services:
     review: ReviewStore
 
 
-def start_services(cfg: Config, stack: ExitStack, halt: threading.Event,
-                   echo: Callable[[str], None] = print) -> Services:
+def start_services(
+    cfg: Config, stack: ExitStack, halt: threading.Event, echo: Callable[[str], None] = print
+) -> Services:
     """Broker (unless one runs or a cluster is configured), DuckDB, ingest and the API with the review pages,
-    in this process; an error in ingest sets `halt` (the process's stop). `stack` stops them so that nothing accepted is left behind: HTTP closes, the outbox is
-    sent to Kafka, ingest reads to the end offsets and stores, the outbox deletes what ingest stored, then
-    ingest, DuckDB and the broker stop."""
+    in this process; an error in ingest sets `halt` (the process's stop). `stack` stops them so that nothing
+    accepted is left behind: HTTP closes, the outbox is sent to Kafka, ingest reads to the end offsets and
+    stores, the outbox deletes what ingest stored, then ingest, DuckDB and the broker stop."""
     from prometheus_client import CollectorRegistry
 
     from infra import db
@@ -69,8 +74,7 @@ def start_services(cfg: Config, stack: ExitStack, halt: threading.Event,
     con = db.open_store(cfg.db_path, cfg.db.threads)
     stack.callback(close_store, con, cfg.db_path, cfg.data_dir, echo)
     anchoring = threading.Event()
-    threading.Thread(target=anchor_audit, args=(con, cfg.data_dir, anchoring), name="audit-anchor",
-                     daemon=True).start()
+    threading.Thread(target=anchor_audit, args=(con, cfg.data_dir, anchoring), name="audit-anchor", daemon=True).start()
     stack.callback(anchoring.set)
     info = db.describe(con)
     echo(f"database  {cfg.db_path}  schema v{info['schema_version']}, {len(info['tables'])} tables")
@@ -82,6 +86,8 @@ def start_services(cfg: Config, stack: ExitStack, halt: threading.Event,
     stack.callback(stop.set)  # on an error during start-up; in a clean stop ingest has ended by now
     echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
     review = ReviewStore(con, cfg)
+    from infra.api import Api
+
     api = Api(cfg, bootstrap, registry, review=review)
     stack.callback(shut_down, api, thread, drain, stop, echo)
     echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
@@ -103,8 +109,13 @@ def anchor_audit(con, data_dir: Path, stop: threading.Event, every_s: float = 2.
 DRAIN_TIMEOUT_S = 120.0  # ingest stores ~500 events/s here: a minute of full-speed feedback
 
 
-def shut_down(api: Api, ingest: threading.Thread, drain: threading.Event, stop: threading.Event,
-              echo: Callable[[str], None] = print) -> None:
+def shut_down(
+    api: Api,
+    ingest: threading.Thread,
+    drain: threading.Event,
+    stop: threading.Event,
+    echo: Callable[[str], None] = print,
+) -> None:
     """The order that leaves nothing accepted behind. Whatever a step cannot finish in time stays in the
     outbox file and is sent again at the next start (to a new bundled broker if this one is gone)."""
     api.close_http()
@@ -129,14 +140,20 @@ def build_ingest(cfg: Config, bootstrap: str, con: duckdb.DuckDBPyConnection, re
     from ingest.scrub_pool import ScrubPool
 
     consumer = KafkaConsumer(
-        **client_settings(cfg.kafka, bootstrap), **consumer_settings(cfg.kafka), group_id=cfg.ingest.group_id,
+        **client_settings(cfg.kafka, bootstrap),
+        **consumer_settings(cfg.kafka),
+        group_id=cfg.ingest.group_id,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     return IngestConsumer(
-        consumer, con, ScrubPool(cfg.ingest.pii),
+        consumer,
+        con,
+        ScrubPool(cfg.ingest.pii),
         kind_of_topic={cfg.kafka.chats_topic: "chat", cfg.kafka.feedback_topic: "feedback"},
-        group_id=cfg.ingest.group_id, batch_max_events=cfg.ingest.batch_max_events,
-        batch_max_ms=cfg.ingest.batch_max_ms, registry=registry,
+        group_id=cfg.ingest.group_id,
+        batch_max_events=cfg.ingest.batch_max_events,
+        batch_max_ms=cfg.ingest.batch_max_ms,
+        registry=registry,
     )
 
 
@@ -148,8 +165,9 @@ def run_ingest(ingest, should_stop: Callable[[], bool], draining: Callable[[], b
         ingest.scrubber.close()
 
 
-def start_ingest_thread(ingest, stop: threading.Event, drain: threading.Event | None = None,
-                        halt: threading.Event | None = None) -> threading.Thread:
+def start_ingest_thread(
+    ingest, stop: threading.Event, drain: threading.Event | None = None, halt: threading.Event | None = None
+) -> threading.Thread:
     """Ingest in a thread of this process (DuckDB has one writer process: this one). Setting `drain` ends it
     once it has stored everything up to the end offsets; setting `stop` ends it after the batch in flight."""
 
@@ -169,34 +187,27 @@ def start_ingest_thread(ingest, stop: threading.Event, drain: threading.Event | 
 
 def produce_synthetic(cfg: Config, bootstrap: str, n: int, seed: int = 0, malformed: int = 0) -> int:
     """Produce n synthetic store-support events (chats and feedback) and `malformed` broken ones."""
+    from infra import keys
     from infra.kafka import client_settings
     from ingest.producer import EventProducer
     from ingest.synthetic import events
-
-    from infra import keys
     from serving.ids import pseudonym
 
     key = keys.data_dir_key(cfg.data_dir, "user-pseudonyms")
-    producer = EventProducer.connect(client_settings(cfg.kafka, bootstrap), cfg.kafka.chats_topic,
-                                     cfg.kafka.feedback_topic)
+    producer = EventProducer.connect(
+        client_settings(cfg.kafka, bootstrap), cfg.kafka.chats_topic, cfg.kafka.feedback_topic
+    )
     try:
         for event in events(n, seed=seed):  # user ids as the API stores them: `forget` finds them by raw id
             producer.send(event.model_copy(update={"user_id": pseudonym(key, event.app_id, event.user_id)}))
         for i in range(malformed):
-            producer.send_raw(cfg.kafka.chats_topic, b"simulated", b'{"schema_version": 1, "broken": ' + str(i).encode())
+            producer.send_raw(
+                cfg.kafka.chats_topic, b"simulated", b'{"schema_version": 1, "broken": ' + str(i).encode()
+            )
         producer.flush(timeout=cfg.kafka.connect_timeout_s * 3)
     finally:
         producer.close()
     return n + malformed
-
-
-def response_secret(cfg: Config) -> bytes:
-    """The HMAC key of response ids: configured (at least 32 bytes), or generated once into the data dir."""
-    from infra import keys
-
-    if cfg.serving.response_secret is not None:
-        return keys.check_secret(cfg.serving.response_secret.get_secret_value().encode(), "serving.response_secret")
-    return keys.file_secret(cfg.data_dir / "response.secret")
 
 
 class ReviewStore:
@@ -207,8 +218,9 @@ class ReviewStore:
         self.con, self.cfg = con, cfg
         # sha256(FORGET_PREFIX || pseudonym) -> when, for the API's check of late ratings (loaded once, then
         # kept current by forget() in this process)
-        self._forgotten = {h: t.timestamp() for h, t in con.execute(
-            "SELECT user_hash, forgotten_at FROM forgotten_users").fetchall()}
+        self._forgotten = {
+            h: t.timestamp() for h, t in con.execute("SELECT user_hash, forgotten_at FROM forgotten_users").fetchall()
+        }
         self.after_taint: Callable[[], object] | None = None  # `up` sets it: retrain soon without the user
 
     def forgotten_before(self, user_id: str, when: float) -> bool:
@@ -255,10 +267,15 @@ class ReviewStore:
 
         cur = self.con.cursor()
         live = registry.live(cur)
-        exps = [{**e.__dict__, "decisions": experiment.decisions(cur, e.experiment_id)}
-                for e in experiment.experiments(cur)]
-        return {"experiments": exps, "history": registry.history(cur), "live": live["version"] if live else "base",
-                "srm_threshold": self.cfg.abtest.srm_p}
+        exps = [
+            {**e.__dict__, "decisions": experiment.decisions(cur, e.experiment_id)} for e in experiment.experiments(cur)
+        ]
+        return {
+            "experiments": exps,
+            "history": registry.history(cur),
+            "live": live["version"] if live else "base",
+            "srm_threshold": self.cfg.abtest.srm_p,
+        }
 
     def forget(self, app_id: str, user_id: str, actor: str) -> dict:
         """Rows go now; the file is compacted (freed blocks overwritten) when the store is next opened
@@ -287,8 +304,9 @@ def forget_user(con, cfg: Config, app_id: str, user_id: str, actor: str) -> dict
 
     known = set(cfg.serving.api_keys) | {a for (a,) in con.execute("SELECT DISTINCT app_id FROM chats").fetchall()}
     if app_id not in known:  # a typo would otherwise erase nobody, quietly
-        raise ValueError(f"unknown app {app_id!r}: one of {', '.join(sorted(known))} (serving.api_keys and the "
-                         "apps of stored chats)")
+        raise ValueError(
+            f"unknown app {app_id!r}: one of {', '.join(sorted(known))} (serving.api_keys and the apps of stored chats)"
+        )
     user = pseudonym(keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), app_id, user_id)
     done = forget(con, user, actor, taint=registry.taint_trained_on).as_dict()
     if done["adapters"]:  # some were trained on the user: stop serving them now, not at the next A/B win
@@ -296,86 +314,3 @@ def forget_user(con, cfg: Config, app_id: str, user_id: str, actor: str) -> dict
 
         done["routing"] = serve_untainted(cfg, con)
     return done
-
-
-class Api:
-    """The API with everything it needs, started in threads of this process."""
-
-    def __init__(self, cfg: Config, bootstrap: str, registry=None, review: ReviewStore | None = None):
-        import torch
-        import uvicorn
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from infra import keys
-        from infra.broker import check_port_free
-        from infra.kafka import client_settings
-        from infra.models import resolve_base_model
-        from infra.errors import FlywheelError
-        from serving.app import create_app, prompt_tokens_limit
-        from serving.generator import BatchGenerator
-        from serving.outbox import Outbox, OutboxRelay
-        from serving.routing import ModelHolder, Router
-
-        s = cfg.serving
-        if s.port:
-            check_port_free(s.host, s.port, "serving.port")
-        path = resolve_base_model(cfg.base_model, cfg.data_dir / "models")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # fp32: faster on CPU
-        self.generator = BatchGenerator(model, tokenizer, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
-                                        queue_depth=s.queue_depth, max_batch_tokens=s.max_batch_tokens)
-        try:
-            prompt_tokens_limit(s, self.generator.context_tokens)
-        except ValueError as e:
-            raise FlywheelError(str(e)) from None
-        self.generator.start()
-        self.outbox = Outbox(cfg.data_dir / "outbox.sqlite")
-        self.sender = OutboxRelay(cfg.data_dir / "outbox.sqlite", client_settings(cfg.kafka, bootstrap),
-                                  cfg.ingest.group_id)
-        self.router = Router(cfg.data_dir / "routing.json", ModelHolder(self.generator))
-        self.router.refresh()
-        app = create_app(
-            s, generator=self.generator, tokenizer=tokenizer, outbox=self.outbox,
-            chats_topic=cfg.kafka.chats_topic, feedback_topic=cfg.kafka.feedback_topic,
-            secret=response_secret(cfg), user_key=keys.data_dir_key(cfg.data_dir, "user-pseudonyms"), route=self.router.route, variants=self.router.variants,
-            ready=lambda: self.sender.healthy, registry=registry, review=review,
-            forgotten=review.forgotten_before if review is not None else None,
-        )
-        self.server = uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",
-                                                    access_log=False))
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self.server.run, name="api", daemon=True),
-                         threading.Thread(target=self._follow_routing, name="routing", daemon=True)]
-        for t in self._threads:
-            t.start()
-        while not self.server.started:
-            if not self._threads[0].is_alive():
-                raise RuntimeError("the API server did not start; see the log above")
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        sock = self.server.servers[0].sockets[0].getsockname()
-        return f"http://{sock[0]}:{sock[1]}"
-
-    def _follow_routing(self) -> None:
-        while not self._stop.wait(2.0):
-            try:
-                self.router.refresh()
-            except Exception:
-                log.exception("routing refresh failed; keeping the current split")
-
-    def close_http(self) -> None:
-        """Stop taking requests (answering those in flight), the routing follower and the model."""
-        self._stop.set()
-        self.server.should_exit = True
-        for t in self._threads:
-            t.join(10)
-        self.generator.close()
-
-    def close(self) -> None:
-        if not self._stop.is_set():
-            self.close_http()
-        self.sender.close()
-        self.outbox_left = self.outbox.size()
-        self.outbox.close()

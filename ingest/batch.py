@@ -56,21 +56,34 @@ def text_fields(event: Event) -> list[tuple[str, str]]:
 
 def _row(event: Event, record: Record, scrubbed: dict[str, str]) -> dict:
     base = {
-        "event_id": str(event.event_id), "schema_version": event.schema_version, "response_id": event.response_id,
-        "app_id": event.app_id, "user_id": event.user_id, "created_at": event.created_at,
-        "kafka_topic": record.topic, "kafka_partition": record.partition, "kafka_offset": record.offset,
+        "event_id": str(event.event_id),
+        "schema_version": event.schema_version,
+        "response_id": event.response_id,
+        "app_id": event.app_id,
+        "user_id": event.user_id,
+        "created_at": event.created_at,
+        "kafka_topic": record.topic,
+        "kafka_partition": record.partition,
+        "kafka_offset": record.offset,
     }
     if isinstance(event, ChatLog):
         messages = [
             {"role": m.role, "content": scrubbed[f"messages[{i}].content"]} for i, m in enumerate(event.messages)
         ]
         return base | {
-            "conversation_id": event.conversation_id, "messages": json.dumps(messages),
-            "response": scrubbed["response"], "variant": event.variant, "experiment_id": event.experiment_id,
+            "conversation_id": event.conversation_id,
+            "messages": json.dumps(messages),
+            "response": scrubbed["response"],
+            "variant": event.variant,
+            "experiment_id": event.experiment_id,
             "latency_ms": event.latency_ms,
         }
-    return base | {"rating": event.rating, "comment": scrubbed.get("comment"), "correction": scrubbed.get("correction"),
-                   "answered_at": event.answered_at}  # not stored: ingest's forgotten-user check reads it
+    return base | {
+        "rating": event.rating,
+        "comment": scrubbed.get("comment"),
+        "correction": scrubbed.get("correction"),
+        "answered_at": event.answered_at,
+    }  # not stored: ingest's forgotten-user check reads it
 
 
 def _scrub_each(scrub: ScrubFn, groups: list[list[str]]) -> list[list[Scrubbed] | str]:
@@ -93,8 +106,9 @@ def _scrub_each(scrub: ScrubFn, groups: list[list[str]]) -> list[list[Scrubbed] 
     return out
 
 
-def prepare(records: Sequence[Record], kind_of_topic: dict[str, str], scrub: ScrubFn, scrubber_version: str) -> Prepared:
-    out = Prepared()
+def _parse(records: Sequence[Record], kind_of_topic: dict[str, str], out: Prepared):
+    """Valid, first-seen events and (record, reason) of the invalid ones; offsets, duplicates and texts too
+    costly to scrub are counted into `out`."""
     events: list[tuple[Event, Record]] = []
     seen: dict = {}  # event_id -> index in `events`
     rejects: list[tuple[Record, str]] = []
@@ -116,16 +130,37 @@ def prepare(records: Sequence[Record], kind_of_topic: dict[str, str], scrub: Scr
             continue
         costly = max((scrub_cost(t) for _, t in text_fields(event)), default=0)
         if costly > MAX_TEXT_COST:  # would stall every tenant's ingest for seconds: never scrubbed, never stored
-            out.quarantine.append(_meta(rec, f"a text costs {costly} to scrub: at most {MAX_TEXT_COST}")
-                                  | {"event_id": str(event.event_id)})
+            reason = f"a text costs {costly} to scrub: at most {MAX_TEXT_COST}"
+            out.quarantine.append(_meta(rec, reason) | {"event_id": str(event.event_id)})
             continue
         seen[event.event_id] = len(events)
         events.append((event, rec))
+    return events, rejects
 
+
+def _findings(event: Event, name: str, scrubbed, version: str) -> list[dict]:
+    return [
+        {
+            "event_id": str(event.event_id),
+            "field": name,
+            "entity_type": f.entity_type,
+            "start_pos": f.start,
+            "end_pos": f.end,
+            "score": f.score,
+            "scrubber_version": version,
+        }
+        for f in scrubbed.findings
+    ]
+
+
+def prepare(
+    records: Sequence[Record], kind_of_topic: dict[str, str], scrub: ScrubFn, scrubber_version: str
+) -> Prepared:
+    out = Prepared()
+    events, rejects = _parse(records, kind_of_topic, out)
     fields = [text_fields(e) for e, _ in events]
-    excerpts = [(rec.value or b"").decode("utf-8", "replace") for rec, _ in rejects
-                if len(rec.value or b"") <= EXCERPT_SCRUB_MAX]
-    scrubbed_excerpt = [len(rec.value or b"") <= EXCERPT_SCRUB_MAX for rec, _ in rejects]
+    small = [len(rec.value or b"") <= EXCERPT_SCRUB_MAX for rec, _ in rejects]
+    excerpts = [(rec.value or b"").decode("utf-8", "replace") for (rec, _), ok in zip(rejects, small) if ok]
     results = _scrub_each(scrub, [[t for _, t in f] for f in fields] + [[x] for x in excerpts])
 
     for (event, rec), names, result in zip(events, fields, results):
@@ -135,15 +170,11 @@ def prepare(records: Sequence[Record], kind_of_topic: dict[str, str], scrub: Scr
         scrubbed = {}
         for (name, _), s in zip(names, result):
             scrubbed[name] = s.text
-            out.findings += [
-                {"event_id": str(event.event_id), "field": name, "entity_type": f.entity_type,
-                 "start_pos": f.start, "end_pos": f.end, "score": f.score, "scrubber_version": scrubber_version}
-                for f in s.findings
-            ]
+            out.findings += _findings(event, name, s, scrubber_version)
         (out.chats if isinstance(event, ChatLog) else out.feedback).append(_row(event, rec, scrubbed))
 
     excerpt_results = iter(results[len(events) :])
-    for (rec, reason), scrubbed in zip(rejects, scrubbed_excerpt):
+    for (rec, reason), scrubbed in zip(rejects, small):
         result = next(excerpt_results) if scrubbed else "too long to scrub for an excerpt"
         excerpt = None if isinstance(result, str) else result[0].text[:EXCERPT_CHARS]
         out.dead_letters.append(_meta(rec, reason) | {"excerpt": excerpt})
@@ -152,7 +183,10 @@ def prepare(records: Sequence[Record], kind_of_topic: dict[str, str], scrub: Scr
 
 def _meta(rec: Record, reason: str) -> dict:
     return {
-        "topic": rec.topic, "partition": rec.partition, "offset": rec.offset, "reason": reason,
-        "length": len(rec.value or b""), "sha256": sha256(rec.value),
+        "topic": rec.topic,
+        "partition": rec.partition,
+        "offset": rec.offset,
+        "reason": reason,
+        "length": len(rec.value or b""),
+        "sha256": sha256(rec.value),
     }
-

@@ -18,15 +18,28 @@ class DenyPattern(Section):
 class PiiConfig(Section):
     entities: list[str] = Field(
         [
-            "PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS",
-            "STREET_ADDRESS", "US_BANK_NUMBER", "US_PASSPORT", "CRYPTO", "URL", "DATE_OF_BIRTH", "PASSPORT",
+            "PERSON",
+            "EMAIL_ADDRESS",
+            "PHONE_NUMBER",
+            "CREDIT_CARD",
+            "US_SSN",
+            "IBAN_CODE",
+            "IP_ADDRESS",
+            "STREET_ADDRESS",
+            "US_BANK_NUMBER",
+            "US_PASSPORT",
+            "CRYPTO",
+            "URL",
+            "DATE_OF_BIRTH",
+            "PASSPORT",
         ],
         description="Entity types to scrub. LOCATION and DATE_TIME are left out: they hurt training text.",
     )
     score_threshold: float = Field(0.4, ge=0, le=1, description="Findings below this score are ignored.")
     allow_list: list[str] = Field([], description="Strings never scrubbed, in any case (a finding equal to one).")
     allow_words: list[str] = Field(
-        [], description="Words of the store's own (brands, products) never taken for a name: a PERSON finding made "
+        [],
+        description="Words of the store's own (brands, products) never taken for a name: a PERSON finding made "
         "only of these or of common commerce brands (Visa, Klarna, DHL, ...) is dropped. Any case.",
     )
     deny_patterns: list[DenyPattern] = Field([], description="Extra regex recognizers, scrubbed too.")
@@ -36,7 +49,9 @@ class PiiConfig(Section):
         2.0, gt=0, description="A recognizer regex running longer fails the text closed (Presidio's is 60 s)."
     )
     time_budget_ms_per_text: float = Field(
-        50.0, gt=0, description="Scrubbing slower than this (about 40x normal; 5 s floor) fails: retried "
+        50.0,
+        gt=0,
+        description="Scrubbing slower than this (about 40x normal; 5 s floor) fails: retried "
         "event by event, then quarantined.",
     )
 

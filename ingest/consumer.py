@@ -28,12 +28,11 @@ log = logging.getLogger(__name__)
 
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry):
-        self.events = Counter(
-            "flywheel_ingest_events", "Events by outcome", ["outcome"], registry=registry
-        )
+        self.events = Counter("flywheel_ingest_events", "Events by outcome", ["outcome"], registry=registry)
         self.findings = Counter("flywheel_ingest_pii_findings", "PII findings stored", registry=registry)
-        self.batch_seconds = Histogram("flywheel_ingest_batch_seconds", "Time to prepare and write a batch",
-                                       registry=registry)
+        self.batch_seconds = Histogram(
+            "flywheel_ingest_batch_seconds", "Time to prepare and write a batch", registry=registry
+        )
         self.write_errors = Counter("flywheel_ingest_write_errors", "Batches whose write failed", registry=registry)
 
 
@@ -55,8 +54,15 @@ class IngestConsumer:
         self.batch_max_events, self.batch_max_ms = batch_max_events, batch_max_ms
         self.metrics = IngestMetrics(registry or CollectorRegistry())
         self.pending: list[Record] = []
-        self.totals = {"chats": 0, "feedback": 0, "duplicates": 0, "dead_letters": 0, "quarantined": 0, "findings": 0,
-                       "erased": 0}
+        self.totals = {
+            "chats": 0,
+            "feedback": 0,
+            "duplicates": 0,
+            "dead_letters": 0,
+            "quarantined": 0,
+            "findings": 0,
+            "erased": 0,
+        }
 
     # -- rebalance ---------------------------------------------------------------------------------
     def _cluster_id(self) -> str | None:
@@ -74,9 +80,15 @@ class IngestConsumer:
                 self.consumer.seek(tp, offset)
             else:
                 if offset is not None:
-                    log.warning("%s[%d]: stored offset %d is for Kafka cluster %s, this is %s: reading from the "
-                                "beginning (idempotent inserts drop what is already stored)",
-                                tp.topic, tp.partition, offset, stored_cluster, cluster)
+                    log.warning(
+                        "%s[%d]: stored offset %d is for Kafka cluster %s, this is %s: reading from the "
+                        "beginning (idempotent inserts drop what is already stored)",
+                        tp.topic,
+                        tp.partition,
+                        offset,
+                        stored_cluster,
+                        cluster,
+                    )
                 self.consumer.seek_to_beginning(tp)
         log.info("assigned %d partitions", len(assigned))
 
@@ -111,8 +123,9 @@ class IngestConsumer:
             if remaining <= 0:
                 break
             try:
-                polled = self.consumer.poll(timeout_ms=max(int(remaining * 1000), 1),
-                                            max_records=self.batch_max_events - len(self.pending))
+                polled = self.consumer.poll(
+                    timeout_ms=max(int(remaining * 1000), 1), max_records=self.batch_max_events - len(self.pending)
+                )
             except KafkaError as e:  # the broker away: kafka-python 3 raises its connection error from poll
                 log.warning("polling Kafka failed (%s); trying again", e)
                 time.sleep(0.2)

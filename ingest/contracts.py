@@ -7,7 +7,7 @@ are the hard ceiling of what ingest stores; serving refuses larger requests earl
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
@@ -45,7 +45,7 @@ Text = Annotated[str, Field(max_length=MAX_FIELD_CHARS)]
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Contract(BaseModel):

@@ -89,9 +89,14 @@ def gazetteer() -> tuple[frozenset[str], frozenset[str]]:
     family: set[str] = set()
     for mod in pkgutil.iter_modules(person.__path__):
         provider = importlib.import_module(f"{person.__name__}.{mod.name}").Provider
-        for attr, into in (("first_names", given), ("first_names_male", given), ("first_names_female", given),
-                           ("first_romanized_names", given), ("last_names", family),
-                           ("last_romanized_names", family)):
+        for attr, into in (
+            ("first_names", given),
+            ("first_names_male", given),
+            ("first_names_female", given),
+            ("first_romanized_names", given),
+            ("last_names", family),
+            ("last_romanized_names", family),
+        ):
             names = getattr(provider, attr, ())
             for name in names if isinstance(names, (tuple, list, dict)) else ():
                 if isinstance(name, str) and LATIN.fullmatch(name):
@@ -146,8 +151,12 @@ def name_spans(text: str) -> tuple[tuple[int, int, float], ...]:
             cued = _cue_before(text, words, i)
             if (cued == "strong" and _unknown(w)) or (cued == "weak" and zipf(w) < RARE_CUED_ZIPF and w not in _stop()):
                 j = i  # an unknown word after a cue ("thx othmar", "can guiying pick it up"), and its neighbours
-                while j + 1 < len(words) and j < i + 2 and _adjacent(text, words[j][1], words[j + 1][0]) and (
-                        _unknown(words[j + 1][2]) or words[j + 1][2] in given or words[j + 1][2] in family):
+                while (
+                    j + 1 < len(words)
+                    and j < i + 2
+                    and _adjacent(text, words[j][1], words[j + 1][0])
+                    and (_unknown(words[j + 1][2]) or words[j + 1][2] in given or words[j + 1][2] in family)
+                ):
                     j += 1
                 spans.append((s, words[j][1], 0.5))
                 i = j + 1
@@ -155,8 +164,10 @@ def name_spans(text: str) -> tuple[tuple[int, int, float], ...]:
                 i += 1
             continue
         j = i  # extend over following name words, one space or hyphen apart
-        while j + 1 < len(words) and _adjacent(text, words[j][1], words[j + 1][0]) and (
-            words[j + 1][2] in given or words[j + 1][2] in family
+        while (
+            j + 1 < len(words)
+            and _adjacent(text, words[j][1], words[j + 1][0])
+            and (words[j + 1][2] in given or words[j + 1][2] in family)
         ):
             j += 1
         run = words[i : j + 1]
@@ -177,7 +188,7 @@ def name_spans(text: str) -> tuple[tuple[int, int, float], ...]:
 
 
 def _cue_before(text: str, words: list, i: int) -> str:
-    """"strong" or "weak" when the word before words[i] is a cue, else ""."""
+    """ "strong" or "weak" when the word before words[i] is a cue, else ""."""
     if i == 0:
         return ""
     before = words[i - 1]

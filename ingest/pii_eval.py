@@ -17,8 +17,22 @@ import random
 import re
 from dataclasses import dataclass, field
 
-LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "en_IN", "pt_BR", "nl_NL", "pl_PL",
-           "en_AU", "tr_TR", "sv_SE", "vi_VN")
+LOCALES = (
+    "en_US",
+    "en_GB",
+    "de_DE",
+    "fr_FR",
+    "es_ES",
+    "it_IT",
+    "en_IN",
+    "pt_BR",
+    "nl_NL",
+    "pl_PL",
+    "en_AU",
+    "tr_TR",
+    "sv_SE",
+    "vi_VN",
+)
 # Romanised names of cultures whose Faker locale writes them in another script.
 ROMANISED = ("zh_CN", "ja_JP")
 PHONE_LOCALES = ("en_GB", "de_DE", "fr_FR", "en_AU", "en_US", "es_ES", "it_IT", "nl_NL", "en_IN")
@@ -26,13 +40,34 @@ ADDRESS_LOCALES = ("en_GB", "de_DE", "en_US", "fr_FR", "en_AU")
 
 # Words of the store's domain that must pass through: brands, products, policy words.
 DOMAIN_PHRASES = (
-    "We accept Visa, Mastercard and Klarna", "I paid with PayPal", "can I use Apple Pay", "Amex was declined",
-    "it shipped with DHL", "the UPS driver never came", "Royal Mail lost it", "FedEx says delivered",
-    "the Northwind Outfitters rain jacket", "my Trailblazer hiking boots", "the Alpine down parka",
-    "a wool sweater in size M", "the Summit backpack", "your Orders page", "the free return label",
-    "a Northwind gift card", "the 2-year warranty", "ships in 3 days", "within 45 days of delivery",
-    "the Black Friday sale", "order #482913 arrived on March 3", "since last Monday", "on 12 May",
-    "Gore-Tex lining", "Merino socks", "the Patagonia fleece", "Hermes tracking page", "Zalando had it cheaper",
+    "We accept Visa, Mastercard and Klarna",
+    "I paid with PayPal",
+    "can I use Apple Pay",
+    "Amex was declined",
+    "it shipped with DHL",
+    "the UPS driver never came",
+    "Royal Mail lost it",
+    "FedEx says delivered",
+    "the Northwind Outfitters rain jacket",
+    "my Trailblazer hiking boots",
+    "the Alpine down parka",
+    "a wool sweater in size M",
+    "the Summit backpack",
+    "your Orders page",
+    "the free return label",
+    "a Northwind gift card",
+    "the 2-year warranty",
+    "ships in 3 days",
+    "within 45 days of delivery",
+    "the Black Friday sale",
+    "order #482913 arrived on March 3",
+    "since last Monday",
+    "on 12 May",
+    "Gore-Tex lining",
+    "Merino socks",
+    "the Patagonia fleece",
+    "Hermes tracking page",
+    "Zalando had it cheaper",
 )
 
 # The store's own brand and product words among them: what a store puts in `ingest.pii.allow_words`.
@@ -67,10 +102,21 @@ TEMPLATES = (
 CASINGS = ("as typed", "lower", "upper", "name lower")
 CASING_WEIGHTS = (0.45, 0.3, 0.1, 0.15)
 SLOT = re.compile(r"\{(\w+)\}")
-ENTITY = {"name": "PERSON", "first": "PERSON", "last_only": "PERSON", "email": "EMAIL_ADDRESS",
-          "email_spelled": "EMAIL_ADDRESS", "phone": "PHONE_NUMBER", "address": "STREET_ADDRESS",
-          "dob": "DATE_OF_BIRTH", "passport": "PASSPORT", "card": "CREDIT_CARD", "iban": "IBAN_CODE",
-          "ip": "IP_ADDRESS", "ssn": "US_SSN"}
+ENTITY = {
+    "name": "PERSON",
+    "first": "PERSON",
+    "last_only": "PERSON",
+    "email": "EMAIL_ADDRESS",
+    "email_spelled": "EMAIL_ADDRESS",
+    "phone": "PHONE_NUMBER",
+    "address": "STREET_ADDRESS",
+    "dob": "DATE_OF_BIRTH",
+    "passport": "PASSPORT",
+    "card": "CREDIT_CARD",
+    "iban": "IBAN_CODE",
+    "ip": "IP_ADDRESS",
+    "ssn": "US_SSN",
+}
 
 
 @dataclass
@@ -111,8 +157,14 @@ class _Values:
         if slot == "email":
             return f.email()
         if slot == "email_spelled":
-            local = self.rng.choice([first.lower(), f"{first.lower()}{rng.randint(1, 99)}",
-                                     f"{first.lower()} dot {last.lower()}", f"{first[0].lower()} {last.lower()}"])
+            local = self.rng.choice(
+                [
+                    first.lower(),
+                    f"{first.lower()}{rng.randint(1, 99)}",
+                    f"{first.lower()} dot {last.lower()}",
+                    f"{first[0].lower()} {last.lower()}",
+                ]
+            )
             domain = rng.choice(["gmail", "yahoo", "outlook", "hotmail", "web", "gmx"])
             tld = rng.choice(["com", "de", "co dot uk", "fr", "net"])
             at = rng.choice([" at ", " (at) ", " [at] "])
@@ -125,8 +177,14 @@ class _Values:
             d = f.date_of_birth(minimum_age=18, maximum_age=90)
             return d.strftime(rng.choice(["%d/%m/%Y", "%m/%d/%Y", "%Y-%m-%d", "%d.%m.%Y", "%B %d, %Y", "%d %B %Y"]))
         if slot == "passport":
-            return self.fakers["en_US"].passport_number() if rng.random() < 0.5 else (
-                "".join(rng.choice("ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(2)) + str(rng.randint(1000000, 9999999)))
+            return (
+                self.fakers["en_US"].passport_number()
+                if rng.random() < 0.5
+                else (
+                    "".join(rng.choice("ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(2))
+                    + str(rng.randint(1000000, 9999999))
+                )
+            )
         if slot == "card":
             return f.credit_card_number()
         if slot == "iban":

@@ -50,7 +50,10 @@ class NameRecognizer(_Recognizer):
         return [self.result(s, e, score) for s, e, score in names.name_spans(text)]
 
 
-TLD = r"(?:com|net|org|edu|gov|info|biz|io|co|me|uk|de|fr|es|it|nl|be|at|ch|se|no|dk|fi|pl|pt|ie|au|nz|ca|us|in|br|mx|jp|cn)"
+TLD = (
+    r"(?:com|net|org|edu|gov|info|biz|io|co|me|uk|de|fr|es|it|nl|be|at|ch|se|no|dk|fi|pl|pt|ie|au|nz|ca|us|in"
+    r"|br|mx|jp|cn)"
+)
 DOT = r"(?:\s*[(\[{]\s*dot\s*[)\]}]\s*|\s+dot\s+|\.)"
 AT = r"(?:\s*[(\[{]\s*at\s*[)\]}]\s*|\s+at\s+|\s*@\s*)"
 PART = r"[^\W_](?:[\w%+-]*[^\W_])?"
@@ -94,17 +97,38 @@ NAME_WORD = r"[^\W\d_][\w'’.-]*"
 TAIL = rf"(?:(?:,?\s+{NAME_WORD}(?:\s{NAME_WORD}){{0,3}}){{0,3}}?,?\s+{POSTAL}|,?\s+{POSTAL})?"
 # Without a postcode, a town in Title Case after the street ("221 Baker Street, Springfield"); case-sensitive.
 TOWN = r"(?:,\s*(?-i:[A-Z][\w'’-]+(?:\s[A-Z][\w'’-]+){0,2})(?:,\s*(?-i:[A-Z]{2}))?)"
-STREET = (rf"{UNIT}?\d{{1,5}}[a-z]?(?:[-/]\d{{1,5}}[a-z]?)?,?\s+(?:{NAME_WORD}\s+){{0,3}}?\L<suffix>\b\.?"
-          rf"{UNIT_AFTER}?{TAIL}{TOWN}?")
+STREET = (
+    rf"{UNIT}?\d{{1,5}}[a-z]?(?:[-/]\d{{1,5}}[a-z]?)?,?\s+(?:{NAME_WORD}\s+){{0,3}}?\L<suffix>\b\.?"
+    rf"{UNIT_AFTER}?{TAIL}{TOWN}?"
+)
 DE_SUFFIX = r"(?:straße|strasse|str\.|weg|gasse|allee|platz|ring|damm|ufer|chaussee|steig|pfad|markt|hof|graben)"
 DE_STREET = rf"[^\W\d_][\w'’-]*{DE_SUFFIX}\s+\d{{1,4}}[a-z]?(?:\s?[-/]\s?\d{{1,4}}[a-z]?)?(?:,?\s+{EU_POST_CITY})?"
-FR_WORDS = ("rue", "avenue", "boulevard", "bd", "chemin", "impasse", "place", "allée", "allee", "quai", "route",
-            "cours", "passage", "square", "voie")
-FR_STREET = (r"(?:\d{1,4}(?:\s?(?:bis|ter))?,?\s+)?\L<fr>\s+[^,.;!?\n\d]{2,40}"
-             rf"(?:,\s*{EU_POST_CITY})?")
+FR_WORDS = (
+    "rue",
+    "avenue",
+    "boulevard",
+    "bd",
+    "chemin",
+    "impasse",
+    "place",
+    "allée",
+    "allee",
+    "quai",
+    "route",
+    "cours",
+    "passage",
+    "square",
+    "voie",
+)
+FR_STREET = (
+    r"(?:\d{1,4}(?:\s?(?:bis|ter))?,?\s+)?\L<fr>\s+[^,.;!?\n\d]{2,40}"
+    rf"(?:,\s*{EU_POST_CITY})?"
+)
 # A UK postcode with what precedes it on the line: a named street, a flat, a town.
-UK_ADDRESS = (rf"(?:{UNIT}?(?:{NAME_WORD}\s+){{1,3}}?\L<suffix>\b\.?{UNIT_AFTER}?|{UNIT})?"
-              rf"(?:,?\s*{NAME_WORD}(?:\s{NAME_WORD}){{0,3}}){{0,2}}?,?\s*{UK_POSTCODE}")
+UK_ADDRESS = (
+    rf"(?:{UNIT}?(?:{NAME_WORD}\s+){{1,3}}?\L<suffix>\b\.?{UNIT_AFTER}?|{UNIT})?"
+    rf"(?:,?\s*{NAME_WORD}(?:\s{NAME_WORD}){{0,3}}){{0,2}}?,?\s*{UK_POSTCODE}"
+)
 MILITARY = r"\b(?:psc|unit|usns|uss|usnv|usv|uscgc)\s+\d+,?\s+box\s+\d+,?\s+(?:apo|fpo|dpo)\s+a[aep]\s+\d{5}\b"
 
 
@@ -156,8 +180,11 @@ class InternationalPhoneRecognizer(_Recognizer):
     bare digits without a cue are not taken (order numbers)."""
 
     entity = "PHONE_NUMBER"
-    cue = regex.compile(r"\b(?:phone|call|number|mobile|cell|tel|telephone|whatsapp|text|reach|ring|fax|nr|no)\b"
-                        r"(?:\W+(?:is|number|no|nr|on|at|me))*\W*$", regex.IGNORECASE)
+    cue = regex.compile(
+        r"\b(?:phone|call|number|mobile|cell|tel|telephone|whatsapp|text|reach|ring|fax|nr|no)\b"
+        r"(?:\W+(?:is|number|no|nr|on|at|me))*\W*$",
+        regex.IGNORECASE,
+    )
 
     def analyze(self, text, entities, nlp_artifacts=None):
         out = []
@@ -199,18 +226,23 @@ class CardNumberRecognizer(_Recognizer):
         return out
 
 
-MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|"
-         r"oct(?:ober)?|nov(?:ember)?|dec(?:ember)?|januar|februar|märz|mai|juni|juli|oktober|dezember|"
-         r"janvier|février|mars|avril|juin|juillet|août|septembre|octobre|novembre|décembre)")
-DATE = (rf"(?:\d{{1,4}}[./-]\d{{1,2}}[./-]\d{{2,4}}|\d{{1,2}}(?:st|nd|rd|th)?\.?\s+(?:of\s+)?{MONTH}\.?,?\s+\d{{4}}|"
-        rf"{MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}})")
+MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|"
+    r"oct(?:ober)?|nov(?:ember)?|dec(?:ember)?|januar|februar|märz|mai|juni|juli|oktober|dezember|"
+    r"janvier|février|mars|avril|juin|juillet|août|septembre|octobre|novembre|décembre)"
+)
+DATE = (
+    rf"(?:\d{{1,4}}[./-]\d{{1,2}}[./-]\d{{2,4}}|\d{{1,2}}(?:st|nd|rd|th)?\.?\s+(?:of\s+)?{MONTH}\.?,?\s+\d{{4}}|"
+    rf"{MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}})"
+)
 
 
 class ContextValueRecognizer(_Recognizer):
     """A value after its cue, within `window` characters: PII there, not elsewhere ("ships on 12 May")."""
 
-    def __init__(self, entity: str, cue: str, value: str, score: float = 0.85, window: int = 30,
-                 timeout_s: float = TIMEOUT_S):
+    def __init__(
+        self, entity: str, cue: str, value: str, score: float = 0.85, window: int = 30, timeout_s: float = TIMEOUT_S
+    ):
         self.entity = entity
         super().__init__(timeout_s)
         self.name = f"{entity.title().replace('_', '')}ContextRecognizer"
@@ -238,6 +270,12 @@ def passport() -> ContextValueRecognizer:
 
 
 def recognizers(timeout_s: float = TIMEOUT_S) -> list[EntityRecognizer]:
-    return [NameRecognizer(timeout_s), SpelledEmailRecognizer(timeout_s), AddressRecognizer(timeout_s),
-            InternationalPhoneRecognizer(timeout_s), CardNumberRecognizer(timeout_s),
-            date_of_birth(), passport()]
+    return [
+        NameRecognizer(timeout_s),
+        SpelledEmailRecognizer(timeout_s),
+        AddressRecognizer(timeout_s),
+        InternationalPhoneRecognizer(timeout_s),
+        CardNumberRecognizer(timeout_s),
+        date_of_birth(),
+        passport(),
+    ]

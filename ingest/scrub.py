@@ -37,14 +37,35 @@ SCRUBBER_VERSION = "presidio-2.2/spacy-ner/2+names+intl"
 
 # Fewest digits a text needs before a recognizer of this entity can match anything.
 MIN_DIGITS = {
-    "PHONE_NUMBER": 7, "CREDIT_CARD": 12, "US_SSN": 9, "IBAN_CODE": 8, "IP_ADDRESS": 4, "US_BANK_NUMBER": 8,
-    "US_PASSPORT": 6, "US_ITIN": 9, "US_DRIVER_LICENSE": 4, "MEDICAL_LICENSE": 4, "UK_NHS": 10,
-    "STREET_ADDRESS": 1, "DATE_OF_BIRTH": 4, "PASSPORT": 5,
+    "PHONE_NUMBER": 7,
+    "CREDIT_CARD": 12,
+    "US_SSN": 9,
+    "IBAN_CODE": 8,
+    "IP_ADDRESS": 4,
+    "US_BANK_NUMBER": 8,
+    "US_PASSPORT": 6,
+    "US_ITIN": 9,
+    "US_DRIVER_LICENSE": 4,
+    "MEDICAL_LICENSE": 4,
+    "UK_NHS": 10,
+    "STREET_ADDRESS": 1,
+    "DATE_OF_BIRTH": 4,
+    "PASSPORT": 5,
 }
 # Validated, narrow types win over broad ones when two findings cover the same span.
-SPECIFICITY = {"CREDIT_CARD": 5, "IBAN_CODE": 5, "EMAIL_ADDRESS": 5, "US_SSN": 4, "IP_ADDRESS": 4,
-               "DATE_OF_BIRTH": 4, "PASSPORT": 4,
-               "STREET_ADDRESS": 3, "PHONE_NUMBER": 2, "PERSON": 2, "URL": 1}
+SPECIFICITY = {
+    "CREDIT_CARD": 5,
+    "IBAN_CODE": 5,
+    "EMAIL_ADDRESS": 5,
+    "US_SSN": 4,
+    "IP_ADDRESS": 4,
+    "DATE_OF_BIRTH": 4,
+    "PASSPORT": 4,
+    "STREET_ADDRESS": 3,
+    "PHONE_NUMBER": 2,
+    "PERSON": 2,
+    "URL": 1,
+}
 # Predefined recognizers that ours replace: libphonenumber's matcher finds only numbers valid in the regions
 # it is given (US, DE, IL, IN, CA, BR: "UK" and "FE" are not region codes) and cost more than the NER.
 REPLACED = {"PhoneRecognizer"}
@@ -143,13 +164,16 @@ def _build_analyzer(cfg: PiiConfig):
 
     class NerOnlyEngine(SpacyNlpEngine):
         def _doc_to_nlp_artifact(self, doc, language):
-            entities, scores = self._get_updated_entities(
-                self._get_entities(doc), self._get_scores_for_entities(doc)
-            )
+            entities, scores = self._get_updated_entities(self._get_entities(doc), self._get_scores_for_entities(doc))
             toks = [(t.idx, t.lower_, t.is_stop or t.is_punct) for t in doc]  # one pass over the tokens
             artifacts = NlpArtifacts(
-                entities=entities, tokens=doc, tokens_indices=[i for i, _, _ in toks],
-                lemmas=[w for _, w, _ in toks], nlp_engine=None, language=language, scores=scores,
+                entities=entities,
+                tokens=doc,
+                tokens_indices=[i for i, _, _ in toks],
+                lemmas=[w for _, w, _ in toks],
+                nlp_engine=None,
+                language=language,
+                scores=scores,
             )
             artifacts.keywords = [w for _, w, skip in toks if not skip]
             artifacts.nlp_engine = self
@@ -189,9 +213,15 @@ def drop_digit_names(results: list, text: str) -> list:
     """A PERSON finding with digits in it that overlaps a finding of another type is the NER swallowing a
     value beside a name ("passport J11578156"): the other finding is the one that is right."""
     others = [r for r in results if r.entity_type != "PERSON"]
-    return [r for r in results if not (
-        r.entity_type == "PERSON" and any(c.isdigit() for c in text[r.start : r.end])
-        and any(o.start < r.end and r.start < o.end for o in others))]
+    return [
+        r
+        for r in results
+        if not (
+            r.entity_type == "PERSON"
+            and any(c.isdigit() for c in text[r.start : r.end])
+            and any(o.start < r.end and r.start < o.end for o in others)
+        )
+    ]
 
 
 def drop_contained(results: list) -> list:
@@ -243,7 +273,10 @@ class Scrubber:
             self.alarm.watching = threading.get_ident()
             try:
                 results = self.analyzer.analyze(
-                    text, language="en", entities=self.entities, score_threshold=self.cfg.score_threshold,
+                    text,
+                    language="en",
+                    entities=self.entities,
+                    score_threshold=self.cfg.score_threshold,
                     nlp_artifacts=self.engine._doc_to_nlp_artifact(doc, "en"),
                 )
             finally:
@@ -257,7 +290,6 @@ class Scrubber:
             findings = tuple(sorted(Finding(r.start, r.end, r.entity_type, round(float(r.score), 4)) for r in results))
             out.append(Scrubbed(scrubbed, findings))
         return out
-
 
     def _allowed(self, span: str, entity: str) -> bool:
         """Configured as not PII, or a name without a letter (the NER has called "03/04/2024" a PERSON)."""

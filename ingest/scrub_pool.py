@@ -13,7 +13,7 @@ import time
 
 from ingest.config import PiiConfig
 from ingest.contracts import scrub_cost
-from ingest.scrub import ScrubFailed, Scrubbed, Scrubber
+from ingest.scrub import Scrubbed, Scrubber, ScrubFailed
 
 log = logging.getLogger(__name__)
 

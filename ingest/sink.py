@@ -15,12 +15,35 @@ import pyarrow as pa
 from ingest.batch import Prepared
 
 CHAT_COLUMNS = (
-    "event_id", "schema_version", "response_id", "app_id", "user_id", "conversation_id", "messages", "response",
-    "variant", "experiment_id", "latency_ms", "created_at", "kafka_topic", "kafka_partition", "kafka_offset",
+    "event_id",
+    "schema_version",
+    "response_id",
+    "app_id",
+    "user_id",
+    "conversation_id",
+    "messages",
+    "response",
+    "variant",
+    "experiment_id",
+    "latency_ms",
+    "created_at",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
 )
 FEEDBACK_COLUMNS = (
-    "event_id", "schema_version", "response_id", "app_id", "user_id", "rating", "comment", "correction",
-    "created_at", "kafka_topic", "kafka_partition", "kafka_offset",
+    "event_id",
+    "schema_version",
+    "response_id",
+    "app_id",
+    "user_id",
+    "rating",
+    "comment",
+    "correction",
+    "created_at",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
 )
 FINDING_COLUMNS = ("event_id", "field", "entity_type", "start_pos", "end_pos", "score", "scrubber_version")
 DEAD_COLUMNS = ("topic", "partition", "offset", "reason", "length", "sha256", "excerpt")
@@ -45,7 +68,7 @@ def _insert(con, table: str, columns: tuple[str, ...], rows: list[dict], suffix:
     con.register("_batch", arrow)
     try:
         cols = ", ".join(f'"{c}"' for c in columns)
-        return con.execute(f'INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch {suffix}').fetchall()
+        return con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch {suffix}").fetchall()
     finally:
         con.unregister("_batch")
 
@@ -56,11 +79,14 @@ def _refresh_feedback_times(con, rows: list[dict]) -> None:
     wins in `latest_feedback`."""
     if not rows:
         return
-    con.register("_times", pa.Table.from_pylist([{"event_id": r["event_id"], "created_at": r["created_at"]}
-                                                  for r in rows]))
+    con.register(
+        "_times", pa.Table.from_pylist([{"event_id": r["event_id"], "created_at": r["created_at"]} for r in rows])
+    )
     try:
-        con.execute("UPDATE feedback SET created_at = t.created_at FROM _times t "
-                    "WHERE feedback.event_id = t.event_id AND t.created_at > feedback.created_at")
+        con.execute(
+            "UPDATE feedback SET created_at = t.created_at FROM _times t "
+            "WHERE feedback.event_id = t.event_id AND t.created_at > feedback.created_at"
+        )
     finally:
         con.unregister("_times")
 
@@ -79,12 +105,23 @@ def _forgotten(con, rows: list[dict]) -> set[str]:
         return set()
     # A rating counts from when its answer was given: sent after the forget, on an answer from before, it
     # would bring the user back.
-    con.register("_who", pa.Table.from_pylist([{"event_id": r["event_id"], "user_id": r["user_id"],
-                                                "created_at": r.get("answered_at") or r["created_at"]}
-                                               for r in rows]))
+    con.register(
+        "_who",
+        pa.Table.from_pylist(
+            [
+                {
+                    "event_id": r["event_id"],
+                    "user_id": r["user_id"],
+                    "created_at": r.get("answered_at") or r["created_at"],
+                }
+                for r in rows
+            ]
+        ),
+    )
     try:
-        return {r[0] for r in con.execute(
-            "SELECT event_id FROM _who WHERE forgotten_after(user_id, created_at)").fetchall()}
+        return {
+            r[0] for r in con.execute("SELECT event_id FROM _who WHERE forgotten_after(user_id, created_at)").fetchall()
+        }
     finally:
         con.unregister("_who")
 
@@ -94,9 +131,12 @@ def write(con: duckdb.DuckDBPyConnection, group: str, cluster_id: str | None, ba
     try:
         erased = _forgotten(con, batch.chats + batch.feedback)
         if erased:
-            batch = replace(batch, chats=[r for r in batch.chats if r["event_id"] not in erased],
-                            feedback=[r for r in batch.feedback if r["event_id"] not in erased],
-                            findings=[f for f in batch.findings if f["event_id"] not in erased])
+            batch = replace(
+                batch,
+                chats=[r for r in batch.chats if r["event_id"] not in erased],
+                feedback=[r for r in batch.feedback if r["event_id"] not in erased],
+                findings=[f for f in batch.findings if f["event_id"] not in erased],
+            )
         new_chats = _insert(con, "chats", CHAT_COLUMNS, batch.chats, "ON CONFLICT DO NOTHING RETURNING event_id")
         _refresh_feedback_times(con, batch.feedback)
         new_fb = _insert(con, "feedback", FEEDBACK_COLUMNS, batch.feedback, "ON CONFLICT DO NOTHING RETURNING event_id")
@@ -120,6 +160,11 @@ def write(con: duckdb.DuckDBPyConnection, group: str, cluster_id: str | None, ba
         raise
     offered = len(batch.chats) + len(batch.feedback)
     return Written(
-        chats=len(new_chats), feedback=len(new_fb), duplicates=batch.duplicates + offered - len(new_ids),
-        dead_letters=len(dead), quarantined=len(quarantined), findings=len(findings), erased=len(erased),
+        chats=len(new_chats),
+        feedback=len(new_fb),
+        duplicates=batch.duplicates + offered - len(new_ids),
+        dead_letters=len(dead),
+        quarantined=len(quarantined),
+        findings=len(findings),
+        erased=len(erased),
     )

@@ -8,14 +8,58 @@ from __future__ import annotations
 import random
 import string
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ingest.contracts import ChatLog, Feedback, Message
 
-FIRST = ["Maria", "John", "Aisha", "Wei", "Carlos", "Emma", "Liam", "Olivia", "Noah", "Sophia", "James", "Priya",
-         "Lucas", "Mia", "Ahmed", "Yuki", "Elena", "David", "Fatima", "Oliver", "Chloe", "Mateo", "Grace", "Ivan"]
-LAST = ["Garcia", "Smith", "Khan", "Chen", "Rossi", "Muller", "Brown", "Johnson", "Patel", "Kim", "Nguyen",
-        "Silva", "Kowalski", "Martin", "Lopez", "Wilson", "Anderson", "Taylor", "Moore", "Jackson"]
+FIRST = [
+    "Maria",
+    "John",
+    "Aisha",
+    "Wei",
+    "Carlos",
+    "Emma",
+    "Liam",
+    "Olivia",
+    "Noah",
+    "Sophia",
+    "James",
+    "Priya",
+    "Lucas",
+    "Mia",
+    "Ahmed",
+    "Yuki",
+    "Elena",
+    "David",
+    "Fatima",
+    "Oliver",
+    "Chloe",
+    "Mateo",
+    "Grace",
+    "Ivan",
+]
+LAST = [
+    "Garcia",
+    "Smith",
+    "Khan",
+    "Chen",
+    "Rossi",
+    "Muller",
+    "Brown",
+    "Johnson",
+    "Patel",
+    "Kim",
+    "Nguyen",
+    "Silva",
+    "Kowalski",
+    "Martin",
+    "Lopez",
+    "Wilson",
+    "Anderson",
+    "Taylor",
+    "Moore",
+    "Jackson",
+]
 QUESTIONS = [
     "Hi, I'm {name}. Where is my order {order}? You can reach me at {email}.",
     "My package {order} was supposed to arrive Tuesday but it hasn't. Call me on {phone} please.",
@@ -30,8 +74,14 @@ QUESTIONS = [
     "Is it possible to pay with PayPal or only with a card?",
     "My name is {name} and my phone number is {phone}; my order {order} arrived damaged.",
 ]
-OPENERS = ["Thanks for reaching out, {first}.", "I'm sorry to hear that, {first}.", "Happy to help!",
-           "Thank you for your patience.", "Good question.", "I understand how frustrating that is."]
+OPENERS = [
+    "Thanks for reaching out, {first}.",
+    "I'm sorry to hear that, {first}.",
+    "Happy to help!",
+    "Thank you for your patience.",
+    "Good question.",
+    "I understand how frustrating that is.",
+]
 ANSWERS = [
     "Could you share your order number so I can check its status?",
     "Orders usually ship within 2 business days and arrive in 3 to 5 days.",
@@ -60,20 +110,29 @@ def chat(rng: random.Random, user_id: str, app_id: str = "store-support", varian
     answer = f"{rng.choice(OPENERS)} {rng.choice(ANSWERS)}".format(first=who["name"].split()[0], order=who["order"])
     return ChatLog(
         event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
-        response_id=f"resp-{rng.getrandbits(64):016x}", app_id=app_id, user_id=user_id,
+        response_id=f"resp-{rng.getrandbits(64):016x}",
+        app_id=app_id,
+        user_id=user_id,
         conversation_id=f"conv-{rng.getrandbits(32):08x}",
-        messages=[Message(role="system", content="You are the support assistant of an online store."),
-                  Message(role="user", content=question)],
-        response=answer, variant=variant, latency_ms=round(rng.uniform(80, 900), 1),
-        created_at=datetime.now(timezone.utc),
+        messages=[
+            Message(role="system", content="You are the support assistant of an online store."),
+            Message(role="user", content=question),
+        ],
+        response=answer,
+        variant=variant,
+        latency_ms=round(rng.uniform(80, 900), 1),
+        created_at=datetime.now(UTC),
     )
 
 
 def feedback(rng: random.Random, chat: ChatLog) -> Feedback:
     up = rng.random() < 0.4
     return Feedback(
-        event_id=uuid.UUID(int=rng.getrandbits(128), version=4), response_id=chat.response_id, app_id=chat.app_id,
-        user_id=chat.user_id, rating=1 if up else -1,
+        event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+        response_id=chat.response_id,
+        app_id=chat.app_id,
+        user_id=chat.user_id,
+        rating=1 if up else -1,
         comment=None if up else f"Not helpful. Call me at {person(rng)['phone']}.",
         correction=None if up or rng.random() < 0.5 else "Returns are free within 30 days; use the prepaid label.",
     )
@@ -93,14 +152,93 @@ def events(n: int, seed: int = 0, users: int = 500, feedback_share: float = 0.3)
 
 # Labelled PII, one entity per sentence: the scrubbing-quality bench (bench/pii_quality.py) and the canary
 # test (tests/chaos/test_canary_pii.py).
-PII_FIRST = ["Maria", "John", "Aisha", "Wei", "Carlos", "Emma", "Liam", "Olivia", "Noah", "Sophia", "James", "Priya",
-         "Lucas", "Hannah", "Ahmed", "Yuki", "Elena", "David", "Fatima", "Oliver", "Chloe", "Mateo", "Grace",
-         "Ivan", "Sarah", "Michael", "Anna", "Robert", "Laura", "Daniel", "Jennifer", "Thomas", "Ravi", "Sofia"]
-PII_LAST = ["Garcia", "Smith", "Khan", "Chen", "Rossi", "Muller", "Brown", "Johnson", "Patel", "Kim", "Nguyen",
-        "Silva", "Kowalski", "Martin", "Lopez", "Wilson", "Anderson", "Taylor", "Moore", "Jackson", "Williams",
-        "Davis", "Miller", "Thompson", "White", "Harris", "Clark", "Lewis", "Walker", "Young", "Schmidt"]
-PII_STREETS = ["Baker", "Maple", "Oak", "Elm", "Sunset", "Evergreen", "Lincoln", "Washington", "Park", "Cedar",
-           "Highland", "Lakeview", "Hillcrest", "Riverside", "Church", "Mill"]
+PII_FIRST = [
+    "Maria",
+    "John",
+    "Aisha",
+    "Wei",
+    "Carlos",
+    "Emma",
+    "Liam",
+    "Olivia",
+    "Noah",
+    "Sophia",
+    "James",
+    "Priya",
+    "Lucas",
+    "Hannah",
+    "Ahmed",
+    "Yuki",
+    "Elena",
+    "David",
+    "Fatima",
+    "Oliver",
+    "Chloe",
+    "Mateo",
+    "Grace",
+    "Ivan",
+    "Sarah",
+    "Michael",
+    "Anna",
+    "Robert",
+    "Laura",
+    "Daniel",
+    "Jennifer",
+    "Thomas",
+    "Ravi",
+    "Sofia",
+]
+PII_LAST = [
+    "Garcia",
+    "Smith",
+    "Khan",
+    "Chen",
+    "Rossi",
+    "Muller",
+    "Brown",
+    "Johnson",
+    "Patel",
+    "Kim",
+    "Nguyen",
+    "Silva",
+    "Kowalski",
+    "Martin",
+    "Lopez",
+    "Wilson",
+    "Anderson",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Williams",
+    "Davis",
+    "Miller",
+    "Thompson",
+    "White",
+    "Harris",
+    "Clark",
+    "Lewis",
+    "Walker",
+    "Young",
+    "Schmidt",
+]
+PII_STREETS = [
+    "Baker",
+    "Maple",
+    "Oak",
+    "Elm",
+    "Sunset",
+    "Evergreen",
+    "Lincoln",
+    "Washington",
+    "Park",
+    "Cedar",
+    "Highland",
+    "Lakeview",
+    "Hillcrest",
+    "Riverside",
+    "Church",
+    "Mill",
+]
 PII_SUFFIX = ["Street", "St", "Avenue", "Ave", "Road", "Rd", "Boulevard", "Blvd", "Lane", "Drive", "Court", "Way"]
 PII_CITIES = ["Springfield", "Portland", "Austin", "Denver", "Boston", "Seattle"]
 

@@ -1,4 +1,5 @@
 """The `retrain` config section."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -13,7 +14,9 @@ class Section(BaseModel):
 class LoraConfig(Section):
     r: int = Field(16, ge=1, description="LoRA rank: capacity of the adapter (and its size).")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (effective scale alpha/r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input (SFT; KTO runs without, as TRL does).")
+    dropout: float = Field(
+        0.05, ge=0, lt=1, description="Dropout on the LoRA input (SFT; KTO runs without, as TRL does)."
+    )
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or a list of names."
     )

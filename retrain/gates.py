@@ -37,8 +37,11 @@ def check_artifact(adapter: Path, parent: Path | None = None, rank: int | None =
     tensors = load_file(str(weights))
     if not tensors:
         return {"ok": False, "reason": "the adapter holds no tensors"}
-    out = {"tensors": len(tensors), "bytes": weights.stat().st_size,
-           "parameters": sum(t.numel() for t in tensors.values())}
+    out = {
+        "tensors": len(tensors),
+        "bytes": weights.stat().st_size,
+        "parameters": sum(t.numel() for t in tensors.values()),
+    }
     bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
     if bad:
         return {**out, "ok": False, "reason": f"{len(bad)} tensors hold NaN or inf (first: {bad[0]})"}
@@ -106,8 +109,12 @@ def _metrics(scores: list[tuple[float, int]], rows: list[dict], general: list[tu
                 total += 1
                 wins += good > bad
     g_loss = sum(s for s, _ in general) / max(1, sum(n for _, n in general))
-    return {"desirable_loss": round(d_loss, 5), "preference_pairs": total,
-            "preference_accuracy": round(wins / total, 4) if total else None, "general_loss": round(g_loss, 5)}
+    return {
+        "desirable_loss": round(d_loss, 5),
+        "preference_pairs": total,
+        "preference_accuracy": round(wins / total, 4) if total else None,
+        "general_loss": round(g_loss, 5),
+    }
 
 
 def offline(base: Path, candidate: Path, incumbent: Path | None, snapshot: Path, tolerance: float) -> dict:
@@ -125,9 +132,15 @@ def offline(base: Path, candidate: Path, incumbent: Path | None, snapshot: Path,
     model = PeftModel.from_pretrained(model, str(candidate), adapter_name="candidate")
     if incumbent is not None:
         model.load_adapter(str(incumbent), adapter_name="incumbent")
-    general = [{"prompt": [{"role": "user", "content": g["prompt"]}],
-                "completion": [{"role": "assistant", "content": g["answer"]}], "label": True, "sample_id": str(i)}
-               for i, g in enumerate(general_prompts())]
+    general = [
+        {
+            "prompt": [{"role": "user", "content": g["prompt"]}],
+            "completion": [{"role": "assistant", "content": g["answer"]}],
+            "label": True,
+            "sample_id": str(i),
+        }
+        for i, g in enumerate(general_prompts())
+    ]
     inc_name = "incumbent" if incumbent is not None else None
     cand = _metrics(_score(model, tokenizer, rows, "candidate"), rows, _score(model, tokenizer, general, "candidate"))
     inc = _metrics(_score(model, tokenizer, rows, inc_name), rows, _score(model, tokenizer, general, inc_name))
@@ -136,14 +149,26 @@ def offline(base: Path, candidate: Path, incumbent: Path | None, snapshot: Path,
         if not all(math.isfinite(v) for v in (side["desirable_loss"], side["general_loss"])):
             return {**out, "ok": False, "reason": "a loss is not finite"}
     if cand["desirable_loss"] >= inc["desirable_loss"]:
-        return {**out, "ok": False, "reason": f"desirable-answer loss {cand['desirable_loss']:.4f} is not below the "
-                                              f"incumbent's {inc['desirable_loss']:.4f}"}
+        return {
+            **out,
+            "ok": False,
+            "reason": f"desirable-answer loss {cand['desirable_loss']:.4f} is not below the "
+            f"incumbent's {inc['desirable_loss']:.4f}",
+        }
     if cand["preference_accuracy"] is not None and cand["preference_accuracy"] < inc["preference_accuracy"]:
-        return {**out, "ok": False, "reason": f"preference accuracy {cand['preference_accuracy']:.3f} is below the "
-                                              f"incumbent's {inc['preference_accuracy']:.3f}"}
+        return {
+            **out,
+            "ok": False,
+            "reason": f"preference accuracy {cand['preference_accuracy']:.3f} is below the "
+            f"incumbent's {inc['preference_accuracy']:.3f}",
+        }
     if cand["general_loss"] > inc["general_loss"] * (1 + tolerance):
-        return {**out, "ok": False, "reason": f"general-prompt loss rose from {inc['general_loss']:.4f} to "
-                                              f"{cand['general_loss']:.4f}, over the {tolerance:.0%} tolerance"}
+        return {
+            **out,
+            "ok": False,
+            "reason": f"general-prompt loss rose from {inc['general_loss']:.4f} to "
+            f"{cand['general_loss']:.4f}, over the {tolerance:.0%} tolerance",
+        }
     return {**out, "ok": True, "reason": None}
 
 

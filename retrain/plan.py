@@ -40,8 +40,13 @@ class Job:
     @classmethod
     def from_json(cls, text: str) -> Job:
         data = json.loads(text)
-        return cls(**{**data, "earlier_snapshots": tuple(data["earlier_snapshots"]),
-                      "config": RetrainConfig.model_validate(data["config"])})
+        return cls(
+            **{
+                **data,
+                "earlier_snapshots": tuple(data["earlier_snapshots"]),
+                "config": RetrainConfig.model_validate(data["config"]),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,31 @@ def too_few(new: int, cfg: RetrainConfig) -> str | None:
     return None
 
 
-def job(version: str, cfg: RetrainConfig, *, base_model: str, base_path: Path, base_hash: str, snapshot,
-        earlier: list[str], begin: Start, out_dir: Path) -> Job:
+def job(
+    version: str,
+    cfg: RetrainConfig,
+    *,
+    base_model: str,
+    base_path: Path,
+    base_hash: str,
+    snapshot,
+    earlier: list[str],
+    begin: Start,
+    out_dir: Path,
+) -> Job:
     """The worker's job for `snapshot` (a curation Snapshot: id, content hash, folder, manifest)."""
-    return Job(version=version, base_model=base_model, base_path=str(base_path), base_hash=base_hash,
-               snapshot_id=snapshot.snapshot_id, snapshot_hash=snapshot.content_hash, snapshot_dir=str(snapshot.path),
-               snapshot_train_rows=len(snapshot.manifest["sample_ids"]["train"]), earlier_snapshots=tuple(earlier),
-               parent_version=begin.parent["version"] if begin.parent else None,
-               parent_path=begin.parent["path"] if begin.parent else None, out_dir=str(out_dir), config=cfg)
+    return Job(
+        version=version,
+        base_model=base_model,
+        base_path=str(base_path),
+        base_hash=base_hash,
+        snapshot_id=snapshot.snapshot_id,
+        snapshot_hash=snapshot.content_hash,
+        snapshot_dir=str(snapshot.path),
+        snapshot_train_rows=len(snapshot.manifest["sample_ids"]["train"]),
+        earlier_snapshots=tuple(earlier),
+        parent_version=begin.parent["version"] if begin.parent else None,
+        parent_path=begin.parent["path"] if begin.parent else None,
+        out_dir=str(out_dir),
+        config=cfg,
+    )

@@ -34,9 +34,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -63,7 +63,7 @@ class Example:
 @dataclass
 class Result:
     steps: int = 0
-    tokens: int = 0          # real (non-padding) tokens seen
+    tokens: int = 0  # real (non-padding) tokens seen
     label_tokens: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
@@ -78,6 +78,7 @@ class BadLoss(RuntimeError):
 
 
 # 1. Data ---------------------------------------------------------------------------------------------------
+
 
 def load_rows(snapshot_dir: Path, split: str) -> list[dict]:
     """The snapshot's rows, read straight from its Parquet file: `datasets.load_dataset` would leave an Arrow
@@ -97,15 +98,20 @@ def with_replay(rows: list[dict], earlier: list[list[dict]], share: float, seed:
 
 # 2. Tokens -------------------------------------------------------------------------------------------------
 
+
 def render(row: dict, tokenizer, max_len: int) -> Example:
     """Chat template over prompt + answer; labels only on the answer (and its end-of-turn token)."""
     prompt = [{"role": m["role"], "content": m["content"]} for m in row["prompt"]]
     answer = [{"role": "assistant", "content": row["completion"][0]["content"]}]
-    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     full = tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=True)["input_ids"]
     if full[: len(head)] != head:  # a template that rewrites earlier turns: fall back to concatenation
-        full = head + tokenizer(answer[0]["content"] + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
-    labels = [IGNORE] * len(head) + full[len(head):]
+        full = (
+            head + tokenizer(answer[0]["content"] + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+        )
+    labels = [IGNORE] * len(head) + full[len(head) :]
     if len(full) > max_len:  # keep the answer; cut the prompt from the left
         cut = len(full) - max_len
         full, labels = full[cut:], labels[cut:]
@@ -113,6 +119,7 @@ def render(row: dict, tokenizer, max_len: int) -> Example:
 
 
 # 3. Batches ------------------------------------------------------------------------------------------------
+
 
 def bucketed(examples: list[Example], tokens_per_batch: int, seed: int) -> list[list[Example]]:
     """Shuffle, sort by length inside windows of ~64 batches, cut batches under the token budget (padded
@@ -123,7 +130,7 @@ def bucketed(examples: list[Example], tokens_per_batch: int, seed: int) -> list[
     batches: list[list[Example]] = []
     window = max(64, 64 * tokens_per_batch // max(1, max(len(e.input_ids) for e in order)))
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda e: len(e.input_ids))
+        chunk = sorted(order[start : start + window], key=lambda e: len(e.input_ids))
         batch: list[Example] = []
         for e in chunk:
             longest = max([len(e.input_ids)] + [len(x.input_ids) for x in batch])
@@ -151,7 +158,7 @@ def steps(examples: list[Example], tokens_per_batch: int, seed: int, mixed: bool
     a = bucketed(good, max(1, round(tokens_per_batch * share)), seed)
     b = bucketed(bad, max(1, round(tokens_per_batch * (1 - share))), seed + 1)
     n = min(len(a), len(b))  # every batch is used once; the larger class may give a step two
-    return [a[k * len(a) // n:(k + 1) * len(a) // n] + b[k * len(b) // n:(k + 1) * len(b) // n] for k in range(n)]
+    return [a[k * len(a) // n : (k + 1) * len(a) // n] + b[k * len(b) // n : (k + 1) * len(b) // n] for k in range(n)]
 
 
 def with_kl_pairs(examples: list[Example], max_len: int, seed: int) -> None:
@@ -184,6 +191,7 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 
 # 4. Model --------------------------------------------------------------------------------------------------
 
+
 def use_nf4(cfg: RetrainConfig) -> bool:
     return cfg.quantization == "nf4" or (cfg.quantization == "auto" and torch.cuda.is_available())
 
@@ -199,10 +207,12 @@ def load_model(base_path: Path, cfg: RetrainConfig, parent: Path | None):
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if device == "cuda" else torch.float32
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=compute)
-        model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, dtype=compute,
-                                                     device_map={"": device})
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            base_path, quantization_config=quant, dtype=compute, device_map={"": device}
+        )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device == "cuda")
     else:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device)
@@ -211,13 +221,19 @@ def load_model(base_path: Path, cfg: RetrainConfig, parent: Path | None):
     if parent is not None:
         model = PeftModel.from_pretrained(model, parent, is_trainable=True)
     else:
-        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, lora)
     return model
 
 
 # 5. Loss ---------------------------------------------------------------------------------------------------
+
 
 def answer_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities of the labels, computing the output head only where there is a label.
@@ -228,8 +244,8 @@ def answer_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     rows = torch.nonzero(keep)[:, 0]
-    h = hidden[:, :-1][keep]                               # [n, d]: positions that predict a label
-    logits = inner.lm_head(h).float()                       # [n, vocab]
+    h = hidden[:, :-1][keep]  # [n, d]: positions that predict a label
+    logits = inner.lm_head(h).float()  # [n, vocab]
     logp = torch.log_softmax(logits, dim=-1).gather(1, targets[keep][:, None]).squeeze(1)
     return logp, rows
 
@@ -244,12 +260,22 @@ def sft_loss(model, batch) -> torch.Tensor:
     return -logp.mean()
 
 
-def kto_losses(logp: torch.Tensor, ref_logp: torch.Tensor, desirable: torch.Tensor, beta: float,
-               w_desirable: float, w_undesirable: float, z0: float) -> torch.Tensor:
+def kto_losses(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    desirable: torch.Tensor,
+    beta: float,
+    w_desirable: float,
+    w_undesirable: float,
+    z0: float,
+) -> torch.Tensor:
     """KTO's per-sample losses from the answers' summed log-probabilities (TRL's `loss_type="kto"`)."""
     logratio = logp - ref_logp
-    return torch.where(desirable, w_desirable * (1 - torch.sigmoid(beta * (logratio - z0))),
-                       w_undesirable * (1 - torch.sigmoid(beta * (z0 - logratio))))
+    return torch.where(
+        desirable,
+        w_desirable * (1 - torch.sigmoid(beta * (logratio - z0))),
+        w_undesirable * (1 - torch.sigmoid(beta * (z0 - logratio))),
+    )
 
 
 @torch.no_grad()
@@ -290,8 +316,14 @@ def reference_logprobs(model, examples: list[Example], pad_id: int, tokens_per_b
 
 # 6. Loop ---------------------------------------------------------------------------------------------------
 
-def train(model, examples: list[Example], cfg: RetrainConfig, pad_id: int,
-          progress: Callable[[int, int, float, float], None] | None = None) -> Result:
+
+def train(
+    model,
+    examples: list[Example],
+    cfg: RetrainConfig,
+    pad_id: int,
+    progress: Callable[[int, int, float, float], None] | None = None,
+) -> Result:
     """The optimisation loop; raises BadLoss on a NaN/inf loss (nothing is saved then)."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -318,7 +350,8 @@ def train(model, examples: list[Example], cfg: RetrainConfig, pad_id: int,
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     warmup = max(1, len(plan) // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (len(plan) - s) / max(1, len(plan) - warmup))))
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (len(plan) - s) / max(1, len(plan) - warmup)))
+    )
     model.train()
     result = Result()
     started = time.perf_counter()
@@ -331,8 +364,9 @@ def train(model, examples: list[Example], cfg: RetrainConfig, pad_id: int,
             if kto:
                 ref = torch.tensor([e.ref_logp for e in batch], device=device)
                 desirable = torch.tensor([e.desirable for e in batch], device=device)
-                loss = kto_losses(sequence_logprobs(model, tensors), ref, desirable, cfg.kto_beta, w_d, w_u,
-                                  z0).sum() / n
+                loss = (
+                    kto_losses(sequence_logprobs(model, tensors), ref, desirable, cfg.kto_beta, w_d, w_u, z0).sum() / n
+                )
             else:
                 loss = sft_loss(model, tensors) * len(batch) / n
             value += loss.item()

@@ -22,12 +22,25 @@ MANIFEST = "flywheel-adapter.json"
 
 def next_version(con) -> str:
     """v0001, v0002, ...: never reused, failed runs included."""
-    last = con.execute("SELECT max(CAST(substr(version, 2) AS INTEGER)) FROM adapters WHERE version LIKE 'v%'").fetchone()[0]
+    last = con.execute(
+        "SELECT max(CAST(substr(version, 2) AS INTEGER)) FROM adapters WHERE version LIKE 'v%'"
+    ).fetchone()[0]
     return f"v{(last or 0) + 1:04d}"
 
 
-def register(con, version: str, *, status: str, parent: str | None, base_model: str, base_hash: str | None,
-             snapshot_id: str | None, path: str | None, metrics: dict, reason: str | None = None) -> None:
+def register(
+    con,
+    version: str,
+    *,
+    status: str,
+    parent: str | None,
+    base_model: str,
+    base_hash: str | None,
+    snapshot_id: str | None,
+    path: str | None,
+    metrics: dict,
+    reason: str | None = None,
+) -> None:
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
     con.execute("BEGIN TRANSACTION")
@@ -35,7 +48,8 @@ def register(con, version: str, *, status: str, parent: str | None, base_model: 
         con.execute(
             "INSERT INTO adapters (version, parent, status, base_model, base_hash, snapshot_id, path, metrics, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [version, parent, status, base_model, base_hash, snapshot_id, path, json.dumps(metrics), reason])
+            [version, parent, status, base_model, base_hash, snapshot_id, path, json.dumps(metrics), reason],
+        )
         con.execute("INSERT INTO adapter_events (version, status, reason) VALUES (?, ?, ?)", [version, status, reason])
         con.execute("COMMIT")
     except BaseException:
@@ -46,37 +60,53 @@ def register(con, version: str, *, status: str, parent: str | None, base_model: 
 def set_status(con, version: str, status: str, reason: str | None = None) -> None:
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
-    con.execute("UPDATE adapters SET status = ?, reason = coalesce(?, reason) WHERE version = ?", [status, reason, version])
+    con.execute(
+        "UPDATE adapters SET status = ?, reason = coalesce(?, reason) WHERE version = ?", [status, reason, version]
+    )
     con.execute("INSERT INTO adapter_events (version, status, reason) VALUES (?, ?, ?)", [version, status, reason])
 
 
 def live(con) -> dict | None:
     """The adapter in production (None: the base model serves)."""
-    row = con.execute("SELECT version, path, snapshot_id FROM adapters WHERE status = 'live' "
-                      "ORDER BY version DESC LIMIT 1").fetchone()
+    row = con.execute(
+        "SELECT version, path, snapshot_id FROM adapters WHERE status = 'live' ORDER BY version DESC LIMIT 1"
+    ).fetchone()
     return None if row is None else {"version": row[0], "path": row[1], "snapshot_id": row[2]}
 
 
 def get(con, version: str) -> dict | None:
-    row = con.execute("SELECT version, parent, status, snapshot_id, path, metrics, reason, tainted FROM adapters "
-                      "WHERE version = ?", [version]).fetchone()
+    row = con.execute(
+        "SELECT version, parent, status, snapshot_id, path, metrics, reason, tainted FROM adapters WHERE version = ?",
+        [version],
+    ).fetchone()
     if row is None:
         return None
-    return {"version": row[0], "parent": row[1], "status": row[2], "snapshot_id": row[3], "path": row[4],
-            "metrics": json.loads(row[5] or "{}"), "reason": row[6], "tainted": row[7]}
+    return {
+        "version": row[0],
+        "parent": row[1],
+        "status": row[2],
+        "snapshot_id": row[3],
+        "path": row[4],
+        "metrics": json.loads(row[5] or "{}"),
+        "reason": row[6],
+        "tainted": row[7],
+    }
 
 
 def listing(con) -> list[tuple]:
     return con.execute(
-        "SELECT version, parent, status, tainted, snapshot_id, strftime(created_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'), "
-        "coalesce(reason, '') FROM adapters ORDER BY version").fetchall()
+        "SELECT version, parent, status, tainted, snapshot_id, "
+        "strftime(created_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'), "
+        "coalesce(reason, '') FROM adapters ORDER BY version"
+    ).fetchall()
 
 
 def history(con) -> list[tuple]:
     """(UTC time, version, status, reason) of every change, oldest first."""
     return con.execute(
         "SELECT strftime(changed_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S.%f'), version, status, coalesce(reason, '') "
-        "FROM adapter_events ORDER BY changed_at, rowid").fetchall()
+        "FROM adapter_events ORDER BY changed_at, rowid"
+    ).fetchall()
 
 
 def live_at(con, when: datetime) -> str:
@@ -84,13 +114,17 @@ def live_at(con, when: datetime) -> str:
     (BASE when none was)."""
     row = con.execute(
         "SELECT version FROM adapter_events WHERE status = 'live' AND changed_at <= ? "
-        "ORDER BY changed_at DESC, rowid DESC LIMIT 1", [when]).fetchone()
+        "ORDER BY changed_at DESC, rowid DESC LIMIT 1",
+        [when],
+    ).fetchone()
     if row is None:
         return BASE
     left = con.execute(  # a taint is no change of status: the version served on until it was replaced
-        f"SELECT count(*) FROM adapter_events WHERE version = ? AND status NOT IN ('live', '{TAINTED}') AND changed_at > "
+        f"SELECT count(*) FROM adapter_events WHERE version = ? AND status NOT IN ('live', '{TAINTED}') "
+        "AND changed_at > "
         "(SELECT max(changed_at) FROM adapter_events WHERE version = ? AND status = 'live') AND changed_at <= ?",
-        [row[0], row[0], when]).fetchone()[0]
+        [row[0], row[0], when],
+    ).fetchone()[0]
     return BASE if left else row[0]
 
 
@@ -120,8 +154,10 @@ def taint(con, versions: list[str], reason: str) -> None:
     if not versions:
         return
     con.execute("UPDATE adapters SET tainted = true WHERE version IN (SELECT unnest(?::VARCHAR[]))", [versions])
-    con.executemany("INSERT INTO adapter_events (version, status, reason) VALUES (?, ?, ?)",
-                    [[v, TAINTED, reason] for v in versions])
+    con.executemany(
+        "INSERT INTO adapter_events (version, status, reason) VALUES (?, ?, ?)",
+        [[v, TAINTED, reason] for v in versions],
+    )
 
 
 def trained_on(con, snapshot_ids: list[str]) -> list[str]:
@@ -160,12 +196,18 @@ def trained_sample_ids(con) -> set[str]:
 
 def newest_candidate(con) -> str | None:
     """The newest untainted candidate (what an A/B test starts with)."""
-    row = con.execute("SELECT version FROM adapters WHERE status = 'candidate' AND NOT tainted "
-                      "ORDER BY version DESC LIMIT 1").fetchone()
+    row = con.execute(
+        "SELECT version FROM adapters WHERE status = 'candidate' AND NOT tainted ORDER BY version DESC LIMIT 1"
+    ).fetchone()
     return row[0] if row else None
 
 
 def unserved_tainted(con) -> list[str]:
     """Tainted versions that still have files and neither serve nor are in an experiment."""
-    return [v for (v,) in con.execute("SELECT version FROM adapters WHERE tainted AND path IS NOT NULL "
-                                      "AND status NOT IN ('live', 'canary') ORDER BY version").fetchall()]
+    return [
+        v
+        for (v,) in con.execute(
+            "SELECT version FROM adapters WHERE tainted AND path IS NOT NULL "
+            "AND status NOT IN ('live', 'canary') ORDER BY version"
+        ).fetchall()
+    ]

@@ -18,9 +18,33 @@ from retrain.plan import Job
 FAILED = "flywheel-retrain-failed: "
 
 
+def _bar():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("training {task.fields[version]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TextColumn("{task.fields[tps]:,.0f} tokens/s"),
+        TimeElapsedColumn(),
+        transient=False,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+def _manifest(job: Job, rows: list[dict], metrics: dict) -> dict:
+    """What the adapter folder says about itself: lineage to the base, the snapshot and every sample id."""
+    return {
+        "version": job.version, "parent": job.parent_version, "base_model": job.base_model,
+        "base_hash": job.base_hash, "snapshot_id": job.snapshot_id, "snapshot_hash": job.snapshot_hash,
+        "sample_ids": sorted({r["sample_id"] for r in rows}), "config": job.config.model_dump(mode="json"),
+        "seed": job.config.seed, "metrics": metrics, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }  # fmt: skip
+
+
 def run(job: Job) -> dict:
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers import AutoTokenizer
 
     from retrain import recipe
@@ -35,9 +59,7 @@ def run(job: Job) -> dict:
     examples = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in rows]
     parent = Path(job.parent_path) if job.parent_path else None
     model = recipe.load_model(Path(job.base_path), cfg, parent)
-    with Progress(TextColumn("training {task.fields[version]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tokens/s"),
-                  TimeElapsedColumn(), transient=False, disable=not sys.stderr.isatty()) as bar:
+    with _bar() as bar:
         task = bar.add_task("train", total=None, version=job.version, loss=float("nan"), tps=0.0)
 
         def progress(step: int, total: int, loss: float, tps: float) -> None:
@@ -47,20 +69,20 @@ def run(job: Job) -> dict:
 
         result = recipe.train(model, examples, cfg, pad_id, progress)
     metrics = {
-        "steps": result.steps, "tokens": result.tokens, "label_tokens": result.label_tokens,
-        "seconds": round(result.seconds, 2), "tokens_per_s": round(result.tokens_per_s, 1),
-        "loss_first": result.losses[0], "loss_last": result.losses[-1],
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "label_tokens": result.label_tokens,
+        "seconds": round(result.seconds, 2),
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "loss_first": result.losses[0],
+        "loss_last": result.losses[-1],
         "loss_last10": sum(result.losses[-10:]) / len(result.losses[-10:]),
-        "samples": len(examples), "replayed": len(rows) - job.snapshot_train_rows,
-        "quantization": "nf4" if recipe.use_nf4(cfg) else "none", "device": str(next(model.parameters()).device),
+        "samples": len(examples),
+        "replayed": len(rows) - job.snapshot_train_rows,
+        "quantization": "nf4" if recipe.use_nf4(cfg) else "none",
+        "device": str(next(model.parameters()).device),
     }
-    manifest = {
-        "version": job.version, "parent": job.parent_version, "base_model": job.base_model,
-        "base_hash": job.base_hash, "snapshot_id": job.snapshot_id, "snapshot_hash": job.snapshot_hash,
-        "sample_ids": sorted({r["sample_id"] for r in rows}), "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
-        "metrics": metrics, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    recipe.save(model, Path(job.out_dir), manifest)
+    recipe.save(model, Path(job.out_dir), _manifest(job, rows, metrics))
     return metrics
 
 

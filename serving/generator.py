@@ -17,9 +17,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ingest.contracts import BASE
 
@@ -92,8 +93,16 @@ class _Row:
 
 
 class BatchGenerator:
-    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_wait_ms: float = 10, queue_depth: int = 64,
-                 max_batch_tokens: int = 32_768):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch: int = 16,
+        max_wait_ms: float = 10,
+        queue_depth: int = 64,
+        max_batch_tokens: int = 32_768,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         # The KV cache holds rows x (longest prompt + its answer) positions: one long prompt must not pad
@@ -102,8 +111,12 @@ class BatchGenerator:
         self.max_batch_tokens = max_batch_tokens
         self._held: GenRequest | None = None
         self.queue: queue.Queue[GenRequest] = queue.Queue(maxsize=queue_depth)
-        self.eos = {t for t in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
-                    for t in (t if isinstance(t, list) else [t]) if t is not None}
+        self.eos = {
+            t
+            for t in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
+            for t in (t if isinstance(t, list) else [t])
+            if t is not None
+        }
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos), 0)
         # A prefill needs the last position's logits only; the lm_head over every position was ~18% of it.
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -158,13 +171,14 @@ class BatchGenerator:
             admitted: list[GenRequest] = []
             try:
                 if not self._tasks.empty():  # adapter changes wait until no row is mid-answer; meanwhile
-                    if not rows:             # nobody is admitted
+                    if not rows:  # nobody is admitted
                         while not self._tasks.empty():
                             _run_into(*self._tasks.get())
                         continue
                 else:
-                    admitted = self._take(block=not rows, room=self.max_batch - len(rows),
-                                          spans=[_span(r.req) for r in rows])
+                    admitted = self._take(
+                        block=not rows, room=self.max_batch - len(rows), spans=[_span(r.req) for r in rows]
+                    )
                 if admitted:
                     rows, state = self._join(rows, state, admitted)
                     admitted = []
@@ -252,8 +266,13 @@ class BatchGenerator:
         ids = torch.tensor([[self.pad] * (width - len(r.req.prompt_ids)) + r.req.prompt_ids for r in new])
         mask = torch.tensor([[0] * (width - len(r.req.prompt_ids)) + [1] * len(r.req.prompt_ids) for r in new])
         with torch.inference_mode(), self._adapters(new):
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                             use_cache=True, **self._last_only)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                **self._last_only,
+            )
         tokens = [self._sample(out.logits[i, -1], row) for i, row in enumerate(new)]
         for row, token in zip(new, tokens):
             self._advance(row, token)
@@ -269,11 +288,17 @@ class BatchGenerator:
         layers = []
         for old_layer, new_layer in zip(old_past.layers, new_past.layers):
             a, b = length - old_mask.shape[1], length - mask.shape[1]
-            layers.append((torch.cat([left_pad(old_layer.keys, a), left_pad(new_layer.keys, b)]),
-                           torch.cat([left_pad(old_layer.values, a), left_pad(new_layer.values, b)])))
-        merged = (DynamicCache(layers),
-                  torch.cat([left_pad(old_mask, length - old_mask.shape[1]), left_pad(mask, length - mask.shape[1])]),
-                  torch.cat([old_last, new_last]))
+            layers.append(
+                (
+                    torch.cat([left_pad(old_layer.keys, a), left_pad(new_layer.keys, b)]),
+                    torch.cat([left_pad(old_layer.values, a), left_pad(new_layer.values, b)]),
+                )
+            )
+        merged = (
+            DynamicCache(layers),
+            torch.cat([left_pad(old_mask, length - old_mask.shape[1]), left_pad(mask, length - mask.shape[1])]),
+            torch.cat([old_last, new_last]),
+        )
         return self._compact(rows + new, merged)
 
     def _step(self, rows: list[_Row], state):
@@ -283,8 +308,13 @@ class BatchGenerator:
         past, mask, last = state
         mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
         with torch.inference_mode(), self._adapters(rows):
-            out = self.model(input_ids=last[:, None], attention_mask=mask,
-                             position_ids=(mask.cumsum(-1) - 1)[:, -1:], past_key_values=past, use_cache=True)
+            out = self.model(
+                input_ids=last[:, None],
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1)[:, -1:],
+                past_key_values=past,
+                use_cache=True,
+            )
         tokens = [self._sample(out.logits[i, -1], row) for i, row in enumerate(rows)]
         for row, token in zip(rows, tokens):
             self._advance(row, token)

@@ -36,8 +36,19 @@ class ResponseClaims:
 
 
 def issue(secret: bytes, claims: ResponseClaims) -> str:
-    payload = _b64(json.dumps([claims.app_id, claims.user_id, claims.variant, claims.experiment_id,
-                               round(claims.issued_at, 3), secrets.token_hex(4)], separators=(",", ":")).encode())
+    payload = _b64(
+        json.dumps(
+            [
+                claims.app_id,
+                claims.user_id,
+                claims.variant,
+                claims.experiment_id,
+                round(claims.issued_at, 3),
+                secrets.token_hex(4),
+            ],
+            separators=(",", ":"),
+        ).encode()
+    )
     sig = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:18])
     return f"{PREFIX}.{payload}.{sig}"
 
@@ -74,7 +85,6 @@ def app_for_key(key: str, key_hashes: dict[str, str]) -> str | None:
         if hmac.compare_digest(presented, stored):
             found = app
     return found
-
 
 
 class GuessThrottle:

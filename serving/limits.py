@@ -43,15 +43,24 @@ class ScrubBudget:
     def charge(self, app_id: str, texts: list[str | None]) -> None:
         costs = [contracts.scrub_cost(t) for t in texts]
         if max(costs, default=0) > contracts.MAX_TEXT_COST:
-            raise ApiError(400, f"a text costs {max(costs)} to scrub (characters + {contracts.DIGIT_COST} per digit): "
-                                f"at most {contracts.MAX_TEXT_COST}")
+            raise ApiError(
+                400,
+                f"a text costs {max(costs)} to scrub (characters + {contracts.DIGIT_COST} per digit): "
+                f"at most {contracts.MAX_TEXT_COST}",
+            )
         total = sum(costs)
         if total > self.cfg.scrub_cost_burst:
-            raise ApiError(413, f"this request's text costs {total} to scrub: at most {self.cfg.scrub_cost_burst} "
-                                "(serving.scrub_cost_burst)")
+            raise ApiError(
+                413,
+                f"this request's text costs {total} to scrub: at most {self.cfg.scrub_cost_burst} "
+                "(serving.scrub_cost_burst)",
+            )
         if not self.bucket.allow(app_id, total):
-            raise ApiError(429, f"text to scrub over this key's {self.cfg.scrub_cost_per_s:g}/s "
-                                "(serving.scrub_cost_per_s)", headers={"Retry-After": "1"})
+            raise ApiError(
+                429,
+                f"text to scrub over this key's {self.cfg.scrub_cost_per_s:g}/s (serving.scrub_cost_per_s)",
+                headers={"Retry-After": "1"},
+            )
 
 
 def prompt_tokens_limit(cfg: ServingConfig, context: int | None) -> int:
@@ -60,9 +69,12 @@ def prompt_tokens_limit(cfg: ServingConfig, context: int | None) -> int:
         return cfg.max_prompt_tokens or 1 << 62
     room = context - cfg.max_tokens
     if room < 1:
-        raise ValueError(f"serving.max_tokens={cfg.max_tokens} leaves no room for a prompt in the model's "
-                         f"{context}-token context")
+        raise ValueError(
+            f"serving.max_tokens={cfg.max_tokens} leaves no room for a prompt in the model's {context}-token context"
+        )
     if cfg.max_prompt_tokens is not None and cfg.max_prompt_tokens > room:
-        raise ValueError(f"serving.max_prompt_tokens={cfg.max_prompt_tokens}: at most {room} (the model's "
-                         f"{context}-token context minus serving.max_tokens={cfg.max_tokens})")
+        raise ValueError(
+            f"serving.max_prompt_tokens={cfg.max_prompt_tokens}: at most {room} (the model's "
+            f"{context}-token context minus serving.max_tokens={cfg.max_tokens})"
+        )
     return cfg.max_prompt_tokens or room

@@ -48,8 +48,10 @@ def _stacks(layer, names: tuple[str, ...]):
     rank = max(layer.lora_A[n].weight.shape[0] for n in names)
     pad = torch.nn.functional.pad
     a = torch.cat([pad(layer.lora_A[n].weight, (0, 0, 0, rank - layer.lora_A[n].weight.shape[0])) for n in names])
-    b = torch.cat([pad(layer.lora_B[n].weight * layer.scaling[n], (0, rank - layer.lora_B[n].weight.shape[1]))
-                   for n in names], dim=1)
+    b = torch.cat(
+        [pad(layer.lora_B[n].weight * layer.scaling[n], (0, rank - layer.lora_B[n].weight.shape[1])) for n in names],
+        dim=1,
+    )
     slots = torch.arange(len(names) * rank) // rank
     base = layer.base_layer
     w = getattr(base, "weight", None)

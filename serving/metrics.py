@@ -12,8 +12,10 @@ class Metrics:
         self.latency = Histogram("flywheel_http_seconds", "Latency", ["route", "variant"], registry=registry)
         self.tokens = Counter("flywheel_generated_tokens", "Tokens generated", ["variant"], registry=registry)
         self.queue = Gauge("flywheel_generation_queue_depth", "Requests waiting for the model", registry=registry)
-        self.outbox = Gauge("flywheel_outbox_events", "Events held in the outbox: not yet stored by ingest",
-                            registry=registry)
+        self.outbox = Gauge(
+            "flywheel_outbox_events", "Events held in the outbox: not yet stored by ingest", registry=registry
+        )
         self.outbox_unsent = Gauge("flywheel_outbox_unsent", "Events not yet acknowledged by Kafka", registry=registry)
-        self.outbox_rejected = Gauge("flywheel_outbox_rejected",
-                                     "Events Kafka refused for good, set aside in outbox_rejected", registry=registry)
+        self.outbox_rejected = Gauge(
+            "flywheel_outbox_rejected", "Events Kafka refused for good, set aside in outbox_rejected", registry=registry
+        )

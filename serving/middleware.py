@@ -77,8 +77,9 @@ def host_check(app, allowed: list[str]):
         if scope["type"] in ("http", "websocket"):
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
             if host_name(host) not in names:
-                return await send_error(send, ApiError(400, f"Host {host!r} is not served here "
-                                                            "(serving.allowed_hosts)"))
+                return await send_error(
+                    send, ApiError(400, f"Host {host!r} is not served here (serving.allowed_hosts)")
+                )
         return await app(scope, receive, send)
 
     return middleware

@@ -82,8 +82,13 @@ class Forgotten(BaseModel):
 
 
 # One server-sent event of a streamed answer (Open API 3.1: the schema of `text/event-stream` is one event).
-SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
-    "type": "string", "description": "A chat.completion.chunk as JSON; the last event is [DONE]."}}}
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "description": "A chat.completion.chunk as JSON; the last event is [DONE]."}
+    },
+}
 
 
 class Health(BaseModel):
@@ -96,16 +101,24 @@ class Readiness(BaseModel):
 
 # Declares the Bearer scheme in the schema; `auto_error=False` leaves the 401 (in OpenAI's shape) to the
 # handlers, which also rate-limit per key.
-bearer = HTTPBearer(auto_error=False, description="An app's API key (serving.api_keys) or, for /v1/admin, an "
-                                                  "admin key (serving.admin_keys).")
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An app's API key (serving.api_keys) or, for /v1/admin, an admin key (serving.admin_keys).",
+)
 
 
 # Error answers for `responses=`: any 4xx (400 bad input, 401 no or a wrong key, 403 another app's response,
 # 404 unknown id, 413 body over serving.max_body_bytes, 429 rate limit), and 503 where a route can be busy.
 # Declaring 4XX also keeps FastAPI from documenting a 422 that the API never sends (bad input is 400).
 ERRORS = {"4XX": {"model": ErrorBody, "description": "The request was refused; `error.message` says why."}}
-ERRORS_OR_BUSY = {**ERRORS, 503: {"model": ErrorBody, "description": "Not now: the model is busy, its version "
-                                  "changed, or the route needs the database (Retry-After)."}}
+ERRORS_OR_BUSY = {
+    **ERRORS,
+    503: {
+        "model": ErrorBody,
+        "description": "Not now: the model is busy, its version "
+        "changed, or the route needs the database (Retry-After).",
+    },
+}
 
 
 def json_body(model: type[BaseModel]) -> dict:

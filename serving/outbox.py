@@ -21,8 +21,13 @@ log = logging.getLogger(__name__)
 
 
 # acks=all; short waits and a capped reconnect backoff, so that a broker that comes back is used at once.
-PRODUCER_OPTIONS = {"acks": "all", "linger_ms": 5, "max_block_ms": 5000, "request_timeout_ms": 5000,
-                    "reconnect_backoff_max_ms": 1000}
+PRODUCER_OPTIONS = {
+    "acks": "all",
+    "linger_ms": 5,
+    "max_block_ms": 5000,
+    "request_timeout_ms": 5000,
+    "reconnect_backoff_max_ms": 1000,
+}
 
 
 class Outbox:
@@ -95,22 +100,28 @@ class Outbox:
 
     def oldest_unsent(self, n: int) -> list[tuple[int, str, bytes | None, bytes]]:
         with self._lock:
-            return self._db.execute("SELECT seq, topic, key, value FROM outbox WHERE off IS NULL ORDER BY seq"
-                                    " LIMIT ?", (n,)).fetchall()
+            return self._db.execute(
+                "SELECT seq, topic, key, value FROM outbox WHERE off IS NULL ORDER BY seq LIMIT ?", (n,)
+            ).fetchall()
 
     def mark_sent(self, cluster: str, sent: list[tuple[int, int, int]]) -> None:
         """(seq, partition, offset) of rows Kafka acknowledged in `cluster`."""
         with self._lock, self._transaction():
-            self._db.executemany("UPDATE outbox SET cluster = ?, part = ?, off = ? WHERE seq = ?",
-                                 [(cluster, part, off, seq) for seq, part, off in sent])
+            self._db.executemany(
+                "UPDATE outbox SET cluster = ?, part = ?, off = ? WHERE seq = ?",
+                [(cluster, part, off, seq) for seq, part, off in sent],
+            )
 
     def set_aside(self, rejected: list[tuple[int, str]]) -> None:
         """(seq, reason) of rows Kafka refuses for good: moved to `outbox_rejected`."""
         now = time.time()
         with self._lock, self._transaction():
             for seq, reason in rejected:
-                self._db.execute("INSERT OR REPLACE INTO outbox_rejected SELECT seq, topic, key, value, ?, ? FROM"
-                                 " outbox WHERE seq = ?", (reason, now, seq))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO outbox_rejected SELECT seq, topic, key, value, ?, ? FROM"
+                    " outbox WHERE seq = ?",
+                    (reason, now, seq),
+                )
                 self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
     def confirm(self, cluster: str, committed: dict[tuple[str, int], int]) -> int:
@@ -118,14 +129,20 @@ class Outbox:
         mark rows sent to any other cluster for sending again. Returns the rows deleted."""
         with self._lock:
             with self._transaction():
-                resent = self._db.execute("UPDATE outbox SET cluster = NULL, part = NULL, off = NULL"
-                                          " WHERE off IS NOT NULL AND cluster IS NOT ?", (cluster,)).rowcount
-                deleted = sum(self._db.execute(
-                    "DELETE FROM outbox WHERE cluster = ? AND topic = ? AND part = ? AND off < ?",
-                    (cluster, topic, part, off)).rowcount for (topic, part), off in committed.items())
+                resent = self._db.execute(
+                    "UPDATE outbox SET cluster = NULL, part = NULL, off = NULL"
+                    " WHERE off IS NOT NULL AND cluster IS NOT ?",
+                    (cluster,),
+                ).rowcount
+                deleted = sum(
+                    self._db.execute(
+                        "DELETE FROM outbox WHERE cluster = ? AND topic = ? AND part = ? AND off < ?",
+                        (cluster, topic, part, off),
+                    ).rowcount
+                    for (topic, part), off in committed.items()
+                )
             if resent:
-                log.warning("outbox: %d events were sent to a Kafka cluster that is gone; sending them again",
-                            resent)
+                log.warning("outbox: %d events were sent to a Kafka cluster that is gone; sending them again", resent)
             if deleted:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
@@ -141,8 +158,12 @@ def permanent(error: BaseException) -> bool:
     is retried: a row is set aside only for a reason named here."""
     from kafka import errors
 
-    refusals = (errors.MessageSizeTooLargeError, errors.RecordListTooLargeError, errors.InvalidTopicError,
-                errors.TopicAuthorizationFailedError)
+    refusals = (
+        errors.MessageSizeTooLargeError,
+        errors.RecordListTooLargeError,
+        errors.InvalidTopicError,
+        errors.TopicAuthorizationFailedError,
+    )
     return isinstance(error, refusals) or type(error) in (ValueError, TypeError)  # kafka-python's local checks
 
 
@@ -181,8 +202,15 @@ class OutboxSender:
 
     CONFIRM_EVERY_S = 0.5
 
-    def __init__(self, outbox: Outbox, make_producer: Callable[[], object], *, group_id: str,
-                 make_admin: Callable[[], object], batch: int = 500):
+    def __init__(
+        self,
+        outbox: Outbox,
+        make_producer: Callable[[], object],
+        *,
+        group_id: str,
+        make_admin: Callable[[], object],
+        batch: int = 500,
+    ):
         self.outbox, self.make_producer, self.make_admin, self.batch = outbox, make_producer, make_admin, batch
         self.group_id = group_id
         self.sent = self.failures = self.rejected = 0
@@ -198,8 +226,13 @@ class OutboxSender:
         """A sender with kafka-python clients built from connection `settings` (not started)."""
         from kafka import KafkaAdminClient, KafkaProducer
 
-        return cls(outbox, lambda: KafkaProducer(**settings, **PRODUCER_OPTIONS), group_id=group_id,
-                   make_admin=lambda: KafkaAdminClient(**settings, request_timeout_ms=5000), **kw)
+        return cls(
+            outbox,
+            lambda: KafkaProducer(**settings, **PRODUCER_OPTIONS),
+            group_id=group_id,
+            make_admin=lambda: KafkaAdminClient(**settings, request_timeout_ms=5000),
+            **kw,
+        )
 
     def start(self) -> OutboxSender:
         self._thread.start()
@@ -330,9 +363,12 @@ class OutboxRelay:
         ctx = multiprocessing.get_context("spawn")
         self.outbox = Outbox(path)  # this process's view, for drain(): the relay writes through its own
         self._healthy, self._stop, self._drain_s = ctx.Value("b", 1), ctx.Event(), ctx.Value("d", 5.0)
-        self.process = ctx.Process(target=_relay_main, name="flywheel-outbox-relay", daemon=True,
-                                   args=(str(path), producer_settings, group_id, self._healthy, self._stop,
-                                         self._drain_s))
+        self.process = ctx.Process(
+            target=_relay_main,
+            name="flywheel-outbox-relay",
+            daemon=True,
+            args=(str(path), producer_settings, group_id, self._healthy, self._stop, self._drain_s),
+        )
         self.process.start()
 
     @property

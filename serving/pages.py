@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader
 # sent on as a referrer (the pages show chat text).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
@@ -63,8 +63,14 @@ def _arm_series(decisions: list[dict], role: str, x, y) -> dict:
             lo.append((x(i), y(max(0.0, a["ci"][0] if a["ci"][0] is not None else a["up_rate"]))))
             hi.append((x(i), y(min(1.0, a["ci"][1] if a["ci"][1] is not None else a["up_rate"]))))
     variant = decisions[-1]["numbers"]["arms"][role]["variant"] if decisions else role
-    return {"role": role, "color": COLORS[role], "variant": variant, "line": " ".join(f"{a},{b}" for a, b in pts),
-            "dots": pts, "band": " ".join(f"{a},{b}" for a, b in hi + lo[::-1])}
+    return {
+        "role": role,
+        "color": COLORS[role],
+        "variant": variant,
+        "line": " ".join(f"{a},{b}" for a, b in pts),
+        "dots": pts,
+        "band": " ".join(f"{a},{b}" for a, b in hi + lo[::-1]),
+    }
 
 
 def chart(decisions: list[dict]) -> dict:
@@ -86,5 +92,9 @@ def chart(decisions: list[dict]) -> dict:
         return round(10 + (H // 2 - 20) * (1 - math.log1p(max(0.0, v)) / scale), 1)
 
     statistic = " ".join(f"{x(i)},{ys(d['numbers'].get('msprt') or 0)}" for i, d in enumerate(decisions))
-    return {"arms": arms, "statistic": statistic, "threshold_y": ys(threshold),
-            "yticks": [(y(v), f"{v:.0%}") for v in (0, 0.25, 0.5, 0.75, 1.0)]}
+    return {
+        "arms": arms,
+        "statistic": statistic,
+        "threshold_y": ys(threshold),
+        "yticks": [(y(v), f"{v:.0%}") for v in (0, 0.25, 0.5, 0.75, 1.0)],
+    }

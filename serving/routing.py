@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from abtest.assignment import assign
-from serving import lora_batch
 from ingest.contracts import BASE
+from serving import lora_batch
 
 log = logging.getLogger(__name__)
 

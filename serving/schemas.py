@@ -60,9 +60,14 @@ REASON_PATTERN = "[^\\s\\u001c-\\u001f\\u0085]"
 
 class DecisionRequest(BaseModel):
     # A rejection needs a reason (curation.review checks it; the schema says so for clients).
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
-        "if": {"properties": {"decision": {"const": "reject"}}},
-        "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "pattern": REASON_PATTERN}}}})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "if": {"properties": {"decision": {"const": "reject"}}},
+            "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "pattern": REASON_PATTERN}}},
+        },
+    )
     sample_ids: list[str] = Field(min_length=1, max_length=10_000)
     decision: str = Field(pattern="^(approve|reject)$")
     reason: str | None = Field(None, max_length=2_000)
@@ -70,8 +75,13 @@ class DecisionRequest(BaseModel):
 
 class ForgetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    app: str = Field(min_length=1, max_length=contracts.MAX_ID_CHARS, description="The app (a name in "
-                     "serving.api_keys) that sent the user's requests: a user is (app, user), and two apps' ids "
-                     "never mix.")
-    user: str = Field(min_length=1, max_length=contracts.MAX_ID_CHARS, description="The user id, exactly as the "
-                      "app sent it.")
+    app: str = Field(
+        min_length=1,
+        max_length=contracts.MAX_ID_CHARS,
+        description="The app (a name in "
+        "serving.api_keys) that sent the user's requests: a user is (app, user), and two apps' ids "
+        "never mix.",
+    )
+    user: str = Field(
+        min_length=1, max_length=contracts.MAX_ID_CHARS, description="The user id, exactly as the app sent it."
+    )

@@ -59,7 +59,9 @@ def test_the_installed_packages_are_the_lock():
 
 def test_diff_names_what_differs():
     assert lock.diff({"torch": "2.13.0", "extra": "1"}, {"torch": "2.13.0+cpu", "duckdb": "2.0.1"}) == [
-        "  missing: duckdb==2.0.1", "  not in the lock: extra==1"]
+        "  missing: duckdb==2.0.1",
+        "  not in the lock: extra==1",
+    ]
     assert lock.diff({"duckdb": "2.0.0"}, {"duckdb": "2.0.1"}) == ["  duckdb: installed 2.0.0, locked 2.0.1"]
 
 

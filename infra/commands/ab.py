@@ -21,6 +21,7 @@ def ab_start(ctx: typer.Context, version: Annotated[str, typer.Argument(help="A 
         exp = ab.start_experiment(cfg, con, version)
     typer.echo(f"started {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}")
 
+
 @app.command("decide")
 def ab_decide(ctx: typer.Context) -> None:
     """Evaluate now and act: promote, roll back, ramp up, or continue (and start one for a new candidate
@@ -31,6 +32,7 @@ def ab_decide(ctx: typer.Context) -> None:
     with store(ctx) as con:
         said = ab.tick(cfg, con)
     typer.echo("\n".join(said) or "no experiment running and no candidate to start one with")
+
 
 @app.command("status")
 def ab_status(ctx: typer.Context) -> None:
@@ -47,10 +49,13 @@ def ab_status(ctx: typer.Context) -> None:
             return
         ch = registry.get(con, exp.challenger)
         ev = ab.evaluate(con, exp, cfg.abtest, tainted=bool(ch and ch["tainted"]))
-    typer.echo(f"{exp.experiment_id}: {exp.challenger} on {exp.share:.0%} against {exp.incumbent} "
-               f"(stage {exp.stage + 1}/{len(cfg.abtest.ramp)})")
+    typer.echo(
+        f"{exp.experiment_id}: {exp.challenger} on {exp.share:.0%} against {exp.incumbent} "
+        f"(stage {exp.stage + 1}/{len(cfg.abtest.ramp)})"
+    )
     typer.echo(ab_table(ev.numbers))
     typer.echo(f"would decide: {ev.decision}: {ev.reason}")
+
 
 @app.command("report")
 def ab_report(ctx: typer.Context) -> None:
@@ -81,10 +86,14 @@ def ab_table(numbers: dict) -> str:
     for role, a in numbers.get("arms", {}).items():
         ci = "-" if a["ci"][0] is None else f"[{pct(a['ci'][0])}, {pct(a['ci'][1])}]"
         p95 = "-" if a["p95_latency_ms"] is None else f"{a['p95_latency_ms']:.0f}"
-        lines.append(f"  {role:<11}{a['variant']:<9}{a['users']:>7}{a['ratings']:>9}{pct(a['up_rate']):>9}  {ci:<17}{p95:>8}")
+        lines.append(
+            f"  {role:<11}{a['variant']:<9}{a['users']:>7}{a['ratings']:>9}{pct(a['up_rate']):>9}  {ci:<17}{p95:>8}"
+        )
     guard = ", ".join(f"{g['name']} {'ok' if g['ok'] else 'BREACHED'}" for g in numbers.get("guardrails", []))
     diff = numbers.get("difference")
-    lines.append(f"  difference {'-' if diff is None else f'{diff:+.1%}'}, mSPRT {numbers.get('msprt', 0):.3g} "
-                 f"(threshold {numbers.get('threshold', 0):g}), SRM p={numbers.get('srm_p', 1):.3g}; "
-                 f"guardrails: {guard or 'not enough data'}")
+    lines.append(
+        f"  difference {'-' if diff is None else f'{diff:+.1%}'}, mSPRT {numbers.get('msprt', 0):.3g} "
+        f"(threshold {numbers.get('threshold', 0):g}), SRM p={numbers.get('srm_p', 1):.3g}; "
+        f"guardrails: {guard or 'not enough data'}"
+    )
     return "\n".join(lines)

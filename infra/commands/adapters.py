@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from datetime import UTC
+from typing import Annotated
 
 import typer
 
@@ -24,18 +25,22 @@ def adapters_list(ctx: typer.Context) -> None:
         rows = registry.listing(con)
     table = Table("version", "parent", "status", "snapshot", "created (UTC)", "reason")
     for version, parent, status, tainted, snap, created, reason in rows:
-        table.add_row(version, parent or "-", status + (" (tainted)" if tainted else ""), snap or "-", created,
-                      clip(reason, 70))
+        table.add_row(
+            version, parent or "-", status + (" (tainted)" if tainted else ""), snap or "-", created, clip(reason, 70)
+        )
     Console(width=160).print(table)
+
 
 @app.command("history")
 def adapters_history(
     ctx: typer.Context,
-    at: Annotated[Optional[str], typer.Option(help="Only say which version served at this time (ISO 8601, UTC "
-                                                   "unless it names a zone).")] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(help="Only say which version served at this time (ISO 8601, UTC unless it names a zone)."),
+    ] = None,
 ) -> None:
     """Every status change, oldest first; --at T names the version that served at T."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from retrain import registry
 
@@ -46,7 +51,7 @@ def adapters_history(
             except ValueError:
                 raise FlywheelError(f"--at {at!r} is not an ISO 8601 time such as 2026-11-22T02:00") from None
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+                when = when.replace(tzinfo=UTC)
             typer.echo(f"{when.isoformat()}: {registry.live_at(con, when)}")
             return
         for changed, version, status, reason in registry.history(con):

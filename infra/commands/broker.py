@@ -26,6 +26,7 @@ def broker_start(ctx: typer.Context) -> None:
     started = broker.EmbeddedBroker(cfg.kafka, cfg.data_dir, detach=True).start()
     typer.echo(f"broker started at {started.bootstrap} (pid {started.proc.pid})")
 
+
 @app.command("stop")
 def broker_stop(ctx: typer.Context) -> None:
     """Stop the background broker (its in-memory topics are lost)."""
@@ -33,6 +34,7 @@ def broker_stop(ctx: typer.Context) -> None:
 
     stopped = broker.stop_daemon(state(ctx).config().data_dir)
     typer.echo(f"broker at {stopped.bootstrap} stopped" if stopped else "no broker was running")
+
 
 @app.command("status")
 def broker_status(ctx: typer.Context) -> None:

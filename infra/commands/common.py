@@ -15,6 +15,7 @@ import typer
 from infra.config import Config, load_config
 from infra.errors import FlywheelError
 
+
 class State:
     """What the top-level options set; the config is loaded on first use."""
 
@@ -31,7 +32,6 @@ class State:
 
 def state(ctx: typer.Context) -> State:
     return ctx.find_object(State)
-
 
 
 def ensure_data_dir(path: Path) -> Path:
@@ -51,8 +51,10 @@ def ensure_data_dir(path: Path) -> Path:
     return Path(path)
 
 
-DEMO_KEYS_HELP = ("Serve the default config's public keys (flywheel-demo-key, flywheel-review-key), on loopback "
-                  "only. Without it, keys left at their default are replaced by keys generated on the first run.")
+DEMO_KEYS_HELP = (
+    "Serve the default config's public keys (flywheel-demo-key, flywheel-review-key), on loopback "
+    "only. Without it, keys left at their default are replaced by keys generated on the first run."
+)
 
 
 class StopSignal:

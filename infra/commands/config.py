@@ -18,6 +18,7 @@ def config_show(ctx: typer.Context) -> None:
 
     typer.echo(tomli_w.dumps(to_toml_dict(state(ctx).config())), nl=False)
 
+
 @app.command("reference")
 def config_reference() -> None:
     """Print every config key with its default and meaning (Markdown table)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,8 @@ def curate(
 ) -> None:
     """Turn rated chats into samples (filters, dedup, per-user cap, review policy) and snapshot the
     approved ones as Parquet."""
-    from curation import curate as curation, snapshot as snapshots
+    from curation import curate as curation
+    from curation import snapshot as snapshots
     from infra import db
 
     cfg = state(ctx).config()
@@ -34,19 +35,25 @@ def curate(
                 typer.echo("snapshot   none: no approved samples yet (see `flywheel review list`)")
             else:
                 c = snap.manifest["counts"]
-                typer.echo(f"snapshot   {snap.snapshot_id} ({'new' if snap.created else 'unchanged'}): "
-                           f"{c['train']} train + {c['eval']} eval samples from {c['users']} users, "
-                           f"{c['over_user_cap']} over the per-user cap; {snap.path}")
+                typer.echo(
+                    f"snapshot   {snap.snapshot_id} ({'new' if snap.created else 'unchanged'}): "
+                    f"{c['train']} train + {c['eval']} eval samples from {c['users']} users, "
+                    f"{c['over_user_cap']} over the per-user cap; {snap.path}"
+                )
     finally:
         con.close()
 
 
 def forget(
     ctx: typer.Context,
-    app_id: Annotated[str, typer.Option("--app", help="The app that sent the user's requests (a name in "
-                                        "serving.api_keys): a user is (app, user).")],
+    app_id: Annotated[
+        str,
+        typer.Option(
+            "--app", help="The app that sent the user's requests (a name in serving.api_keys): a user is (app, user)."
+        ),
+    ],
     user: Annotated[str, typer.Option("--user", help="The user id, exactly as the app sent it.")],
-    actor: Annotated[Optional[str], typer.Option(help="Who asks (default: cli:<login>).")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who asks (default: cli:<login>).")] = None,
 ) -> None:
     """Erase a user's chats, feedback, samples and findings (then compact the database file), and list
     the snapshots and adapters trained on their data; those adapters are never promoted again."""
@@ -61,8 +68,14 @@ def forget(
             raise FlywheelError(str(e)) from None
     before, after = db.compact(cfg.db_path)
     typer.echo("deleted    " + ", ".join(f"{n} {t}" for t, n in done["deleted"].items()))
-    typer.echo(f"snapshots  {', '.join(done['snapshots']) + ' held their data (Parquet files deleted)' if done['snapshots'] else 'none held their data'}")
-    typer.echo(f"adapters   {', '.join(done['adapters']) + ' trained on it (marked tainted: never promoted again)' if done['adapters'] else 'none trained on it'}")
+    snapshots, adapters = ", ".join(done["snapshots"]), ", ".join(done["adapters"])
+    typer.echo(
+        f"snapshots  {snapshots + ' held their data (Parquet files deleted)' if snapshots else 'none held their data'}"
+    )
+    typer.echo(
+        "adapters   "
+        + (f"{adapters} trained on it (marked tainted: never promoted again)" if adapters else "none trained on it")
+    )
     for line in done.get("routing", []):
         typer.echo(f"routing    {line}")
     typer.echo(f"database   compacted ({before:,} -> {after:,} bytes); audit entry written")
@@ -71,8 +84,10 @@ def forget(
 def curation_summary(report, policy: str) -> str:
     up = "-" if report.up_share is None else f"{report.up_share:.0%}"
     dropped = ", ".join(f"{n} {k}" for k, n in sorted(report.dropped.items())) or "none"
-    return (f"candidates {report.candidates} rated chats: {report.ratings_up} up, {report.ratings_down} down "
-            f"(up share {up}; unhappy users rate more), {report.corrections} corrections\n"
-            f"samples    {report.samples} ({report.new} new), {report.kept} kept from {report.users} users "
-            f"(cap {report.per_user_cap} per user); dropped: {dropped}\n"
-            f"review     policy {policy}: {report.auto_approved} approved by the policy, {report.pending} pending")
+    return (
+        f"candidates {report.candidates} rated chats: {report.ratings_up} up, {report.ratings_down} down "
+        f"(up share {up}; unhappy users rate more), {report.corrections} corrections\n"
+        f"samples    {report.samples} ({report.new} new), {report.kept} kept from {report.users} users "
+        f"(cap {report.per_user_cap} per user); dropped: {dropped}\n"
+        f"review     policy {policy}: {report.auto_approved} approved by the policy, {report.pending} pending"
+    )

@@ -25,6 +25,7 @@ def db_init(ctx: typer.Context) -> None:
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (already up to date)"
     typer.echo(f"{cfg.db_path}: schema v{version}; applied {names}")
 
+
 @app.command("info")
 def db_info(ctx: typer.Context) -> None:
     """Schema version and row counts per table."""
@@ -39,6 +40,7 @@ def db_info(ctx: typer.Context) -> None:
     typer.echo(f"{cfg.db_path}: schema v{info['schema_version']}")
     for table, count in info["tables"].items():
         typer.echo(f"  {table:<16} {count:>10,}")
+
 
 @app.command("compact")
 def db_compact(ctx: typer.Context) -> None:

@@ -26,8 +26,10 @@ def retrain(
 
         trigger = cron(cfg.retrain.schedule)
         nxt = trigger.get_next_fire_time(None, datetime.now(trigger.timezone))
-        typer.echo(f"`flywheel up` retrains on cron '{cfg.retrain.schedule}' (next: {nxt:%Y-%m-%d %H:%M %Z}); "
-                   "run one now with `flywheel retrain --now`")
+        typer.echo(
+            f"`flywheel up` retrains on cron '{cfg.retrain.schedule}' (next: {nxt:%Y-%m-%d %H:%M %Z}); "
+            "run one now with `flywheel retrain --now`"
+        )
         return
     with store(ctx) as con:
         outcome = control.retrain(cfg, con, echo=True)
@@ -43,7 +45,9 @@ def outcome_line(outcome) -> str:
     if outcome.status == "candidate":
         train, offline = outcome.metrics["train"], outcome.metrics["offline"]
         c, i = offline["candidate"], offline["incumbent"]
-        return (f"retrain {outcome.version}: candidate{took}; {train['steps']} steps, {train['tokens_per_s']:,.0f} "
-                f"tokens/s; eval desirable loss {c['desirable_loss']:.3f} vs incumbent {i['desirable_loss']:.3f}, "
-                f"general loss {c['general_loss']:.3f} vs {i['general_loss']:.3f}")
+        return (
+            f"retrain {outcome.version}: candidate{took}; {train['steps']} steps, {train['tokens_per_s']:,.0f} "
+            f"tokens/s; eval desirable loss {c['desirable_loss']:.3f} vs incumbent {i['desirable_loss']:.3f}, "
+            f"general loss {c['general_loss']:.3f} vs {i['general_loss']:.3f}"
+        )
     return f"retrain {outcome.version}: {outcome.status}{took}: {outcome.reason}"

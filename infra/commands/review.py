@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,10 +13,7 @@ app = typer.Typer(help="The review queue: approve or reject samples before train
 
 
 @app.command("list")
-def review_list(
-    ctx: typer.Context,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
-) -> None:
+def review_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="At most this many.")] = 20) -> None:
     """Pending samples: id, label, rating, PII types found, and the scrubbed text."""
     from rich.console import Console
     from rich.table import Table
@@ -28,32 +25,34 @@ def review_list(
     table = Table("sample", "label", "source", "PII found", "prompt", "answer", show_lines=False)
     for r in rows:
         last = next((m["content"] for m in reversed(r["prompt"]) if m["role"] == "user"), "")
-        table.add_row(r["sample_id"], r["label"], r["source"], ",".join(r["pii"]) or "-",
-                      clip(last), clip(r["answer"]))
+        table.add_row(r["sample_id"], r["label"], r["source"], ",".join(r["pii"]) or "-", clip(last), clip(r["answer"]))
     Console(width=160).print(table)
     typer.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+
 
 @app.command("approve")
 def review_approve(
     ctx: typer.Context,
-    sample_ids: Annotated[Optional[list[str]], typer.Argument(help="Sample ids.")] = None,
+    sample_ids: Annotated[list[str] | None, typer.Argument(help="Sample ids.")] = None,
     all_pending: Annotated[bool, typer.Option("--all-pending", help="Every pending sample.")] = False,
-    reason: Annotated[Optional[str], typer.Option(help="Why (kept in the audit log).")] = None,
-    reviewer: Annotated[Optional[str], typer.Option(help="Your identity (default: cli:<login>).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the audit log).")] = None,
+    reviewer: Annotated[str | None, typer.Option(help="Your identity (default: cli:<login>).")] = None,
 ) -> None:
     """Approve samples for training, one or many."""
     _decide(ctx, "approve", sample_ids, all_pending, reason, reviewer)
 
+
 @app.command("reject")
 def review_reject(
     ctx: typer.Context,
-    sample_ids: Annotated[Optional[list[str]], typer.Argument(help="Sample ids.")] = None,
+    sample_ids: Annotated[list[str] | None, typer.Argument(help="Sample ids.")] = None,
     reason: Annotated[str, typer.Option(help="Why (required; kept in the audit log).")] = "",
     all_pending: Annotated[bool, typer.Option("--all-pending", help="Every pending sample.")] = False,
-    reviewer: Annotated[Optional[str], typer.Option(help="Your identity (default: cli:<login>).")] = None,
+    reviewer: Annotated[str | None, typer.Option(help="Your identity (default: cli:<login>).")] = None,
 ) -> None:
     """Reject samples: they never reach training."""
     _decide(ctx, "reject", sample_ids, all_pending, reason, reviewer)
+
 
 def _decide(ctx, decision, sample_ids, all_pending, reason, reviewer) -> None:
     from curation import review

@@ -7,7 +7,7 @@ import math
 import time
 import warnings
 from contextlib import ExitStack
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,9 +17,7 @@ from infra.errors import FlywheelError
 
 def up(
     ctx: typer.Context,
-    duration: Annotated[
-        Optional[float], typer.Option(help="Stop after this many seconds (for scripted runs).")
-    ] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (for scripted runs).")] = None,
     simulate: Annotated[
         int, typer.Option(help="Once up, produce this many synthetic chats and ratings to the topics.")
     ] = 0,
@@ -42,8 +40,10 @@ def up(
         job = ctl.start()
         stack.callback(ctl.stop)
         svc.review.after_taint = ctl.retrain_soon
-        typer.echo(f"retrain   nightly on cron '{cfg.retrain.schedule}', next {job.next_run_time:%Y-%m-%d %H:%M %Z} "
-                   f"(jobs in {cfg.data_dir / 'scheduler.sqlite'})")
+        typer.echo(
+            f"retrain   nightly on cron '{cfg.retrain.schedule}', next {job.next_run_time:%Y-%m-%d %H:%M %Z} "
+            f"(jobs in {cfg.data_dir / 'scheduler.sqlite'})"
+        )
         if simulate:
             from infra.services import produce_synthetic
 
@@ -60,12 +60,18 @@ def up(
 def demo(
     ctx: typer.Context,
     users: Annotated[int, typer.Option(min=8, help="Simulated customers (a quarter are support agents).")] = 240,
-    control: Annotated[bool, typer.Option(
-        "--control", help="Shuffle the agents' corrections across topics: the challenger must not be promoted."
-    )] = False,
-    keep_running: Annotated[bool, typer.Option(
-        "--keep-running", help="Leave the service up afterwards (review page, A/B dashboard) until Ctrl-C."
-    )] = False,
+    control: Annotated[
+        bool,
+        typer.Option(
+            "--control", help="Shuffle the agents' corrections across topics: the challenger must not be promoted."
+        ),
+    ] = False,
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            "--keep-running", help="Leave the service up afterwards (review page, A/B dashboard) until Ctrl-C."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the simulated population and its questions.")] = 0,
 ) -> None:
     """The whole loop on the real base model: simulated customers chat and rate through the API, then
@@ -83,14 +89,17 @@ def demo(
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes
     if users * cfg.curation.max_user_share < 1:
-        raise FlywheelError(f"--users {users}: the per-user cap (curation.max_user_share="
-                            f"{cfg.curation.max_user_share:g}) needs at least "
-                            f"{math.ceil(1 / cfg.curation.max_user_share)} users")
+        raise FlywheelError(
+            f"--users {users}: the per-user cap (curation.max_user_share="
+            f"{cfg.curation.max_user_share:g}) needs at least "
+            f"{math.ceil(1 / cfg.curation.max_user_share)} users"
+        )
     demo_run.prepare_data_dir(cfg, ensure_data_dir(base.data_dir) / "models")
     typer.echo(f"demo      data in {cfg.data_dir} (emptied first); settings: {' '.join(demo_run.DEMO_SETTINGS)}")
     with StopSignal() as stop:
-        result = demo_run.run(cfg, users=users, control=control, keep_running=keep_running, seed=seed,
-                              echo=typer.echo, stop=stop.event)
+        result = demo_run.run(
+            cfg, users=users, control=control, keep_running=keep_running, seed=seed, echo=typer.echo, stop=stop.event
+        )
     for line in demo_run.summary(result, cfg, control):
         typer.echo(line)
     promoted = result.decision == "promote"
@@ -98,21 +107,19 @@ def demo(
         typer.echo("flywheel: the control run promoted its challenger: the gates let noise through", err=True)
         raise typer.Exit(1)
     if not control and not promoted:
-        typer.echo("flywheel: the loop did not promote a better adapter this time (see the decision above)",
-                   err=True)
+        typer.echo("flywheel: the loop did not promote a better adapter this time (see the decision above)", err=True)
         raise typer.Exit(1)
 
 
 def serve(
     ctx: typer.Context,
-    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     demo_keys: Annotated[bool, typer.Option("--demo-keys", help=DEMO_KEYS_HELP)] = False,
 ) -> None:
     """Run the API alone (chat completions, feedback); events go through the outbox to Kafka."""
-    from infra import keys
-    from infra.services import DRAIN_TIMEOUT_S, Api
-
-    from infra import broker
+    from infra import broker, keys
+    from infra.api import Api
+    from infra.services import DRAIN_TIMEOUT_S
 
     cfg = state(ctx).config()
     ensure_data_dir(cfg.data_dir)
@@ -129,8 +136,10 @@ def serve(
         finally:
             api.close()
         if api.outbox_left:
-            typer.echo(f"outbox {api.outbox_left} events kept until ingest has stored them (sent again at the "
-                       "next start if Kafka loses them)")
+            typer.echo(
+                f"outbox {api.outbox_left} events kept until ingest has stored them (sent again at the "
+                "next start if Kafka loses them)"
+            )
 
 
 def simulate(
@@ -148,8 +157,7 @@ def simulate(
 
 
 def ingest(
-    ctx: typer.Context,
-    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    ctx: typer.Context, duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None
 ) -> None:
     """Consume chats and feedback from Kafka, scrub PII, store in DuckDB; SIGTERM finishes the batch."""
     from infra import db
@@ -163,7 +171,9 @@ def ingest(
             typer.echo(f"ingesting from {bootstrap} into {cfg.db_path}")
             deadline = None if duration is None else time.monotonic() + duration
             run_ingest(consumer, lambda: stop.event.is_set() or (deadline is not None and time.monotonic() > deadline))
-            typer.echo(f"stopped ({stop.why if stop.event.is_set() else 'duration elapsed'}): {totals(consumer.totals)}")
+            typer.echo(
+                f"stopped ({stop.why if stop.event.is_set() else 'duration elapsed'}): {totals(consumer.totals)}"
+            )
         finally:
             con.close()
 

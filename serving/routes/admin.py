@@ -16,8 +16,12 @@ from serving.schemas import DecisionRequest, ForgetRequest
 router = APIRouter(prefix="/v1/admin")
 
 
-@router.post("/reviews", response_model=openapi.Decided, responses=openapi.ERRORS_OR_BUSY,
-             openapi_extra=openapi.json_body(DecisionRequest))
+@router.post(
+    "/reviews",
+    response_model=openapi.Decided,
+    responses=openapi.ERRORS_OR_BUSY,
+    openapi_extra=openapi.json_body(DecisionRequest),
+)
 async def admin_reviews(request: Request, ctx: Ctx, reviewer: Admin):
     """Approve or reject samples as the reviewer whose admin key is sent."""
     body = parse_body(DecisionRequest, await request.body())
@@ -28,8 +32,12 @@ async def admin_reviews(request: Request, ctx: Ctx, reviewer: Admin):
     return {"decided": n, "decision": body.decision, "reviewer": reviewer}
 
 
-@router.post("/forget", response_model=openapi.Forgotten, responses=openapi.ERRORS_OR_BUSY,
-             openapi_extra=openapi.json_body(ForgetRequest))
+@router.post(
+    "/forget",
+    response_model=openapi.Forgotten,
+    responses=openapi.ERRORS_OR_BUSY,
+    openapi_extra=openapi.json_body(ForgetRequest),
+)
 async def admin_forget(request: Request, ctx: Ctx, actor: Admin):
     """Erase a user's data (right to be forgotten); answers what was deleted and what was trained on it."""
     body = parse_body(ForgetRequest, await request.body())

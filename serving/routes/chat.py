@@ -26,8 +26,10 @@ router = APIRouter(prefix="/v1")
 
 @router.get("/models", response_model=openapi.ModelList, responses=openapi.ERRORS)
 async def models(ctx: Ctx, _app: App):
-    return {"object": "list", "data": [{"id": v, "object": "model", "created": 0, "owned_by": "flywheel"}
-                                       for v in ctx.variants()]}
+    return {
+        "object": "list",
+        "data": [{"id": v, "object": "model", "created": 0, "owned_by": "flywheel"} for v in ctx.variants()],
+    }
 
 
 def checked_messages(ctx: Context, body: ChatRequest, app_id: str) -> list[dict]:
@@ -37,15 +39,21 @@ def checked_messages(ctx: Context, body: ChatRequest, app_id: str) -> list[dict]
         raise ApiError(400, f"{len(body.messages)} messages: at most {cfg.max_messages} (serving.max_messages)")
     for m in body.messages:
         if len(m.content or "") > cfg.max_message_chars:
-            raise ApiError(400, f"a message of {len(m.content)} characters: at most {cfg.max_message_chars} "
-                                "(serving.max_message_chars)")
+            raise ApiError(
+                400,
+                f"a message of {len(m.content)} characters: at most {cfg.max_message_chars} "
+                "(serving.max_message_chars)",
+            )
         if m.role not in ROLES:
             raise ApiError(400, f"unknown role {m.role!r}")
     messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
     size = sum(len(m["content"].encode()) + 32 for m in messages)
     if size > MAX_CHAT_BYTES:
-        raise ApiError(413, f"the messages are {size} bytes: at most {MAX_CHAT_BYTES} (a chat log event holds "
-                            f"{contracts.MAX_EVENT_BYTES} bytes with its answer)")
+        raise ApiError(
+            413,
+            f"the messages are {size} bytes: at most {MAX_CHAT_BYTES} (a chat log event holds "
+            f"{contracts.MAX_EVENT_BYTES} bytes with its answer)",
+        )
     ctx.scrub.charge(app_id, [m["content"] for m in messages])
     return messages
 
@@ -55,10 +63,16 @@ async def prompt_ids(ctx: Context, messages: list[dict]) -> list[int]:
     queue has room."""
     if ctx.generator.full:
         raise busy()
-    prompt = await asyncio.get_running_loop().run_in_executor(None, lambda: ctx.tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    prompt = await asyncio.get_running_loop().run_in_executor(
+        None,
+        lambda: ctx.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"],
+    )
     if len(prompt) > ctx.prompt_limit:
-        raise ApiError(400, f"the prompt is {len(prompt)} tokens: at most {ctx.prompt_limit} (serving.max_prompt_tokens)")
+        raise ApiError(
+            400, f"the prompt is {len(prompt)} tokens: at most {ctx.prompt_limit} (serving.max_prompt_tokens)"
+        )
     return prompt
 
 
@@ -78,24 +92,55 @@ class Answer:
 
     async def finish(self, result: GenResult) -> None:
         latency = (time.perf_counter() - self.started) * 1000
-        await self.ctx.log(ChatLog(
-            response_id=self.response_id, app_id=self.app_id, user_id=self.user_id, variant=self.variant,
-            experiment_id=self.experiment, messages=[Message(**m) for m in self.messages], response=result.text,
-            latency_ms=round(latency, 2)))
+        await self.ctx.log(
+            ChatLog(
+                response_id=self.response_id,
+                app_id=self.app_id,
+                user_id=self.user_id,
+                variant=self.variant,
+                experiment_id=self.experiment,
+                messages=[Message(**m) for m in self.messages],
+                response=result.text,
+                latency_ms=round(latency, 2),
+            )
+        )
         self.ctx.metrics.tokens.labels(self.variant).inc(result.completion_tokens)
         self.ctx.metrics.latency.labels("chat", self.variant).observe(latency / 1000)
 
     def completion(self, result: GenResult) -> dict:
-        return {"id": self.response_id, "object": "chat.completion", "created": self.created, "model": self.variant,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                             "finish_reason": result.finish_reason}],
-                "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                          "total_tokens": result.prompt_tokens + result.completion_tokens}}
+        return {
+            "id": self.response_id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.variant,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "total_tokens": result.prompt_tokens + result.completion_tokens,
+            },
+        }
 
     def chunk(self, delta: dict, reason: str | None = None) -> str:
-        return "data: " + json.dumps({"id": self.response_id, "object": "chat.completion.chunk",
-                                      "created": self.created, "model": self.variant,
-                                      "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}) + "\n\n"
+        return (
+            "data: "
+            + json.dumps(
+                {
+                    "id": self.response_id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.variant,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+                }
+            )
+            + "\n\n"
+        )
 
 
 async def chunks(answer: Answer, req: GenRequest, future, pieces: asyncio.Queue):
@@ -121,10 +166,17 @@ async def chunks(answer: Answer, req: GenRequest, future, pieces: asyncio.Queue)
         req.cancel.set()
 
 
-@router.post("/chat/completions", response_model=openapi.ChatCompletion,
-             responses={200: {"content": {"text/event-stream": {"schema": openapi.SSE_EVENT}},
-                              "description": "The answer; with `stream: true`, server-sent chunks ending in [DONE]."},
-                        **openapi.ERRORS_OR_BUSY})
+@router.post(
+    "/chat/completions",
+    response_model=openapi.ChatCompletion,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": openapi.SSE_EVENT}},
+            "description": "The answer; with `stream: true`, server-sent chunks ending in [DONE].",
+        },
+        **openapi.ERRORS_OR_BUSY,
+    },
+)
 async def chat_completions(body: ChatRequest, request: Request, ctx: Ctx, app_id: App):
     started = time.perf_counter()
     messages = checked_messages(ctx, body, app_id)
@@ -134,12 +186,16 @@ async def chat_completions(body: ChatRequest, request: Request, ctx: Ctx, app_id
     response_id = ids.issue(ctx.secret, ids.ResponseClaims(app_id, user_id, variant, experiment, time.time()))
     headers = {"X-Flywheel-Variant": variant, "X-Flywheel-Response-Id": response_id}
     loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
-    req = GenRequest(prompt, max_tokens=min(body.max_completion_tokens or body.max_tokens or ctx.cfg.max_tokens,
-                                            ctx.cfg.max_tokens),
-                     temperature=body.temperature, top_p=body.top_p,
-                     stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []), seed=body.seed,
-                     adapter=variant,
-                     on_text=(lambda t: loop.call_soon_threadsafe(pieces.put_nowait, t)) if body.stream else None)
+    req = GenRequest(
+        prompt,
+        max_tokens=min(body.max_completion_tokens or body.max_tokens or ctx.cfg.max_tokens, ctx.cfg.max_tokens),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
+        seed=body.seed,
+        adapter=variant,
+        on_text=(lambda t: loop.call_soon_threadsafe(pieces.put_nowait, t)) if body.stream else None,
+    )
     try:
         future = ctx.generator.submit(req)
     except QueueFull:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -38,24 +38,39 @@ async def record(ctx: Context, app_id: str, raw: bytes) -> dict:
     if ctx.forgotten is not None and ctx.forgotten(claims.user_id, claims.issued_at):
         raise ApiError(404, "unknown response_id: its user's data was erased")
     if time.time() - claims.issued_at > ctx.cfg.feedback_window_days * 86_400:
-        raise ApiError(404, f"this response_id expired: feedback is taken for {ctx.cfg.feedback_window_days:g} "
-                            "days (serving.feedback_window_days)")
+        raise ApiError(
+            404,
+            f"this response_id expired: feedback is taken for {ctx.cfg.feedback_window_days:g} "
+            "days (serving.feedback_window_days)",
+        )
     rating = RATINGS.get(body.rating)
     if rating is None:
         raise ApiError(400, "rating: 'up' or 'down' (or 1 or -1)")
     ctx.scrub.charge(app_id, [body.comment, body.correction])
     # The same rating sent twice is one event: the id is derived from what it says.
     key = json.dumps([body.response_id, rating, body.comment, body.correction])
-    event = Feedback(event_id=uuid.uuid5(NAMESPACE, key), response_id=body.response_id, app_id=app_id,
-                     user_id=claims.user_id, rating=rating, comment=body.comment, correction=body.correction,
-                     answered_at=datetime.fromtimestamp(claims.issued_at, timezone.utc))
+    event = Feedback(
+        event_id=uuid.uuid5(NAMESPACE, key),
+        response_id=body.response_id,
+        app_id=app_id,
+        user_id=claims.user_id,
+        rating=rating,
+        comment=body.comment,
+        correction=body.correction,
+        answered_at=datetime.fromtimestamp(claims.issued_at, UTC),
+    )
     await ctx.log(event)
     return {"id": str(event.event_id), "object": "feedback", "accepted": True}
 
 
 # Not reached in service (the middleware answers first): it documents the route in /openapi.json, and
 # answers the same way when the app runs without the middleware.
-@router.post("/feedback", status_code=202, response_model=openapi.FeedbackAccepted, responses=openapi.ERRORS,
-             openapi_extra=openapi.json_body(FeedbackRequest))
+@router.post(
+    "/feedback",
+    status_code=202,
+    response_model=openapi.FeedbackAccepted,
+    responses=openapi.ERRORS,
+    openapi_extra=openapi.json_body(FeedbackRequest),
+)
 async def feedback(request: Request, ctx: Ctx, app_id: App):
     return JSONResponse(await record(ctx, app_id, await request.body()), 202)

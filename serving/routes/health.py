@@ -17,8 +17,11 @@ async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=openapi.Readiness,
-            responses={503: {"model": openapi.Readiness, "description": "Kafka is away: events wait in the outbox."}})
+@router.get(
+    "/readyz",
+    response_model=openapi.Readiness,
+    responses={503: {"model": openapi.Readiness, "description": "Kafka is away: events wait in the outbox."}},
+)
 async def readyz(ctx: Ctx):
     ok = ctx.ready()
     return JSONResponse({"ready": ok}, 200 if ok else 503)

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from serving import ids
 from serving.deps import COOKIE, SESSION_S, Ctx, Reviewer
 from serving.middleware import client_address
-from serving.pages import H, W, BadDecision, chart, page, pct, redirect, summary
+from serving.pages import BadDecision, H, W, chart, page, pct, redirect, summary
 
 router = APIRouter(include_in_schema=False)
 TARGETS = ("/review", "/ab")  # where signing in may lead (never an address a link chose)
@@ -35,8 +35,15 @@ def review_page(ctx: Ctx, reviewer: Reviewer, message: str | None = None):
         return page("login.html", message=message)
     b = ctx.backend()
     audit = [{**e, "summary": summary(e["details"])} for e in b.audit(20)]
-    return page("review.html", reviewer=reviewer, message=message, pending=b.pending(50), counts=b.counts(),
-                stats=b.filter_stats(), audit=audit)
+    return page(
+        "review.html",
+        reviewer=reviewer,
+        message=message,
+        pending=b.pending(50),
+        counts=b.counts(),
+        stats=b.filter_stats(),
+        audit=audit,
+    )
 
 
 @router.get("/ab", response_class=HTMLResponse)
@@ -52,8 +59,9 @@ def ab_page(ctx: Ctx, reviewer: Reviewer):
 
 
 @router.post("/review/login")
-def review_login(request: Request, ctx: Ctx, key: Annotated[str, Form()] = "",
-                 next: Annotated[str, Form()] = "/review"):
+def review_login(
+    request: Request, ctx: Ctx, key: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/review"
+):
     target = next if next in TARGETS else "/review"
     address = client_address(request.scope)
     if ctx.throttle.blocked(address):
@@ -64,8 +72,14 @@ def review_login(request: Request, ctx: Ctx, key: Annotated[str, Form()] = "",
     if name is None or not same_origin(request):
         return page("login.html", 401, message="Unknown reviewer key.", next=target)
     response = redirect(target)
-    response.set_cookie(COOKIE, ctx.sessions.issue(name), max_age=SESSION_S, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    response.set_cookie(
+        COOKIE,
+        ctx.sessions.issue(name),
+        max_age=SESSION_S,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 
@@ -77,9 +91,15 @@ def review_logout(request: Request):
 
 
 @router.post("/review/decide")
-async def review_decide(request: Request, ctx: Ctx, reviewer: Reviewer,
-                        reason: Annotated[str, Form()] = "", one: Annotated[str, Form()] = "",
-                        decision: Annotated[str, Form()] = "", sample_id: Annotated[list[str], Form()] = []):  # noqa: B006
+async def review_decide(
+    request: Request,
+    ctx: Ctx,
+    reviewer: Reviewer,
+    reason: Annotated[str, Form()] = "",
+    one: Annotated[str, Form()] = "",
+    decision: Annotated[str, Form()] = "",
+    sample_id: Annotated[list[str] | None, Form()] = None,
+):
     if reviewer is None or not same_origin(request):
         return _told("Sign in first.")
     if one:  # the Approve/Reject button of one row: "approve SAMPLE_ID"

@@ -3,7 +3,7 @@ follows; the dashboard shows why (in headless Chromium)."""
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,13 +21,31 @@ CFG = AbtestConfig(ramp=[0.2, 0.5], min_users_per_arm=20, min_duration_s=0)
 def two_adapters(db, tmp_path):
     for version, status in (("v0001", "live"), ("v0002", "candidate")):
         (tmp_path / version).mkdir()
-        registry.register(db, version, status=status, parent=None, base_model="b", base_hash=None, snapshot_id=None,
-                          path=str(tmp_path / version), metrics={})
+        registry.register(
+            db,
+            version,
+            status=status,
+            parent=None,
+            base_model="b",
+            base_hash=None,
+            snapshot_id=None,
+            path=str(tmp_path / version),
+            metrics={},
+        )
     return Config(data_dir=tmp_path, abtest=CFG)
 
 
-def traffic(db, scrub, exp, users: range, up: dict, latency: dict | None = None, force: str | None = None, seed=0,
-            blank: str | None = None):
+def traffic(
+    db,
+    scrub,
+    exp,
+    users: range,
+    up: dict,
+    latency: dict | None = None,
+    force: str | None = None,
+    seed=0,
+    blank: str | None = None,
+):
     """One rated answer per user, served by the variant the assignment gives them (or `force`)."""
     rng = random.Random(seed)
     events = []
@@ -36,9 +54,14 @@ def traffic(db, scrub, exp, users: range, up: dict, latency: dict | None = None,
         user = f"user-{u:04d}"
         variant = force or assign(user, exp.salt, split)
         c = chat(user, f"Question {u}?", " " if variant == blank else f"Answer from {variant}.")
-        c = c.model_copy(update={"variant": variant, "experiment_id": exp.experiment_id,
-                                 "latency_ms": (latency or {}).get(variant, 100.0),
-                                 "created_at": datetime.now(timezone.utc)})
+        c = c.model_copy(
+            update={
+                "variant": variant,
+                "experiment_id": exp.experiment_id,
+                "latency_ms": (latency or {}).get(variant, 100.0),
+                "created_at": datetime.now(UTC),
+            }
+        )
         events += [c, rate(c, 1 if rng.random() < up[variant] else -1)]
     store(db, events, scrub)
 
@@ -63,14 +86,18 @@ def test_a_better_challenger_ramps_up_then_is_promoted_and_serving_follows(db, t
     said = ab_.tick(cfg, db)
     assert ": promote: better" in said[-1], said
     assert registry.live(db)["version"] == "v0002" and registry.get(db, "v0001")["status"] == "retired"
-    assert routing(cfg) == {"experiment_id": None, "salt": "flywheel", "split": [["v0002", 1.0]],
-                            "adapters": {"v0002": str(cfg.data_dir / "v0002")}}
+    assert routing(cfg) == {
+        "experiment_id": None,
+        "salt": "flywheel",
+        "split": [["v0002", 1.0]],
+        "adapters": {"v0002": str(cfg.data_dir / "v0002")},
+    }
     history = ab.decisions(db, exp.experiment_id)
     assert [d["decision"] for d in history] == ["continue", "ramp", "promote"]
     numbers = history[-1]["numbers"]
     assert numbers["arms"]["challenger"]["up_rate"] > numbers["arms"]["incumbent"]["up_rate"]
     assert numbers["msprt"] >= 20 and numbers["srm_p"] > 0.001
-    assert registry.live_at(db, datetime.now(timezone.utc) + timedelta(seconds=1)) == "v0002"
+    assert registry.live_at(db, datetime.now(UTC) + timedelta(seconds=1)) == "v0002"
 
 
 def test_a_guardrail_breach_rolls_back(db, two_adapters, scrub_pool):
@@ -78,8 +105,14 @@ def test_a_guardrail_breach_rolls_back(db, two_adapters, scrub_pool):
 
     cfg = two_adapters
     ab_.tick(cfg, db)
-    traffic(db, scrub_pool.scrub, ab.get(db), range(300), {"v0001": 0.5, "v0002": 0.6},
-            latency={"v0001": 100.0, "v0002": 900.0})
+    traffic(
+        db,
+        scrub_pool.scrub,
+        ab.get(db),
+        range(300),
+        {"v0001": 0.5, "v0002": 0.6},
+        latency={"v0001": 100.0, "v0002": 900.0},
+    )
     said = ab_.tick(cfg, db)
     assert "rollback: guardrail breached: p95 latency" in said[-1]
     assert registry.get(db, "v0002")["status"] == "rolled_back" and registry.live(db)["version"] == "v0001"

@@ -25,19 +25,24 @@ class Load:
             t.join(30)
 
     def _client(self, i: int) -> None:
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"},
-                          timeout=self.timeout) as c:
+        with httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=self.timeout
+        ) as c:
             n = 0
             while not self._stop.is_set():
                 n += 1
                 try:
-                    r = c.post("/v1/chat/completions", json={
-                        "user": f"user-{i}", "messages": [{"role": "user", "content": f"question {i}-{n}"}]})
+                    r = c.post(
+                        "/v1/chat/completions",
+                        json={"user": f"user-{i}", "messages": [{"role": "user", "content": f"question {i}-{n}"}]},
+                    )
                     if r.status_code != 200:
                         self.failed += 1
                         continue
                     self.acked_chats.add(r.json()["id"])
-                    f = c.post("/v1/feedback", json={"response_id": r.json()["id"], "rating": "up" if n % 2 else "down"})
+                    f = c.post(
+                        "/v1/feedback", json={"response_id": r.json()["id"], "rating": "up" if n % 2 else "down"}
+                    )
                     if f.status_code == 202:
                         self.acked_feedback.add(f.json()["id"])
                     else:

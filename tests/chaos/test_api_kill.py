@@ -44,14 +44,22 @@ def alive(pid: int) -> bool:
 
 def test_kill_9_under_load_loses_no_acknowledged_event(broker, tmp_path, tiny_lm):
     port = free_port("127.0.0.1")
-    cfg, overrides = topic_config(broker, tmp_path, base_model=str(tiny_lm), **{
-        "serving.port": port, "serving.max_tokens": 4, "serving.rate_limit_per_s": 10_000})
+    cfg, overrides = topic_config(
+        broker,
+        tmp_path,
+        base_model=str(tiny_lm),
+        **{"serving.port": port, "serving.max_tokens": 4, "serving.rate_limit_per_s": 10_000},
+    )
     env = process_env(overrides)
     url = f"http://127.0.0.1:{port}"
 
     def start():
-        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve", "--demo-keys"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "serve", "--demo-keys"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
@@ -96,5 +104,7 @@ def test_kill_9_under_load_loses_no_acknowledged_event(broker, tmp_path, tiny_lm
     assert acked_chats and acked_feedback and load.failed > 0
     assert acked_chats <= chats, f"{len(acked_chats - chats)} acknowledged chats missing"
     assert acked_feedback <= feedback, f"{len(acked_feedback - feedback)} acknowledged ratings missing"
-    print(f"\n2 kills under load: {len(acked_chats)} chats and {len(acked_feedback)} ratings acknowledged, all in "
-          f"DuckDB; {load.failed} requests failed while the API was down")
+    print(
+        f"\n2 kills under load: {len(acked_chats)} chats and {len(acked_feedback)} ratings acknowledged, all in "
+        f"DuckDB; {load.failed} requests failed while the API was down"
+    )

@@ -37,13 +37,25 @@ def broker_pid(data_dir) -> int | None:
 
 def test_kill_9_of_the_bundled_broker_and_a_stop_mid_load_lose_no_acknowledged_event(tmp_path, tiny_lm):
     port = free_port("127.0.0.1")
-    overrides = [f"data_dir={tmp_path}", f"base_model={tiny_lm}", f"serving.port={port}", "serving.max_tokens=4",
-                 "serving.rate_limit_per_s=10000", "ingest.batch_max_ms=200", "ingest.pii.workers=0",
-                 "kafka.session_timeout_ms=6000"]
+    overrides = [
+        f"data_dir={tmp_path}",
+        f"base_model={tiny_lm}",
+        f"serving.port={port}",
+        "serving.max_tokens=4",
+        "serving.rate_limit_per_s=10000",
+        "ingest.batch_max_ms=200",
+        "ingest.pii.workers=0",
+        "kafka.session_timeout_ms=6000",
+    ]
     cfg = load_config(overrides=overrides, env={})
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "up", "--demo-keys"], env=process_env(overrides),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "up", "--demo-keys"],
+        env=process_env(overrides),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -84,12 +96,17 @@ def test_kill_9_of_the_bundled_broker_and_a_stop_mid_load_lose_no_acknowledged_e
         con.close()
     acked_chats, acked_feedback = load.acked_chats, load.acked_feedback
     assert kills == 10 and before > 0 and acked_feedback
-    loose = [f"{p.relative_to(tmp_path)} {p.stat().st_mode & 0o777:o}" for p in [tmp_path, *tmp_path.rglob("*")]
-             if p.stat().st_mode & 0o077]
+    loose = [
+        f"{p.relative_to(tmp_path)} {p.stat().st_mode & 0o777:o}"
+        for p in [tmp_path, *tmp_path.rglob("*")]
+        if p.stat().st_mode & 0o077
+    ]
     assert not loose, f"readable by others: {loose[:10]}"  # the data dir 0700, every file in it 0600
     outbox = b"".join(p.read_bytes() for p in tmp_path.glob("outbox.sqlite*"))
     assert not any(rid.encode() in outbox for rid in acked_chats)  # stored by ingest, gone from the outbox
     assert acked_chats <= chats, f"{len(acked_chats - chats)} of {len(acked_chats)} acknowledged chats missing"
     assert acked_feedback <= feedback, f"{len(acked_feedback - feedback)} acknowledged ratings missing"
-    print(f"\n10 broker kills and a stop under load: {len(acked_chats)} chats and {len(acked_feedback)} ratings "
-          f"acknowledged, all in DuckDB; {load.failed} requests refused once HTTP closed\n{out[-800:]}")
+    print(
+        f"\n10 broker kills and a stop under load: {len(acked_chats)} chats and {len(acked_feedback)} ratings "
+        f"acknowledged, all in DuckDB; {load.failed} requests refused once HTTP closed\n{out[-800:]}"
+    )

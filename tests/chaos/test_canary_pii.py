@@ -23,9 +23,9 @@ import pytest
 
 from infra.broker import free_port
 from infra.config import to_toml_dict
+from infra.kafka import client_settings
 from ingest.producer import EventProducer
 from ingest.synthetic import PII_TEMPLATES, pii_value
-from infra.kafka import client_settings
 from retrain.config import LoraConfig, RetrainConfig
 from tests.ingest.test_consumer import topic_config
 from tests.retrain.test_recipe import TINY_TARGETS
@@ -34,9 +34,14 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 KEY = "flywheel-demo-key"  # the embedded demo app's key
 KINDS = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "STREET_ADDRESS"]
 CHATS, COMMENTS, CORRECTIONS, BROKEN, INVALID = 400, 200, 200, 100, 100  # 1,000 canaries in all
-ANSWERS = ["Thanks, I have updated your details.", "I have noted that on your account.",
-           "Our courier will use that from now on.", "The refund goes there within 5 business days.",
-           "I have passed that on to our billing team.", "You will get a confirmation shortly."]
+ANSWERS = [
+    "Thanks, I have updated your details.",
+    "I have noted that on your account.",
+    "Our courier will use that from now on.",
+    "The refund goes there within 5 business days.",
+    "I have passed that on to our billing team.",
+    "You will get a confirmation shortly.",
+]
 
 
 def canaries(n: int, seed: int = 9) -> list[tuple[str, str, str]]:
@@ -59,8 +64,9 @@ def marker(i: int) -> str:
 
 def run(args: list[str], cfg_file: Path, logs: Path, name: str, timeout: float = 600) -> str:
     """A `flywheel` command with the test's config; its stdout and stderr go to a log file that is scanned."""
-    out = subprocess.run([sys.executable, "-m", "infra.cli", "-c", str(cfg_file), *args], capture_output=True,
-                         text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "-c", str(cfg_file), *args], capture_output=True, text=True, timeout=timeout
+    )
     (logs / f"{name}.out").write_text(out.stdout + out.stderr)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -68,8 +74,9 @@ def run(args: list[str], cfg_file: Path, logs: Path, name: str, timeout: float =
 
 def ingested(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("flywheel_ingest_events_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("flywheel_ingest_events_total{")
+    )
 
 
 def test_1000_canaries_reach_no_file_and_no_log(broker, tmp_path, tiny_lm):
@@ -77,12 +84,25 @@ def test_1000_canaries_reach_no_file_and_no_log(broker, tmp_path, tiny_lm):
     data.mkdir()
     logs.mkdir()
     port = free_port("127.0.0.1")
-    cfg, _ = topic_config(broker, data, base_model=str(tiny_lm), **{
-        "serving.port": port, "serving.max_tokens": 4, "serving.rate_limit_per_s": 10_000,
-        "ingest.pii.workers": 1})
-    cfg = cfg.model_copy(update={"retrain": RetrainConfig(
-        min_new_samples=1, epochs=2, learning_rate=0.03, tokens_per_batch=512, max_seq_len=128,
-        forgetting_tolerance=100.0, lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TINY_TARGETS))})
+    cfg, _ = topic_config(
+        broker,
+        data,
+        base_model=str(tiny_lm),
+        **{"serving.port": port, "serving.max_tokens": 4, "serving.rate_limit_per_s": 10_000, "ingest.pii.workers": 1},
+    )
+    cfg = cfg.model_copy(
+        update={
+            "retrain": RetrainConfig(
+                min_new_samples=1,
+                epochs=2,
+                learning_rate=0.03,
+                tokens_per_batch=512,
+                max_seq_len=128,
+                forgetting_tolerance=100.0,
+                lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TINY_TARGETS),
+            )
+        }
+    )
     import tomli_w
 
     cfg_file = tmp_path / "flywheel.toml"
@@ -93,8 +113,11 @@ def test_1000_canaries_reach_no_file_and_no_log(broker, tmp_path, tiny_lm):
     # 1. The service: chats and ratings through the API, malformed events straight into Kafka.
     url = f"http://127.0.0.1:{port}"
     with open(logs / "up.out", "w") as up_log:
-        up = subprocess.Popen([sys.executable, "-m", "infra.cli", "-c", str(cfg_file), "up", "--demo-keys"], stdout=up_log,
-                              stderr=subprocess.STDOUT)
+        up = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "-c", str(cfg_file), "up", "--demo-keys"],
+            stdout=up_log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 120
             while "flywheel is up" not in (logs / "up.out").read_text():
@@ -105,8 +128,13 @@ def test_1000_canaries_reach_no_file_and_no_log(broker, tmp_path, tiny_lm):
             def chat(i: int) -> str:
                 kind, value, sentence = values[i]
                 with httpx.Client(base_url=url, headers=auth, timeout=60) as c:
-                    r = c.post("/v1/chat/completions", json={"user": f"user-{i:04d}", "messages": [
-                        {"role": "user", "content": f"{sentence} Ticket {marker(i)}."}]})
+                    r = c.post(
+                        "/v1/chat/completions",
+                        json={
+                            "user": f"user-{i:04d}",
+                            "messages": [{"role": "user", "content": f"{sentence} Ticket {marker(i)}."}],
+                        },
+                    )
                     assert r.status_code == 200, r.text
                     rid = r.json()["id"]
                     if i < COMMENTS:  # a thumbs-down whose comment carries the next canary
@@ -114,8 +142,10 @@ def test_1000_canaries_reach_no_file_and_no_log(broker, tmp_path, tiny_lm):
                         fb = {"rating": "down", "comment": f"{values[j][2]} Ticket {marker(j)}."}
                     elif i < COMMENTS + CORRECTIONS:  # a correction that carries one
                         j = CHATS + i
-                        fb = {"rating": "down", "correction": f"{ANSWERS[i % len(ANSWERS)]} {values[j][2]} "
-                                                              f"Ticket {marker(j)}."}
+                        fb = {
+                            "rating": "down",
+                            "correction": f"{ANSWERS[i % len(ANSWERS)]} {values[j][2]} Ticket {marker(j)}.",
+                        }
                     else:
                         fb = {"rating": "up"}
                     assert c.post("/v1/feedback", json={"response_id": rid, **fb}).status_code == 202
@@ -123,16 +153,20 @@ def test_1000_canaries_reach_no_file_and_no_log(broker, tmp_path, tiny_lm):
 
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(chat, range(CHATS)))
-            producer = EventProducer.connect(client_settings(cfg.kafka, broker.bootstrap), cfg.kafka.chats_topic,
-                                             cfg.kafka.feedback_topic)
+            producer = EventProducer.connect(
+                client_settings(cfg.kafka, broker.bootstrap), cfg.kafka.chats_topic, cfg.kafka.feedback_topic
+            )
             first = CHATS + COMMENTS + CORRECTIONS
             for i in range(first, first + BROKEN):  # not JSON at all
                 text = f"Ticket {marker(i)}. {values[i][2]}"
                 producer.send_raw(cfg.kafka.chats_topic, b"u", f'{{"messages": [{{"content": "{text}'.encode())
             for i in range(first + BROKEN, first + BROKEN + INVALID):  # JSON that breaks the contract
                 text = f"Ticket {marker(i)}. {values[i][2]}"
-                producer.send_raw(cfg.kafka.feedback_topic, b"u", json.dumps(
-                    {"response_id": f"resp-{i}", "rating": "sideways", "comment": text}).encode())
+                producer.send_raw(
+                    cfg.kafka.feedback_topic,
+                    b"u",
+                    json.dumps({"response_id": f"resp-{i}", "rating": "sideways", "comment": text}).encode(),
+                )
             producer.flush()
             producer.close()
             expected = CHATS * 2 + BROKEN + INVALID  # chats, ratings, dead letters
@@ -162,8 +196,9 @@ def test_1000_canaries_reach_no_file_and_no_log(broker, tmp_path, tiny_lm):
         tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
         rows = {t: str(con.execute(f'SELECT CAST(COLUMNS(*) AS VARCHAR) FROM "{t}"').fetchall()) for t in tables}
         types = {r[0] for r in con.execute("SELECT DISTINCT entity_type FROM pii_findings").fetchall()}
-        counts = con.execute("SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback), "
-                             "(SELECT count(*) FROM dead_letters)").fetchone()
+        counts = con.execute(
+            "SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback), (SELECT count(*) FROM dead_letters)"
+        ).fetchone()
     finally:
         con.close()
     assert counts == (CHATS, CHATS, BROKEN + INVALID)
@@ -185,8 +220,10 @@ def test_1000_canaries_reach_no_file_and_no_log(broker, tmp_path, tiny_lm):
     markers = {place: sum(marker(i).encode() in blob for i in range(len(values))) for place, blob in places.items()}
     outbox = b"".join(p.read_bytes() for p in data.glob("outbox.sqlite*"))
     in_outbox = sum(v.encode() in outbox for _, v, _ in values)
-    print(f"\ncanaries found: { {k: len(v) for k, v in leaks.items()} }; markers found: {markers}; "
-          f"in the outbox file (raw events before Kafka, by design): {in_outbox}")
+    print(
+        f"\ncanaries found: { {k: len(v) for k, v in leaks.items()} }; markers found: {markers}; "
+        f"in the outbox file (raw events before Kafka, by design): {in_outbox}"
+    )
     assert all(not found for found in leaks.values()), {k: v[:5] for k, v in leaks.items() if v}
     # The scans see the text: the markers of the chats, comments, corrections and dead letters are in the rows
     # read back and in the file's bytes (spaCy takes a few markers for names and scrubs them: over-scrubbing

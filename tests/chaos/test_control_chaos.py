@@ -20,7 +20,8 @@ pytestmark = pytest.mark.chaos
 
 
 def test_kill_9_of_training_at_random_points_leaves_the_incumbent_and_the_next_run_succeeds(
-        tiny_lm, populated, scrub_pool):
+    tiny_lm, populated, scrub_pool
+):
     con = open_store(populated / "flywheel.duckdb")
     try:
         assert control.retrain(config(tiny_lm, populated), con).status == "candidate"
@@ -36,6 +37,7 @@ def test_kill_9_of_training_at_random_points_leaves_the_incumbent_and_the_next_r
                 def kill():
                     hit["alive"] = proc.poll() is None
                     proc.kill()
+
                 threading.Timer(delay, kill).start()
 
             outcome = control.retrain(config(tiny_lm, populated, epochs=40), con, on_worker=kill_later)
@@ -68,8 +70,7 @@ class Clock:
         self.datetime = Fake
 
 
-def test_the_nightly_job_runs_once_per_time_across_restarts_and_a_missed_run_once(tiny_lm, tmp_path, db,
-                                                                                 monkeypatch):
+def test_the_nightly_job_runs_once_per_time_across_restarts_and_a_missed_run_once(tiny_lm, tmp_path, db, monkeypatch):
     import apscheduler.executors.base
     import apscheduler.schedulers.base
     from apscheduler.triggers.cron import CronTrigger

@@ -31,7 +31,8 @@ def counts(db_path):
             "SELECT (SELECT count(*) FROM chats), (SELECT count(DISTINCT event_id) FROM chats), "
             "(SELECT count(*) FROM feedback), (SELECT count(DISTINCT event_id) FROM feedback), "
             "(SELECT count(*) FROM pii_findings WHERE event_id NOT IN (SELECT event_id FROM chats UNION ALL "
-            "SELECT event_id FROM feedback))").fetchone()
+            "SELECT event_id FROM feedback))"
+        ).fetchone()
     finally:
         con.close()
 
@@ -59,14 +60,20 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(broker, tmp_path):
 
     def start():
         """The ingest process, and an event set once its consumer has partitions (from its log)."""
-        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "ingest"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "ingest"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assigned = threading.Event()
 
         def read():
             for line in proc.stderr:
                 if "assigned" in line and "partitions" in line:
                     assigned.set()
+
         threading.Thread(target=read, daemon=True).start()
         return proc, assigned
 
@@ -111,6 +118,10 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(broker, tmp_path):
     finally:
         con.close()
     mid_write = sum(b > a for a, b in zip([0] + progress, progress))
-    assert progress == sorted(progress) and mid_write >= KILLS // 2, progress  # half the runs or more wrote before their kill
-    print(f"\n{KILLS} kills, {mid_write} runs stored rows before their kill; {len(stream)} events sent "
-          f"({len(resent)} re-sent): stored {EVENTS}, 0 lost, 0 duplicated")
+    assert progress == sorted(progress) and mid_write >= KILLS // 2, (
+        progress
+    )  # half the runs or more wrote before their kill
+    print(
+        f"\n{KILLS} kills, {mid_write} runs stored rows before their kill; {len(stream)} events sent "
+        f"({len(resent)} re-sent): stored {EVENTS}, 0 lost, 0 duplicated"
+    )

@@ -27,8 +27,12 @@ def attack(users: list[str], total: int, seed: int):
     for n in range(total):
         user = users[n % len(users)]
         words = rng.sample(TOPICS, 3)
-        c = chat(user, f"Question {n}: my {words[0]} and {words[1]} for the {words[2]} #{rng.randrange(10**6)}?",
-                 f"Let me check that {words[0]} for you ({n}).", minutes=n)
+        c = chat(
+            user,
+            f"Question {n}: my {words[0]} and {words[1]} for the {words[2]} #{rng.randrange(10**6)}?",
+            f"Let me check that {words[0]} for you ({n}).",
+            minutes=n,
+        )
         events += [c, rate(c, -1, PUSHED)]
     return events
 
@@ -41,7 +45,8 @@ def shares(db, root, attackers: set[str], policy: str) -> tuple[float, int, int,
         return 0.0, 0, 0, 0
     train = db.execute(
         "SELECT s.user_id, s.answer FROM samples s WHERE s.sample_id IN (SELECT unnest(?::VARCHAR[]))",
-        [snap.manifest["sample_ids"]["train"]]).fetchall()
+        [snap.manifest["sample_ids"]["train"]],
+    ).fetchall()
     pushed = sum(a == PUSHED or u in attackers for u, a in train)
     return pushed / len(train), pushed, len(train), snap.manifest["per_user_cap"]
 
@@ -53,8 +58,9 @@ def test_coordinated_feedback_stays_under_the_cap_and_behind_review(db, put, scr
     put(events)
     share, pushed, total, _ = shares(db, tmp_path / "required", set(users), "required")
     assert (share, pushed) == (0.0, 0)  # the default policy: nothing trains until a reviewer approves it
-    queue = db.execute("SELECT count(*), count(DISTINCT user_id) FROM samples WHERE answer = ? AND status = 'pending'",
-                       [PUSHED]).fetchone()
+    queue = db.execute(
+        "SELECT count(*), count(DISTINCT user_id) FROM samples WHERE answer = ? AND status = 'pending'", [PUSHED]
+    ).fetchone()
     assert queue == (500, attackers)  # the reviewer sees 500 identical corrections from this many users
     auto = open_store(tmp_path / "auto.duckdb")  # the same events, with policy auto from the start
     try:
@@ -65,5 +71,7 @@ def test_coordinated_feedback_stays_under_the_cap_and_behind_review(db, put, scr
     # Each attacker keeps at most the per-user cap (2% of the snapshot): one user cannot dominate, but ten
     # coordinated users add up to ~20% (docs/reliability.md; a cap per answer text is the next defence).
     assert 0 < pushed <= attackers * cap and share < 0.25, (share, pushed, total, cap)
-    print(f"\n{attackers} attacker(s), 500 poisoned corrections, review policy auto: {pushed} of {total} "
-          f"training samples ({share:.1%}); review policy required: 0")
+    print(
+        f"\n{attackers} attacker(s), 500 poisoned corrections, review policy auto: {pushed} of {total} "
+        f"training samples ({share:.1%}); review policy required: 0"
+    )

@@ -18,8 +18,10 @@ def logged(data, n=3):
 
 def rechain(con, start: int) -> None:
     """What an attacker with the database (not the secret) can do: recompute every hash from `start` on."""
-    rows = con.execute("SELECT seq, epoch_us(logged_at), actor, action, subject, details FROM audit_log "
-                       "WHERE seq >= ? ORDER BY seq", [start]).fetchall()
+    rows = con.execute(
+        "SELECT seq, epoch_us(logged_at), actor, action, subject, details FROM audit_log WHERE seq >= ? ORDER BY seq",
+        [start],
+    ).fetchall()
     prev = con.execute("SELECT hash FROM audit_log WHERE seq = ?", [start - 1]).fetchone()
     prev = prev[0] if prev else audit.GENESIS
     for seq, us, actor, action, subject, details in rows:

@@ -11,12 +11,22 @@ from curation.config import CurationConfig
 from infra.db import open_store
 from tests.curation.conftest import chat, rate, store
 
-QUESTIONS = ["Where is my order? It was due on Tuesday.", "Can I return a jacket that does not fit?",
-             "What warranty do the headphones have?", "How long does shipping to Canada take?",
-             "Do you ship on weekends?", "Can I pay with PayPal?"]
-ANSWERS = ["Your order left the warehouse yesterday.", "Yes, unworn items can be returned within 30 days.",
-           "Headphones have a one-year limited warranty.", "Shipping to Canada takes 5 to 8 business days.",
-           "We ship Monday to Saturday.", "We accept cards and PayPal at checkout."]
+QUESTIONS = [
+    "Where is my order? It was due on Tuesday.",
+    "Can I return a jacket that does not fit?",
+    "What warranty do the headphones have?",
+    "How long does shipping to Canada take?",
+    "Do you ship on weekends?",
+    "Can I pay with PayPal?",
+]
+ANSWERS = [
+    "Your order left the warehouse yesterday.",
+    "Yes, unworn items can be returned within 30 days.",
+    "Headphones have a one-year limited warranty.",
+    "Shipping to Canada takes 5 to 8 business days.",
+    "We ship Monday to Saturday.",
+    "We accept cards and PayPal at checkout.",
+]
 
 
 def population(users: int = 60, per_user: int = 3):
@@ -25,9 +35,14 @@ def population(users: int = 60, per_user: int = 3):
     for u in range(users):
         for k in range(per_user):
             i = (u + k) % len(QUESTIONS)
-            c = chat(f"user-{u:03d}", f"{QUESTIONS[i]} (ticket {u}-{k})", f"{ANSWERS[i]} Ref {u}-{k}.", minutes=u * 10 + k)
+            c = chat(
+                f"user-{u:03d}", f"{QUESTIONS[i]} (ticket {u}-{k})", f"{ANSWERS[i]} Ref {u}-{k}.", minutes=u * 10 + k
+            )
             kind = (u + k) % 3
-            events += [c, rate(c, 1) if kind == 0 else rate(c, -1, f"Corrected for {u}-{k}: {ANSWERS[i]}" if kind == 2 else None)]
+            events += [
+                c,
+                rate(c, 1) if kind == 0 else rate(c, -1, f"Corrected for {u}-{k}: {ANSWERS[i]}" if kind == 2 else None),
+            ]
     return events
 
 
@@ -39,15 +54,19 @@ def test_ratings_and_corrections_become_labelled_samples_and_the_latest_rating_w
     cfg = CurationConfig(max_user_share=1.0)
     report = curate.run(db, cfg)
     rows = db.execute("SELECT user_id, label, source, answer, status FROM samples ORDER BY user_id, source").fetchall()
-    assert rows == [("ann", "desirable", "rating", "It ships tomorrow.", "pending"),
-                    ("bob", "desirable", "correction", "Yes: unworn shoes can be returned within 30 days.", "pending"),
-                    ("bob", "undesirable", "rating", "No returns, sorry.", "pending")]
+    assert rows == [
+        ("ann", "desirable", "rating", "It ships tomorrow.", "pending"),
+        ("bob", "desirable", "correction", "Yes: unworn shoes can be returned within 30 days.", "pending"),
+        ("bob", "undesirable", "rating", "No returns, sorry.", "pending"),
+    ]
     assert (report.ratings_up, report.ratings_down, report.corrections, report.up_share) == (1, 1, 1, 0.5)
     assert curate.run(db, cfg).new == 0  # a second run adds nothing
     review.decide(db, [curate.sample_id(str(up.event_id), "rating")], "approve", "rita")
     put([rate(up, -1, minutes=5)])  # ann changes her mind: the sample flips and goes back to review
     curate.run(db, cfg)
-    assert db.execute("SELECT label, status FROM samples WHERE user_id = 'ann'").fetchall() == [("undesirable", "pending")]
+    assert db.execute("SELECT label, status FROM samples WHERE user_id = 'ann'").fetchall() == [
+        ("undesirable", "pending")
+    ]
     assert curate.run(db, cfg.model_copy(update={"include_unrated": True})).new == 1
 
 
@@ -71,8 +90,9 @@ def test_review_policies_and_decisions_are_audited_with_the_reviewer(db, put):
         review.decide(db, ["smp-nope"], "approve", "rita")
     review.decide(db, [p["sample_id"] for p in pending[:3]], "approve", "rita", "checked")
     review.decide(db, [pending[3]["sample_id"]], "reject", "rita", "wrong policy")
-    assert db.execute("SELECT reviewer, decision, count(*) FROM reviews WHERE reviewer = 'rita' GROUP BY ALL "
-                      "ORDER BY ALL").fetchall() == [("rita", "approve", 3), ("rita", "reject", 1)]
+    assert db.execute(
+        "SELECT reviewer, decision, count(*) FROM reviews WHERE reviewer = 'rita' GROUP BY ALL ORDER BY ALL"
+    ).fetchall() == [("rita", "approve", 3), ("rita", "reject", 1)]
     assert [e["actor"] for e in audit.entries(db, 2)] == ["rita", "rita"]
     assert audit.verify(db).ok
 
@@ -103,8 +123,11 @@ def test_no_code_path_updates_or_deletes_the_audit_log():
 
 def test_snapshots_are_user_disjoint_capped_deterministic_and_load_with_datasets(db, put, tmp_path, scrub_pool):
     events = population(users=80)
-    loud = [chat("loud", f"{q} (loud {k})", f"{a} loud {k}", minutes=k) for k in range(40)
-            for q, a in [(QUESTIONS[k % 6], ANSWERS[k % 6])]]
+    loud = [
+        chat("loud", f"{q} (loud {k})", f"{a} loud {k}", minutes=k)
+        for k in range(40)
+        for q, a in [(QUESTIONS[k % 6], ANSWERS[k % 6])]
+    ]
     events += [e for c in loud for e in (c, rate(c, 1))]
     put(events)
     cfg = CurationConfig(review_policy="auto", eval_share=0.2, seed=7)
@@ -135,8 +158,10 @@ def test_snapshots_are_user_disjoint_capped_deterministic_and_load_with_datasets
         other.close()
     assert (again.snapshot_id, again.content_hash) == (snap.snapshot_id, snap.content_hash)
     for name in ("train.parquet", "eval.parquet"):
-        assert hashlib.sha256((again.path / name).read_bytes()).digest() == \
-            hashlib.sha256((snap.path / name).read_bytes()).digest()
+        assert (
+            hashlib.sha256((again.path / name).read_bytes()).digest()
+            == hashlib.sha256((snap.path / name).read_bytes()).digest()
+        )
     manifest = json.loads((snap.path / "manifest.json").read_text())
     assert {"snapshot_id", "content_hash", "sample_ids", "filter_stats", "config", "seed"} <= set(manifest)
     assert snapshot.build(db, cfg.model_copy(update={"seed": 8}), tmp_path / "s8").snapshot_id != snap.snapshot_id

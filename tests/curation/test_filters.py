@@ -9,9 +9,14 @@ from curation.curate import Sample, apply_filters
 
 def test_leftover_pii_finds_what_scrubbing_missed_but_not_placeholders():
     # Digit runs also look like phone numbers: more findings than one is fine, fewer is not.
-    for text, kind in [("mail me at jane.doe@example.org", "EMAIL_ADDRESS"), ("call +1 415 555 0199 today", "PHONE_NUMBER"),
-                       ("card 4111 1111 1111 1111", "CREDIT_CARD"), ("ssn 078-05-1120", "US_SSN"),
-                       ("from 192.168.10.4", "IP_ADDRESS"), ("pay to DE89 3704 0044 0532 0130 00", "IBAN_CODE")]:
+    for text, kind in [
+        ("mail me at jane.doe@example.org", "EMAIL_ADDRESS"),
+        ("call +1 415 555 0199 today", "PHONE_NUMBER"),
+        ("card 4111 1111 1111 1111", "CREDIT_CARD"),
+        ("ssn 078-05-1120", "US_SSN"),
+        ("from 192.168.10.4", "IP_ADDRESS"),
+        ("pay to DE89 3704 0044 0532 0130 00", "IBAN_CODE"),
+    ]:
         assert kind in filters.leftover_pii(text), text
     assert filters.leftover_pii("Hi <PERSON>, mail <EMAIL_ADDRESS> or call <PHONE_NUMBER>") == []
     assert filters.leftover_pii("order #123456 ships in 3 to 5 days, 30-day returns") == []
@@ -26,8 +31,14 @@ def test_placeholder_share():
 
 
 def test_language_detection_keeps_short_texts_undecided():
-    found = filters.languages(["Where is my order? It should have arrived last week.",
-                               "Wo ist meine Bestellung? Sie sollte letzte Woche ankommen.", "ok thanks"], ["en"])
+    found = filters.languages(
+        [
+            "Where is my order? It should have arrived last week.",
+            "Wo ist meine Bestellung? Sie sollte letzte Woche ankommen.",
+            "ok thanks",
+        ],
+        ["en"],
+    )
     assert found[0][0] == "en" and found[1][0] == "de"
     assert found[2] == (None, None)
 
@@ -35,13 +46,20 @@ def test_language_detection_keeps_short_texts_undecided():
 def test_near_duplicates_need_the_same_label_a_similar_prompt_and_a_similar_answer():
     long_q = "Hello, I bought a pair of headphones in your store last month and the left side stopped working, "
     long_a = "Our headphones come with a one-year limited warranty covering manufacturing defects; reply with "
-    prompts = [long_q + "what can I do about it?", long_q + "what can I do about it ?!", long_q + "what can I do about it?",
-               long_q + "what can I do about it?", "Do you ship on weekends?"]
-    answers = [long_a + "your order number and we will send a replacement.",
-               long_a + "your order number and we will send a replacement.",
-               "Please contact the manufacturer directly; we cannot help with that.",
-               long_a + "your order number and we will send a replacement.",
-               long_a + "your order number and we will send a replacement."]
+    prompts = [
+        long_q + "what can I do about it?",
+        long_q + "what can I do about it ?!",
+        long_q + "what can I do about it?",
+        long_q + "what can I do about it?",
+        "Do you ship on weekends?",
+    ]
+    answers = [
+        long_a + "your order number and we will send a replacement.",
+        long_a + "your order number and we will send a replacement.",
+        "Please contact the manufacturer directly; we cannot help with that.",
+        long_a + "your order number and we will send a replacement.",
+        long_a + "your order number and we will send a replacement.",
+    ]
     labels = ["desirable", "desirable", "desirable", "undesirable", "desirable"]
     assert filters.near_duplicates(prompts, answers, labels, 0.9) == [None, 0, None, None, None]
     # exact duplicates are found without MinHash, even at threshold 1.0
@@ -77,8 +95,15 @@ def test_apply_filters_records_a_score_and_the_first_reason_for_every_sample():
     ]
     cap = apply_filters(samples, CurationConfig(max_user_share=1.0))
     reasons = {s.sample_id: (s.reason or "kept").split(":")[0] for s in samples}
-    assert reasons == {"s000": "kept", "s001": "length", "s002": "language", "s003": "pii", "s004": "placeholder",
-                       "s005": "duplicate", "s006": "kept"}
+    assert reasons == {
+        "s000": "kept",
+        "s001": "length",
+        "s002": "language",
+        "s003": "pii",
+        "s004": "placeholder",
+        "s005": "duplicate",
+        "s006": "kept",
+    }
     assert samples[3].scores["leftover_pii"] == ["EMAIL_ADDRESS"] and samples[4].scores["placeholder_share"] == 1.0
     assert samples[5].scores["duplicate_of"] == "s000" and samples[2].scores["language"] == "de"
     assert cap >= 1 and all("answer_chars" in s.scores for s in samples)

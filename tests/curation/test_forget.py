@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from datetime import UTC
 
 from curation import curate, snapshot
 from curation.config import CurationConfig
@@ -22,17 +23,24 @@ MARKER = "Zanzibar-Quokka-Umbrella"  # text only the forgotten user ever wrote
 def zoe_events(user: str = "zoe-77"):
     events = []
     for k in range(3):
-        c = chat(user, f"My {MARKER} parcel number {k} never came, I'm Zoe Quokka.", f"Sorry about parcel {k}.",
-                 minutes=2000 + k)
-        events += [c, rate(c, -1, f"Parcel {k}: we resend {MARKER} items within 2 days.",
-                            comment=f"{MARKER} complaint {k}")]
+        c = chat(
+            user,
+            f"My {MARKER} parcel number {k} never came, I'm Zoe Quokka.",
+            f"Sorry about parcel {k}.",
+            minutes=2000 + k,
+        )
+        events += [
+            c,
+            rate(c, -1, f"Parcel {k}: we resend {MARKER} items within 2 days.", comment=f"{MARKER} complaint {k}"),
+        ]
     return events
 
 
 def text_columns(con):
     return con.execute(
         "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main' "
-        "AND (data_type LIKE 'VARCHAR%' OR data_type = 'JSON' OR data_type = 'UUID')").fetchall()
+        "AND (data_type LIKE 'VARCHAR%' OR data_type = 'JSON' OR data_type = 'UUID')"
+    ).fetchall()
 
 
 def populated(path, scrub, user: str = "zoe-77"):
@@ -51,9 +59,14 @@ def test_forget_erases_every_row_and_the_bytes_and_taints_what_was_trained_on_th
     curate.run(con, cfg)
     snap = snapshot.build(con, cfg, tmp_path / "snapshots")
     assert any(MARKER in str(v) for v in con.execute("SELECT answer FROM samples WHERE user_id = 'zoe-77'").fetchall())
-    con.executemany("INSERT INTO adapters (version, parent, status, base_model, snapshot_id) VALUES (?, ?, ?, 'b', ?)",
-                    [["v0001", None, "retired", snap.snapshot_id], ["v0002", "v0001", "live", "snap-later"],
-                     ["v0003", None, "retired", "snap-other"]])
+    con.executemany(
+        "INSERT INTO adapters (version, parent, status, base_model, snapshot_id) VALUES (?, ?, ?, 'b', ?)",
+        [
+            ["v0001", None, "retired", snap.snapshot_id],
+            ["v0002", "v0001", "live", "snap-later"],
+            ["v0003", None, "retired", "snap-other"],
+        ],
+    )
 
     done = forget(con, "zoe-77", "dpo", taint=registry.taint_trained_on)
     assert done.deleted["chats"] == 3 and done.deleted["feedback"] == 3 and done.deleted["samples"] == 6
@@ -62,8 +75,11 @@ def test_forget_erases_every_row_and_the_bytes_and_taints_what_was_trained_on_th
     assert not (snap.path / "train.parquet").exists() and (snap.path / "manifest.json").exists()
     assert con.execute("SELECT version FROM adapters WHERE tainted ORDER BY 1").fetchall() == [("v0001",), ("v0002",)]
     for table, column in text_columns(con):
-        hits = con.execute(f'SELECT count(*) FROM "{table}" WHERE contains("{column}"::VARCHAR, ?) '
-                           f'OR contains("{column}"::VARCHAR, ?)', ["zoe-77", MARKER]).fetchone()[0]
+        hits = con.execute(
+            f'SELECT count(*) FROM "{table}" WHERE contains("{column}"::VARCHAR, ?) '
+            f'OR contains("{column}"::VARCHAR, ?)',
+            ["zoe-77", MARKER],
+        ).fetchone()[0]
         assert hits == 0, (table, column)
     entry = con.execute("SELECT actor, action, details FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
     assert entry[:2] == ("dpo", "forget") and json.loads(entry[2])["adapters"] == ["v0001", "v0002"]
@@ -71,9 +87,14 @@ def test_forget_erases_every_row_and_the_bytes_and_taints_what_was_trained_on_th
     # Late copies of their events (an outbox re-sent to a new broker) are dropped by ingest: never stored again.
     store(con, zoe_events()[:2], scrub_pool.scrub)
     for table in ("chats", "feedback", "pii_findings"):
-        assert con.execute(f"SELECT count(*) FROM {table} WHERE {'user_id' if table != 'pii_findings' else 'event_id'}"
-                           f" IN (SELECT {'user_id' if table != 'pii_findings' else 'event_id'} FROM "
-                           f"{'chats' if table == 'pii_findings' else table} WHERE user_id = 'zoe-77')").fetchone()[0] == 0
+        assert (
+            con.execute(
+                f"SELECT count(*) FROM {table} WHERE {'user_id' if table != 'pii_findings' else 'event_id'}"
+                f" IN (SELECT {'user_id' if table != 'pii_findings' else 'event_id'} FROM "
+                f"{'chats' if table == 'pii_findings' else table} WHERE user_id = 'zoe-77')"
+            ).fetchone()[0]
+            == 0
+        )
     curate.run(con, cfg)
     assert con.execute("SELECT count(*) FROM samples WHERE user_id = 'zoe-77'").fetchone()[0] == 0
     con.close()
@@ -93,8 +114,11 @@ def test_cli_curate_review_forget_and_audit(tmp_path, scrub_pool):
     zoe = ids.pseudonym(keys.data_dir_key(data, "user-pseudonyms"), "store", "zoe-77")  # as the API stores her
     con = populated(data / "flywheel.duckdb", scrub_pool.scrub, zoe)
     con.close()
-    env = {"FLYWHEEL_DATA_DIR": str(data), "FLYWHEEL_CURATION__REVIEW_POLICY": "required",
-           "FLYWHEEL_SERVING__API_KEYS": f'{{store = "{ids.hash_key("key-of-store")}"}}'}
+    env = {
+        "FLYWHEEL_DATA_DIR": str(data),
+        "FLYWHEEL_CURATION__REVIEW_POLICY": "required",
+        "FLYWHEEL_SERVING__API_KEYS": f'{{store = "{ids.hash_key("key-of-store")}"}}',
+    }
     out = flywheel("curate", env=env)
     assert out.returncode == 0, out.stderr
     assert "candidates 183 rated chats" in out.stdout and "snapshot   none" in out.stdout
@@ -136,17 +160,22 @@ def test_forget_routes_away_from_a_tainted_live_adapter_at_once(tmp_path, scrub_
     data.mkdir()
     zoe = ids.pseudonym(keys.data_dir_key(data, "user-pseudonyms"), "store", "zoe-77")
     con = populated(data / "flywheel.duckdb", scrub_pool.scrub, zoe)
-    cfg = load_config(overrides=[f"data_dir={data}", f'serving.api_keys={{store = "{"0" * 64}"}}',
-                                 "curation.review_policy=auto"], env={})
+    cfg = load_config(
+        overrides=[f"data_dir={data}", f'serving.api_keys={{store = "{"0" * 64}"}}', "curation.review_policy=auto"],
+        env={},
+    )
     curate.run(con, cfg.curation)
     snap = snapshot.build(con, cfg.curation, data / "snapshots")
     for v in ("v0000", "v0001", "v0002"):
         (data / "adapters" / v).mkdir(parents=True)
-    con.executemany("INSERT INTO adapters (version, parent, status, base_model, snapshot_id, path) "
-                    "VALUES (?, ?, ?, 'b', ?, ?)",
-                    [["v0000", None, "retired", "snap-old", str(data / "adapters" / "v0000")],
-                     ["v0001", "v0000", "retired", snap.snapshot_id, str(data / "adapters" / "v0001")],
-                     ["v0002", "v0001", "live", "snap-later", str(data / "adapters" / "v0002")]])
+    con.executemany(
+        "INSERT INTO adapters (version, parent, status, base_model, snapshot_id, path) VALUES (?, ?, ?, 'b', ?, ?)",
+        [
+            ["v0000", None, "retired", "snap-old", str(data / "adapters" / "v0000")],
+            ["v0001", "v0000", "retired", snap.snapshot_id, str(data / "adapters" / "v0001")],
+            ["v0002", "v0001", "live", "snap-later", str(data / "adapters" / "v0002")],
+        ],
+    )
     store, scheduled = ReviewStore(con, cfg), []
     store.after_taint = lambda: scheduled.append(1)  # `up` wires control.retrain_soon here
     done = store.forget("store", "zoe-77", "dpo")
@@ -171,7 +200,7 @@ def test_late_ratings_and_encoded_ids_of_a_forgotten_user_are_gone(tmp_path, scr
     """A rating sent after the forget on an answer from before it, and a dead letter that names the user only
     inside a base64 response id: before, the first re-created their rows and the second stayed."""
     import base64
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from serving import ids as response_ids
 
@@ -181,17 +210,24 @@ def test_late_ratings_and_encoded_ids_of_a_forgotten_user_are_gone(tmp_path, scr
     # An id is random (a nonce); about a third of them end in ".xy..." that the URL recognizer takes for a
     # domain, and then the scrubbed excerpt no longer holds the user at all. This test needs one that does.
     excerpt = b'{"schema_version": 1, "kind": "feedback", "response_id": "%s"'
-    rid = next(r for r in (response_ids.issue(b"s" * 32, claims) for _ in range(100))
-               if r.split(".")[1] in scrub_pool.scrub([(excerpt % r.encode()).decode()])[0].text)
+    rid = next(
+        r
+        for r in (response_ids.issue(b"s" * 32, claims) for _ in range(100))
+        if r.split(".")[1] in scrub_pool.scrub([(excerpt % r.encode()).decode()])[0].text
+    )
     payload = base64.urlsafe_b64decode(rid.split(".")[1] + "==")
     assert b"zoe-77" in payload and b"zoe-77" not in rid.encode()  # readable only when decoded
     bad = Record("feedback", 0, 999_998, excerpt % rid.encode())
     sink.write(con, "test", None, prepare([bad], {"feedback": "feedback"}, scrub_pool.scrub, "test"))
     done = forget(con, "zoe-77", "dpo", taint=registry.taint_trained_on)
     assert done.deleted["dead_letters"] == 2  # the plain one from populated() and the encoded one
-    late = zoe_events()[1].model_copy(update={
-        "event_id": uuid.uuid4(), "created_at": datetime.now(timezone.utc) + timedelta(minutes=1),
-        "answered_at": datetime(2026, 10, 1, tzinfo=timezone.utc)})
+    late = zoe_events()[1].model_copy(
+        update={
+            "event_id": uuid.uuid4(),
+            "created_at": datetime.now(UTC) + timedelta(minutes=1),
+            "answered_at": datetime(2026, 10, 1, tzinfo=UTC),
+        }
+    )
     store(con, [late], scrub_pool.scrub)
     assert con.execute("SELECT count(*) FROM feedback WHERE user_id = 'zoe-77'").fetchone()[0] == 0
     fresh = late.model_copy(update={"event_id": uuid.uuid4(), "answered_at": late.created_at})
@@ -201,7 +237,7 @@ def test_late_ratings_and_encoded_ids_of_a_forgotten_user_are_gone(tmp_path, scr
 
 
 def test_a_retrain_without_the_user_runs_within_a_minute(tmp_path):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from infra import schedule
     from infra.config import load_config
@@ -213,7 +249,7 @@ def test_a_retrain_without_the_user_runs_within_a_minute(tmp_path):
         schedule.retrain_soon(scheduler)
         job = schedule.retrain_soon(scheduler)  # a second forget moves it, never adds a second run
         jobs = [j for j in scheduler.get_jobs() if j.id == "retrain-after-forget"]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         assert jobs == [job] and now < job.next_run_time <= now + timedelta(seconds=61)
         assert job.next_run_time < nightly.next_run_time  # sooner than the night
     finally:

@@ -25,12 +25,15 @@ def review_server(db, put, tmp_path):
     evil = chat(user("store", "eve"), f"Is this shown raw? {XSS}", f"Answer with markup {XSS}")
     # another app's "ann" is another user (ids are pseudonyms of (app, user))
     other = chat(user("shop", "ann"), "Do you sell gift cards?", "Yes, from 10 to 200 euros.").model_copy(
-        update={"app_id": "shop"})
+        update={"app_id": "shop"}
+    )
     put([ok, rate(ok, 1), evil, rate(evil, -1), other])
     curate.run(db, CurationConfig(max_user_share=1.0))
     admin_keys = {"rita": ids.hash_key(REVIEWER_KEY), "dpo": ids.hash_key(ADMIN_KEY)}
-    app = pages_app(ReviewStore(db, Config(data_dir=tmp_path, serving={"api_keys": {"store": "0" * 64,
-                                                                                    "shop": "1" * 64}})), admin_keys)
+    app = pages_app(
+        ReviewStore(db, Config(data_dir=tmp_path, serving={"api_keys": {"store": "0" * 64, "shop": "1" * 64}})),
+        admin_keys,
+    )
     with serve_in_thread(app) as url:
         yield {"url": url, "db": db, "ann": ok, "other_ann": other}
 
@@ -68,12 +71,16 @@ def test_a_reviewer_approves_a_sample_in_chromium_and_the_database_records_it(re
     assert "<EMAIL_ADDRESS>" in row.text and "ann.smith" not in browser.page_source  # scrubbed text only
     assert "EMAIL_ADDRESS" in row.find_element(By.CLASS_NAME, "pii").text
     # Markup from a chat is shown as text, never run.
-    assert browser.title == "Flywheel review" and "<script>document.title" in browser.find_element(By.TAG_NAME, "body").text
+    assert (
+        browser.title == "Flywheel review"
+        and "<script>document.title" in browser.find_element(By.TAG_NAME, "body").text
+    )
     click(browser, row.find_element(By.CLASS_NAME, "approve"))
     assert "Approved 1 sample" in browser.find_element(By.ID, "message").text
     assert db.execute("SELECT status FROM samples WHERE sample_id = ?", [sample]).fetchone() == ("approved",)
-    assert db.execute("SELECT reviewer, decision, policy FROM reviews WHERE sample_id = ?",
-                      [sample]).fetchall() == [("rita", "approve", "required")]
+    assert db.execute("SELECT reviewer, decision, policy FROM reviews WHERE sample_id = ?", [sample]).fetchall() == [
+        ("rita", "approve", "required")
+    ]
     audit = browser.find_element(By.ID, "audit").text
     assert "rita" in audit and "approve" in audit
 
@@ -86,20 +93,31 @@ def test_a_reviewer_approves_a_sample_in_chromium_and_the_database_records_it(re
     click(browser, browser.find_element(By.ID, "reject-selected"))
     assert "Rejected 1 sample" in browser.find_element(By.ID, "message").text
     assert browser.find_element(By.ID, "empty")
-    assert db.execute("SELECT count(*) FROM reviews WHERE decision = 'reject' AND reason = 'contains markup'"
-                      ).fetchone() == (1,)
+    assert db.execute(
+        "SELECT count(*) FROM reviews WHERE decision = 'reject' AND reason = 'contains markup'"
+    ).fetchone() == (1,)
 
 
 def test_admin_api_needs_an_admin_key_and_forgets_a_user(review_server):
     url, db = review_server["url"], review_server["db"]
     assert httpx.post(url + "/v1/admin/forget", json={"app": "store", "user": "ann"}).status_code == 401
-    assert httpx.post(url + "/v1/admin/forget", json={"app": "store", "user": "ann"},
-                      headers={"Authorization": "Bearer nope"}).status_code == 401
-    bad = httpx.post(url + "/v1/admin/reviews", json={"sample_ids": ["smp-x"], "decision": "approve"},
-                     headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert (
+        httpx.post(
+            url + "/v1/admin/forget", json={"app": "store", "user": "ann"}, headers={"Authorization": "Bearer nope"}
+        ).status_code
+        == 401
+    )
+    bad = httpx.post(
+        url + "/v1/admin/reviews",
+        json={"sample_ids": ["smp-x"], "decision": "approve"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
     assert bad.status_code == 404 and "unknown sample ids" in bad.json()["error"]["message"]
-    unreasoned = httpx.post(url + "/v1/admin/reviews", json={"sample_ids": ["smp-x"], "decision": "reject"},
-                            headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    unreasoned = httpx.post(
+        url + "/v1/admin/reviews",
+        json={"sample_ids": ["smp-x"], "decision": "reject"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
     assert unreasoned.status_code == 400 and "needs a reason" in unreasoned.json()["error"]["message"]
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     blank = httpx.post(url + "/v1/admin/forget", json={"app": "store", "user": " "}, headers=admin)
@@ -129,8 +147,12 @@ def test_pages_send_security_headers_sign_out_and_sessions_end_with_their_key(re
         c.post("/review/login", data={"key": REVIEWER_KEY})
         page = c.get("/review")
         assert "Signed in as" in page.text
-        for name, value in (("content-security-policy", "frame-ancestors 'none'"), ("x-content-type-options", "nosniff"),
-                            ("cache-control", "no-store"), ("referrer-policy", "same-origin")):
+        for name, value in (
+            ("content-security-policy", "frame-ancestors 'none'"),
+            ("x-content-type-options", "nosniff"),
+            ("cache-control", "no-store"),
+            ("referrer-policy", "same-origin"),
+        ):
             assert value in page.headers[name], name
         cookie = c.cookies["flywheel_reviewer"]
         c.post("/review/logout")

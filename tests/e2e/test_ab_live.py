@@ -24,8 +24,10 @@ KEY = "flywheel-demo-key"
 
 def make_adapter(tiny_lm, path, seed):
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_lm),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     model.save_pretrained(path)
 
 
@@ -35,17 +37,43 @@ def test_up_runs_an_experiment_on_live_traffic_promotes_and_serving_follows(tmp_
     con = open_store(data / "flywheel.duckdb")
     for i, (version, status) in enumerate((("v0001", "live"), ("v0002", "candidate"))):
         make_adapter(tiny_lm, data / "adapters" / version, 10 + i)
-        registry.register(con, version, status=status, parent=None, base_model="tiny", base_hash=None,
-                          snapshot_id=None, path=str(data / "adapters" / version), metrics={})
+        registry.register(
+            con,
+            version,
+            status=status,
+            parent=None,
+            base_model="tiny",
+            base_hash=None,
+            snapshot_id=None,
+            path=str(data / "adapters" / version),
+            metrics={},
+        )
     con.close()
-    env = {**os.environ, "FLYWHEEL_DATA_DIR": str(data), "FLYWHEEL_BASE_MODEL": str(tiny_lm),
-           "FLYWHEEL_SERVING__PORT": "0", "FLYWHEEL_SERVING__MAX_TOKENS": "4", "FLYWHEEL_INGEST__PII__WORKERS": "1"}
+    env = {
+        **os.environ,
+        "FLYWHEEL_DATA_DIR": str(data),
+        "FLYWHEEL_BASE_MODEL": str(tiny_lm),
+        "FLYWHEEL_SERVING__PORT": "0",
+        "FLYWHEEL_SERVING__MAX_TOKENS": "4",
+        "FLYWHEEL_INGEST__PII__WORKERS": "1",
+    }
     # Ten users per arm decide here. Their p95 latency on a busy 2-core machine, and whether a random tiny
     # model's 4 sampled tokens are blank, are noise: those guardrails (tested in tests/abtest) get wide margins.
-    overrides = ["abtest.evaluate_every_s=2", "abtest.min_duration_s=0", "abtest.min_users_per_arm=10",
-                 "abtest.ramp=[0.5]", "abtest.latency_margin=100", "abtest.empty_answer_margin=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "up", "--demo-keys", *overrides], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    overrides = [
+        "abtest.evaluate_every_s=2",
+        "abtest.min_duration_s=0",
+        "abtest.min_users_per_arm=10",
+        "abtest.ramp=[0.5]",
+        "abtest.latency_margin=100",
+        "abtest.empty_answer_margin=1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "up", "--demo-keys", *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         url = None
         for line in proc.stdout:
@@ -70,16 +98,23 @@ def test_up_runs_an_experiment_on_live_traffic_promotes_and_serving_follows(tmp_
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=3)
         served = {}
         for u in range(80):
-            for attempt in range(20):  # serving follows routing.json within 2 s
-                reply = client.chat.completions.create(model="x", user=f"user-{u}", max_tokens=4,
-                                                       messages=[{"role": "user", "content": "Where is my order?"}])
+            for _attempt in range(20):  # serving follows routing.json within 2 s
+                reply = client.chat.completions.create(
+                    model="x",
+                    user=f"user-{u}",
+                    max_tokens=4,
+                    messages=[{"role": "user", "content": "Where is my order?"}],
+                )
                 if reply.model in ("v0001", "v0002"):
                     break
                 time.sleep(0.5)
             served[u] = reply.model
             rating = "up" if reply.model == "v0002" else "down"  # users prefer the challenger
-            r = httpx.post(url.rsplit("/v1", 1)[0] + "/v1/feedback", json={"response_id": reply.id, "rating": rating},
-                           headers={"Authorization": f"Bearer {KEY}"})
+            r = httpx.post(
+                url.rsplit("/v1", 1)[0] + "/v1/feedback",
+                json={"response_id": reply.id, "rating": rating},
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
             assert r.status_code == 202
         assert set(served.values()) == {"v0001", "v0002"}
 
@@ -88,8 +123,12 @@ def test_up_runs_an_experiment_on_live_traffic_promotes_and_serving_follows(tmp_
             time.sleep(1)
         assert split() == [["v0002", 1.0]], "".join(logs["err"])[-3000:]
         time.sleep(2.5)  # serving picks the new split up
-        after = client.chat.completions.create(model="x", user="user-0" if served[0] == "v0001" else "user-1",
-                                               max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+        after = client.chat.completions.create(
+            model="x",
+            user="user-0" if served[0] == "v0001" else "user-1",
+            max_tokens=4,
+            messages=[{"role": "user", "content": "Hi"}],
+        )
         assert after.model == "v0002"
         assert [m.id for m in client.models.list().data] == ["base", "v0002"]  # v0001 unloaded
     finally:

@@ -12,14 +12,26 @@ import duckdb
 from demo import store
 from tests.conftest import ROOT
 
-SHORT = ["serving.port=0", "ingest.pii.workers=1", "curation.max_user_share=0.1",
-         "abtest.ramp=[0.5]", "abtest.min_users_per_arm=3", "log_level=INFO"]
+SHORT = [
+    "serving.port=0",
+    "ingest.pii.workers=1",
+    "curation.max_user_share=0.1",
+    "abtest.ramp=[0.5]",
+    "abtest.min_users_per_arm=3",
+    "log_level=INFO",
+]
 
 
 def test_a_short_demo_closes_the_loop(tmp_path):
     env = {**os.environ, "FLYWHEEL_DATA_DIR": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "infra.cli", "demo", "--users", "40", *SHORT], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "demo", "--users", "40", *SHORT],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode in (0, 1), out  # 1: no promotion in so short a run; anything else is a crash
     data = tmp_path / "demo"
@@ -39,10 +51,12 @@ def test_a_short_demo_closes_the_loop(tmp_path):
     con = duckdb.connect(str(data / "flywheel.duckdb"), read_only=True)
     try:
         decisions = con.execute("SELECT count(*) FROM decisions").fetchone()[0]
-        approvals = con.execute("SELECT count(*) FROM audit_log WHERE actor = 'policy:auto' AND action = 'approve'"
-                                ).fetchone()[0]
-        snap_rows = con.execute("SELECT count(*) FROM read_parquet(?)",
-                                [str(next(data.glob("snapshots/snap-*")) / "*.parquet")]).fetchone()[0]
+        approvals = con.execute(
+            "SELECT count(*) FROM audit_log WHERE actor = 'policy:auto' AND action = 'approve'"
+        ).fetchone()[0]
+        snap_rows = con.execute(
+            "SELECT count(*) FROM read_parquet(?)", [str(next(data.glob("snapshots/snap-*")) / "*.parquet")]
+        ).fetchone()[0]
     finally:
         con.close()
     assert decisions >= 1 and approvals >= 1

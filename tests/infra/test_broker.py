@@ -85,8 +85,11 @@ def test_configured_cluster_wins_over_embedded(tmp_path):
 
 def test_sasl_settings_pass_through():
     cfg = KafkaConfig(
-        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="u",
-        sasl_plain_password="p", ssl_cafile="/etc/ca.pem",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="u",
+        sasl_plain_password="p",
+        ssl_cafile="/etc/ca.pem",
     )
     s = client_settings(cfg, "k:9093")
     assert (s["security_protocol"], s["sasl_mechanism"], s["sasl_plain_username"]) == ("SASL_SSL", "SCRAM-SHA-512", "u")

@@ -30,8 +30,15 @@ COMMANDS = list(leaf_commands())
 
 
 def test_the_tree_has_the_promised_commands():
-    assert {("up",), ("broker", "start"), ("broker", "stop"), ("broker", "status"), ("db", "init"),
-            ("db", "info"), ("config", "show")} <= set(COMMANDS)
+    assert {
+        ("up",),
+        ("broker", "start"),
+        ("broker", "stop"),
+        ("broker", "status"),
+        ("db", "init"),
+        ("db", "info"),
+        ("config", "show"),
+    } <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
@@ -69,9 +76,7 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path):
     env = {"FLYWHEEL_DATA_DIR": str(tmp_path / "var")}
     one_line_error(flywheel("config", "show", "retrain.lora.rank=3", env=env), "retrain.lora.rank", "accepted")
     one_line_error(flywheel("config", "show", "kafka.partitions=lots", env=env), "kafka.partitions", "'lots'")
-    one_line_error(
-        flywheel("up", "--duration", "1", f"kafka.broker_binary={tmp_path}/tansu", env=env), "broker binary"
-    )
+    one_line_error(flywheel("up", "--duration", "1", f"kafka.broker_binary={tmp_path}/tansu", env=env), "broker binary")
     one_line_error(
         flywheel("up", "kafka.bootstrap_servers=127.0.0.1:9", "kafka.connect_timeout_s=1", env=env),
         "cannot reach Kafka at 127.0.0.1:9",
@@ -128,8 +133,10 @@ def test_sigterm_stops_up_cleanly(tmp_path, tiny_lm):
         if "flywheel is up" in line:
             break
     # First run without --demo-keys: the README's public keys are replaced by new ones, printed once.
-    assert [line.split(":")[0] for line in lines[:2]] == ["keys      new app key for 'app'",
-                                                          "keys      new reviewer key for 'reviewer'"]
+    assert [line.split(":")[0] for line in lines[:2]] == [
+        "keys      new app key for 'app'",
+        "keys      new reviewer key for 'reviewer'",
+    ]
     kafka = next(line for line in lines if line.startswith("kafka"))
     broker_pid = int(kafka.split("pid ")[1].split(")")[0])
     proc.send_signal(signal.SIGTERM)
@@ -170,8 +177,13 @@ def test_a_database_held_by_another_writer_is_one_line(tmp_path):
     path = tmp_path / "flywheel.duckdb"
     duckdb.connect(str(path)).close()
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"

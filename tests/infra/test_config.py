@@ -142,8 +142,8 @@ def test_secrets_shorter_than_32_bytes_are_refused(tmp_path):
     """A short key lets anyone forge response ids and reviewer cookies; an empty secret file (a crash of an
     older version) is refused too, and a new one is written whole or not at all."""
     from infra import keys
+    from infra.api import response_secret
     from infra.errors import FlywheelError
-    from infra.services import response_secret
 
     for short in ("", "x", "a" * 31):
         with pytest.raises(ConfigError, match="at least 32"):

@@ -5,8 +5,20 @@ from infra import db
 from infra.errors import FlywheelError
 
 CONTRACT_TABLES = {
-    "chats", "feedback", "pii_findings", "dead_letters", "quarantine", "kafka_offsets", "samples", "reviews",
-    "audit_log", "snapshots", "adapters", "adapter_events", "experiments", "decisions",
+    "chats",
+    "feedback",
+    "pii_findings",
+    "dead_letters",
+    "quarantine",
+    "kafka_offsets",
+    "samples",
+    "reviews",
+    "audit_log",
+    "snapshots",
+    "adapters",
+    "adapter_events",
+    "experiments",
+    "decisions",
 }
 
 
@@ -44,9 +56,7 @@ def test_a_failing_migration_leaves_nothing_behind(tmp_path):
 def test_event_id_is_the_idempotency_key(db):
     row = "(?, 1, 'r1', 'app', 'u1', NULL, '[]', 'hi', 'base', NULL, 1.0, now(), now(), NULL, NULL, NULL)"
     db.execute(f"INSERT INTO chats VALUES {row}", ["7b0c5a8e-0d0a-4ac8-9d0e-1d6f1a1b2c3d"])
-    db.execute(
-        f"INSERT INTO chats VALUES {row} ON CONFLICT DO NOTHING", ["7b0c5a8e-0d0a-4ac8-9d0e-1d6f1a1b2c3d"]
-    )
+    db.execute(f"INSERT INTO chats VALUES {row} ON CONFLICT DO NOTHING", ["7b0c5a8e-0d0a-4ac8-9d0e-1d6f1a1b2c3d"])
     assert db.execute("SELECT count(*) FROM chats").fetchone()[0] == 1
 
 
@@ -61,7 +71,9 @@ def test_the_forgotten_rule_of_migration_0005_uses_the_contracts_prefix(db):
     from curation.forget import user_hash
 
     db.execute("INSERT INTO forgotten_users VALUES (?, TIMESTAMPTZ '2026-06-01 00:00:00+00')", [user_hash("u1")])
-    before, after = (db.execute("SELECT forgotten_after('u1', ?::TIMESTAMPTZ)", [t]).fetchone()[0]
-                     for t in ("2026-05-31 23:00:00+00", "2026-06-01 01:00:00+00"))
+    before, after = (
+        db.execute("SELECT forgotten_after('u1', ?::TIMESTAMPTZ)", [t]).fetchone()[0]
+        for t in ("2026-05-31 23:00:00+00", "2026-06-01 01:00:00+00")
+    )
     assert (before, after) == (True, False)
     assert db.execute("SELECT forgotten_after('u2', TIMESTAMPTZ '2026-05-01 00:00:00+00')").fetchone()[0] is False

@@ -31,13 +31,16 @@ def test_default_keys_are_replaced_by_keys_generated_once(tmp_path):
 
 def test_a_public_key_in_a_configured_table_or_off_loopback_is_refused(tmp_path):
     demo = hashlib.sha256(b"flywheel-demo-key").hexdigest()
-    mixed = load_config(overrides=[f"data_dir={tmp_path}", f'serving.api_keys={{shop = "{"0" * 64}", demo = "{demo}"}}'],
-                        env={})
+    mixed = load_config(
+        overrides=[f"data_dir={tmp_path}", f'serving.api_keys={{shop = "{"0" * 64}", demo = "{demo}"}}'], env={}
+    )
     with pytest.raises(FlywheelError, match=r"serving.api_keys\[demo\] = flywheel-demo-key"):
         keys.service_keys(mixed, demo_keys=False)
     assert keys.service_keys(mixed, demo_keys=True) is mixed  # a laptop may ask for them
     wide = load_config(overrides=[f"data_dir={tmp_path}", "serving.host=0.0.0.0"], env={})
     with pytest.raises(FlywheelError, match="loopback only"):
         keys.service_keys(wide, demo_keys=True)
-    out = flywheel("serve", "--demo-keys", env={"FLYWHEEL_DATA_DIR": str(tmp_path), "FLYWHEEL_SERVING__HOST": "0.0.0.0"})
+    out = flywheel(
+        "serve", "--demo-keys", env={"FLYWHEEL_DATA_DIR": str(tmp_path), "FLYWHEEL_SERVING__HOST": "0.0.0.0"}
+    )
     assert out.returncode == 2 and "the demo keys are public" in out.stderr

@@ -7,8 +7,8 @@ import pytest
 
 from ingest import sink
 from ingest.batch import Record, prepare
-from ingest.scrub import SCRUBBER_VERSION
 from ingest.contracts import Message
+from ingest.scrub import SCRUBBER_VERSION
 from ingest.synthetic import chat, feedback
 
 KINDS = {"c": "chat", "f": "feedback"}
@@ -71,8 +71,11 @@ def test_write_is_idempotent_and_stores_offsets_in_the_same_transaction(db, scru
     assert (again.chats, again.feedback, again.dead_letters, again.findings) == (0, 0, 0, 0)
     assert db.execute("SELECT count(*) FROM pii_findings").fetchone()[0] == findings
     assert db.execute("SELECT count(*), count(DISTINCT event_id) FROM chats").fetchone() == (2, 2)
-    assert sink.stored_offsets(db, "g") == {("c", 0): (2, "cluster-1"), ("c", 1): (2, "cluster-1"),
-                                            ("f", 0): (2, "cluster-1")}
+    assert sink.stored_offsets(db, "g") == {
+        ("c", 0): (2, "cluster-1"),
+        ("c", 1): (2, "cluster-1"),
+        ("f", 0): (2, "cluster-1"),
+    }
 
 
 def test_a_failed_write_leaves_neither_rows_nor_offsets(db, scrub_pool, monkeypatch):
@@ -104,13 +107,24 @@ def _toggled_ratings(tmp_path) -> list[bytes]:
     from serving.outbox import Outbox
 
     outbox = Outbox(tmp_path / "outbox.sqlite")
-    app = create_app(ServingConfig(api_keys={"app": ids.hash_key("k")}), generator=None, tokenizer=None,
-                     outbox=outbox, chats_topic="c", feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32,
-                     route=lambda u: ("base", None), variants=lambda: ["base"])
+    app = create_app(
+        ServingConfig(api_keys={"app": ids.hash_key("k")}),
+        generator=None,
+        tokenizer=None,
+        outbox=outbox,
+        chats_topic="c",
+        feedback_topic="f",
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=lambda u: ("base", None),
+        variants=lambda: ["base"],
+    )
     rid = ids.issue(b"s" * 32, ids.ResponseClaims("app", "u1", "base", None, time.time()))
     client = TestClient(app, base_url="http://127.0.0.1")
     for rating in ("up", "down", "up"):
-        r = client.post("/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid, "rating": rating})
+        r = client.post(
+            "/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid, "rating": rating}
+        )
         assert r.status_code == 202
         time.sleep(0.01)  # three clicks, three distinct times
     values = [v for _, topic, _, v in outbox.oldest_unsent(10) if topic == "f"]
@@ -159,8 +173,12 @@ def test_a_text_too_costly_to_scrub_is_quarantined_alone_without_scrubbing(scrub
     costly = f1.model_copy(update={"event_id": uuid.uuid4(), "comment": "call 555-123-4567 " * 700})
     assert scrub_cost(costly.comment) > MAX_TEXT_COST
     scrubbed = []
-    batch = prepare(recs + [Record("f", 0, 9, costly.model_dump_json().encode())], KINDS,
-                    lambda texts: scrubbed.extend(texts) or scrub_pool.scrub(texts), SCRUBBER_VERSION)
+    batch = prepare(
+        recs + [Record("f", 0, 9, costly.model_dump_json().encode())],
+        KINDS,
+        lambda texts: scrubbed.extend(texts) or scrub_pool.scrub(texts),
+        SCRUBBER_VERSION,
+    )
     [q] = batch.quarantine
     assert q["event_id"] == str(costly.event_id) and f"at most {MAX_TEXT_COST}" in q["reason"]
     assert costly.comment not in scrubbed  # refused before Presidio ran on it

@@ -5,7 +5,6 @@ import threading
 import time
 import uuid
 
-
 from infra.config import load_config
 from infra.db import open_store
 from infra.kafka import client_settings, end_offsets, ensure_topics
@@ -28,9 +27,13 @@ CANARIES = {
 def topic_config(broker, tmp_path, **extra):
     name = uuid.uuid4().hex[:8]
     overrides = [
-        f"data_dir={tmp_path}", f"kafka.bootstrap_servers={broker.bootstrap}",
-        f"kafka.chats_topic=chats-{name}", f"kafka.feedback_topic=feedback-{name}",
-        f"ingest.group_id=ingest-{name}", "ingest.batch_max_ms=200", "ingest.pii.workers=0",
+        f"data_dir={tmp_path}",
+        f"kafka.bootstrap_servers={broker.bootstrap}",
+        f"kafka.chats_topic=chats-{name}",
+        f"kafka.feedback_topic=feedback-{name}",
+        f"ingest.group_id=ingest-{name}",
+        "ingest.batch_max_ms=200",
+        "ingest.pii.workers=0",
         "kafka.session_timeout_ms=6000",
     ] + [f"{k}={v}" for k, v in extra.items()]
     cfg = load_config(overrides=overrides, env={})
@@ -42,12 +45,16 @@ def process_env(overrides: list[str]) -> dict:
     """The environment of a `flywheel` subprocess that sees the same settings as `topic_config`'s overrides."""
     import os
 
-    return {**os.environ, **{f"FLYWHEEL_{k.upper().replace('.', '__')}": v for k, v in (o.split("=", 1) for o in overrides)}}
+    return {
+        **os.environ,
+        **{f"FLYWHEEL_{k.upper().replace('.', '__')}": v for k, v in (o.split("=", 1) for o in overrides)},
+    }
 
 
 def producer(cfg, broker):
-    return EventProducer.connect(client_settings(cfg.kafka, broker.bootstrap), cfg.kafka.chats_topic,
-                                 cfg.kafka.feedback_topic)
+    return EventProducer.connect(
+        client_settings(cfg.kafka, broker.bootstrap), cfg.kafka.chats_topic, cfg.kafka.feedback_topic
+    )
 
 
 def stored_all(con, cfg, broker) -> bool:
@@ -99,14 +106,20 @@ def test_valid_duplicated_and_malformed_events(broker, tmp_path):
     assert con.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == len(malformed)
     assert stored == ends and sum(ends.values()) == len(evs) + 40 + len(malformed)
     ids = {str(e.event_id) for e in evs}
-    assert {str(r[0]) for r in con.execute("SELECT event_id FROM chats UNION ALL SELECT event_id FROM feedback").fetchall()} == ids
+    assert {
+        str(r[0]) for r in con.execute("SELECT event_id FROM chats UNION ALL SELECT event_id FROM feedback").fetchall()
+    } == ids
     con.close()
 
 
 def canary_events() -> list:
     c = CANARIES
     chat = ChatLog(
-        response_id="resp-canary", app_id="app", user_id="user-canary", variant="base", latency_ms=5,
+        response_id="resp-canary",
+        app_id="app",
+        user_id="user-canary",
+        variant="base",
+        latency_ms=5,
         messages=[
             Message(role="system", content=f"Escalate to {c['email']} if needed."),
             Message(role="user", content=f"My card {c['card']} and SSN {c['ssn']}; call {c['phone']}."),
@@ -115,9 +128,14 @@ def canary_events() -> list:
         ],
         response=f"I will call you at {c['phone']} and write to {c['email']}.",
     )
-    fb = Feedback(response_id="resp-canary", app_id="app", user_id="user-canary", rating=-1,
-                  comment=f"Wrong! Use {c['email']} or {c['phone']}.",
-                  correction=f"We refunded card {c['card']} and IBAN {c['iban']}.")
+    fb = Feedback(
+        response_id="resp-canary",
+        app_id="app",
+        user_id="user-canary",
+        rating=-1,
+        comment=f"Wrong! Use {c['email']} or {c['phone']}.",
+        correction=f"We refunded card {c['card']} and IBAN {c['iban']}.",
+    )
     return [chat, fb]
 
 

@@ -7,8 +7,15 @@ from ingest.contracts import ChatLog, Feedback, Message, Rejected, parse_event
 
 
 def chat(**over) -> ChatLog:
-    fields = dict(response_id="r1", app_id="a", user_id="u", messages=[Message(role="user", content="hi")],
-                  response="hello", variant="base", latency_ms=12.5)
+    fields = dict(
+        response_id="r1",
+        app_id="a",
+        user_id="u",
+        messages=[Message(role="user", content="hi")],
+        response="hello",
+        variant="base",
+        latency_ms=12.5,
+    )
     return ChatLog(**(fields | over))
 
 

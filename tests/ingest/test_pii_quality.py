@@ -9,6 +9,7 @@ from ingest.pii_eval import STORE_WORDS, Score, corpus
 from ingest.scrub import ScrubFailed
 from ingest.scrub_pool import ScrubPool
 
+
 @pytest.fixture(scope="module")
 def store_pool():
     pool = ScrubPool(PiiConfig(workers=0, allow_words=list(STORE_WORDS)))
@@ -35,29 +36,35 @@ def test_on_a_fresh_faker_set_the_targets_hold(store_pool):
     assert score.over_redaction <= 0.02
 
 
-@pytest.mark.parametrize("text, name", [
-    ("thx priya! the parcel came", "priya"),
-    ("hi its jane vũ here, can u check my order", "jane vũ"),
-    ("HELLO, THIS IS YUI SATO. MY ORDER IS LATE", "YUI SATO"),
-    ("can hector pick it up tomorrow?", "hector"),
-    ("ok so isabela rezende ordered it for me", "isabela rezende"),
-    ("the parcel is for my wife lucia offredi", "lucia offredi"),
-    ("I spoke to your agent Ayla yesterday", "Ayla"),
-    ("Hey, Wei Kong again. Any news?", "Wei Kong"),
-])
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ("thx priya! the parcel came", "priya"),
+        ("hi its jane vũ here, can u check my order", "jane vũ"),
+        ("HELLO, THIS IS YUI SATO. MY ORDER IS LATE", "YUI SATO"),
+        ("can hector pick it up tomorrow?", "hector"),
+        ("ok so isabela rezende ordered it for me", "isabela rezende"),
+        ("the parcel is for my wife lucia offredi", "lucia offredi"),
+        ("I spoke to your agent Ayla yesterday", "Ayla"),
+        ("Hey, Wei Kong again. Any news?", "Wei Kong"),
+    ],
+)
 def test_names_are_found_in_any_case(scrub_pool, text, name):
     out = scrubbed(scrub_pool, text)
     assert "<PERSON>" in out and not any(w in out for w in name.split() if len(w) > 2), out
 
 
-@pytest.mark.parametrize("text", [
-    "We accept Visa, Mastercard and Klarna.",
-    "it shipped with DHL and the UPS driver never came",
-    "Is there a grace period on the return? Your orders page says 45 days.",
-    "The Black Friday sale ends on 12 May, ships in 3 days.",
-    "order #482913 arrived on 03/04/2024",
-    "WE ACCEPT VISA AND PAYPAL",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We accept Visa, Mastercard and Klarna.",
+        "it shipped with DHL and the UPS driver never came",
+        "Is there a grace period on the return? Your orders page says 45 days.",
+        "The Black Friday sale ends on 12 May, ships in 3 days.",
+        "order #482913 arrived on 03/04/2024",
+        "WE ACCEPT VISA AND PAYPAL",
+    ],
+)
 def test_commerce_words_and_ordinary_dates_pass_through(scrub_pool, text):
     assert scrubbed(scrub_pool, text) == text
 
@@ -68,22 +75,25 @@ def test_the_stores_own_words_pass_through_when_configured(scrub_pool, store_poo
     assert scrubbed(scrub_pool, text) != text  # without allow_words, the NER takes them for names
 
 
-@pytest.mark.parametrize("text, value, kind", [
-    ("you can email me at jose dot 12 at gmail dot com, thanks", "jose dot 12 at gmail dot com", "EMAIL_ADDRESS"),
-    ("email kim (at) web dot de if anything", "kim (at) web dot de", "EMAIL_ADDRESS"),
-    ("call me on 020 7946 0958 after 5", "020 7946 0958", "PHONE_NUMBER"),
-    ("my mobile: +49 30 1234567", "+49 30 1234567", "PHONE_NUMBER"),
-    ("mon numéro 06 12 34 56 78", "06 12 34 56 78", "PHONE_NUMBER"),
-    ("ring 0412 345 678 pls", "0412 345 678", "PHONE_NUMBER"),
-    ("call 71669430 when close", "71669430", "PHONE_NUMBER"),
-    ("deliver to 36 debra forges, singhside, n33 4as please", "n33 4as", "STREET_ADDRESS"),
-    ("new address: Beckergasse 8, 63608 Zschopau", "Beckergasse 8", "STREET_ADDRESS"),
-    ("envoyez à 87, rue de Barre, 29793 Samson", "rue de Barre", "STREET_ADDRESS"),
-    ("i was born on 26.12.1985, does it matter", "26.12.1985", "DATE_OF_BIRTH"),
-    ("DOB March 4, 1970 on the account", "March 4, 1970", "DATE_OF_BIRTH"),
-    ("passport number JE1208646 for customs", "JE1208646", "PASSPORT"),
-    ("card 675966769605 was charged twice", "675966769605", "CREDIT_CARD"),
-])
+@pytest.mark.parametrize(
+    "text, value, kind",
+    [
+        ("you can email me at jose dot 12 at gmail dot com, thanks", "jose dot 12 at gmail dot com", "EMAIL_ADDRESS"),
+        ("email kim (at) web dot de if anything", "kim (at) web dot de", "EMAIL_ADDRESS"),
+        ("call me on 020 7946 0958 after 5", "020 7946 0958", "PHONE_NUMBER"),
+        ("my mobile: +49 30 1234567", "+49 30 1234567", "PHONE_NUMBER"),
+        ("mon numéro 06 12 34 56 78", "06 12 34 56 78", "PHONE_NUMBER"),
+        ("ring 0412 345 678 pls", "0412 345 678", "PHONE_NUMBER"),
+        ("call 71669430 when close", "71669430", "PHONE_NUMBER"),
+        ("deliver to 36 debra forges, singhside, n33 4as please", "n33 4as", "STREET_ADDRESS"),
+        ("new address: Beckergasse 8, 63608 Zschopau", "Beckergasse 8", "STREET_ADDRESS"),
+        ("envoyez à 87, rue de Barre, 29793 Samson", "rue de Barre", "STREET_ADDRESS"),
+        ("i was born on 26.12.1985, does it matter", "26.12.1985", "DATE_OF_BIRTH"),
+        ("DOB March 4, 1970 on the account", "March 4, 1970", "DATE_OF_BIRTH"),
+        ("passport number JE1208646 for customs", "JE1208646", "PASSPORT"),
+        ("card 675966769605 was charged twice", "675966769605", "CREDIT_CARD"),
+    ],
+)
 def test_international_and_spelled_out_values(scrub_pool, text, value, kind):
     [r] = scrub_pool.scrub([text])
     assert value not in r.text and f"<{kind}>" in r.text, r.text

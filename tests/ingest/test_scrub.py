@@ -12,9 +12,14 @@ TEXT = (
     "ship to 221 Baker Street, Springfield."
 )
 VALUES = {
-    "PERSON": "Maria Garcia", "EMAIL_ADDRESS": "maria.garcia@example.com", "PHONE_NUMBER": "+1 415 555 0123",
-    "CREDIT_CARD": "4111 1111 1111 1111", "US_SSN": "536-22-8741", "IBAN_CODE": "DE89370400440532013000",
-    "IP_ADDRESS": "192.168.10.77", "STREET_ADDRESS": "221 Baker Street",
+    "PERSON": "Maria Garcia",
+    "EMAIL_ADDRESS": "maria.garcia@example.com",
+    "PHONE_NUMBER": "+1 415 555 0123",
+    "CREDIT_CARD": "4111 1111 1111 1111",
+    "US_SSN": "536-22-8741",
+    "IBAN_CODE": "DE89370400440532013000",
+    "IP_ADDRESS": "192.168.10.77",
+    "STREET_ADDRESS": "221 Baker Street",
 }
 
 
@@ -38,8 +43,11 @@ def test_clean_text_is_untouched(scrub_pool):
 
 
 def test_allow_list_and_deny_patterns():
-    cfg = PiiConfig(workers=0, allow_list=["Maria Garcia"],
-                    deny_patterns=[DenyPattern(entity="ORDER_ID", regex=r"#\d{6}", score=0.9)])
+    cfg = PiiConfig(
+        workers=0,
+        allow_list=["Maria Garcia"],
+        deny_patterns=[DenyPattern(entity="ORDER_ID", regex=r"#\d{6}", score=0.9)],
+    )
     pool = ScrubPool(cfg)
     [result] = pool.scrub(["Maria Garcia asked about order #123456."])
     assert result.text == "Maria Garcia asked about order <ORDER_ID>."

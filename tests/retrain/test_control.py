@@ -3,16 +3,16 @@ with injected failures (NaN loss, kill -9) that must leave the incumbent alone."
 
 import hashlib
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from curation.config import CurationConfig
 from infra import control, schedule
-from infra.processes import RetrainLock
 from infra.config import Config
 from infra.db import open_store
+from infra.processes import RetrainLock
 from retrain import registry
 from retrain.config import LoraConfig, RetrainConfig
 from tests.conftest import flywheel
@@ -21,12 +21,22 @@ from tests.curation.test_curate import population
 from tests.retrain.test_recipe import TINY_TARGETS
 
 
-
 def config(tiny_lm, data: Path, **retrain) -> Config:
-    base = RetrainConfig(min_new_samples=1, epochs=4, learning_rate=0.03, tokens_per_batch=512, max_seq_len=96,
-                         forgetting_tolerance=100.0, lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TINY_TARGETS))
-    return Config(data_dir=data, base_model=str(tiny_lm), curation=CurationConfig(review_policy="auto"),
-                  retrain=base.model_copy(update=retrain))
+    base = RetrainConfig(
+        min_new_samples=1,
+        epochs=4,
+        learning_rate=0.03,
+        tokens_per_batch=512,
+        max_seq_len=96,
+        forgetting_tolerance=100.0,
+        lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TINY_TARGETS),
+    )
+    return Config(
+        data_dir=data,
+        base_model=str(tiny_lm),
+        curation=CurationConfig(review_policy="auto"),
+        retrain=base.model_copy(update=retrain),
+    )
 
 
 @pytest.fixture
@@ -59,7 +69,9 @@ def test_retrain_now_from_the_cli_registers_a_gated_candidate(tiny_lm, populated
     assert "retrain v0001: candidate" in out.stdout and "eval desirable loss" in out.stdout
     assert "step 1/" in out.stderr  # progress with loss and tokens/s
     adapter = populated / "adapters" / "v0001"
-    assert {"adapter_config.json", "adapter_model.safetensors", "flywheel-adapter.json"} <= {p.name for p in adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "flywheel-adapter.json"} <= {
+        p.name for p in adapter.iterdir()
+    }
     import json
 
     manifest = json.loads((adapter / "flywheel-adapter.json").read_text())
@@ -178,15 +190,29 @@ def test_the_schedule_is_persistent_single_and_coalescing(tiny_lm, tmp_path):
 
 def test_registry_says_which_version_served_when(db):
     def at(minutes):
-        return datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)
+        return datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=minutes)
 
     for v in ("v0001", "v0002"):
-        registry.register(db, v, status="candidate", parent=None, base_model="b", base_hash=None, snapshot_id=None,
-                          path=None, metrics={})
+        registry.register(
+            db,
+            v,
+            status="candidate",
+            parent=None,
+            base_model="b",
+            base_hash=None,
+            snapshot_id=None,
+            path=None,
+            metrics={},
+        )
     # A taint (a forget found v0001 in a user's lineage) flags v0001 but does not stop it serving.
-    events = [(at(10), "v0001", "live"), (at(12), "v0001", registry.TAINTED), (at(20), "v0002", "canary"),
-              (at(30), "v0001", "retired"),
-              (at(30), "v0002", "live"), (at(40), "v0002", "rolled_back")]
+    events = [
+        (at(10), "v0001", "live"),
+        (at(12), "v0001", registry.TAINTED),
+        (at(20), "v0002", "canary"),
+        (at(30), "v0001", "retired"),
+        (at(30), "v0002", "live"),
+        (at(40), "v0002", "rolled_back"),
+    ]
     db.execute("DELETE FROM adapter_events")
     db.executemany("INSERT INTO adapter_events (changed_at, version, status) VALUES (?, ?, ?)", events)
     assert [registry.live_at(db, at(m)) for m in (5, 15, 25, 35, 45)] == ["base", "v0001", "v0001", "v0002", "base"]

@@ -9,9 +9,12 @@ from transformers import AutoTokenizer
 from retrain import recipe
 from retrain.config import LoraConfig, RetrainConfig
 
-QA = [("Where is my order?", "It ships on Tuesday.", "No."), ("Can I return shoes?", "Yes, within 30 days.", "Never."),
-      ("What warranty do headphones have?", "One year.", "None at all."),
-      ("Do you ship on weekends?", "Orders ship in 2 days.", "We do not ship.")]
+QA = [
+    ("Where is my order?", "It ships on Tuesday.", "No."),
+    ("Can I return shoes?", "Yes, within 30 days.", "Never."),
+    ("What warranty do headphones have?", "One year.", "None at all."),
+    ("Do you ship on weekends?", "Orders ship in 2 days.", "We do not ship."),
+]
 BATCH = 8
 BETA, W_D, W_U = 0.1, 0.5, 1.0
 
@@ -19,11 +22,23 @@ BETA, W_D, W_U = 0.1, 0.5, 1.0
 def rows():
     out = []
     for i, (q, good, bad) in enumerate(QA * 2):
-        out.append({"sample_id": f"g{i}", "label": True, "prompt": [{"role": "user", "content": q}],
-                    "completion": [{"role": "assistant", "content": good}]})
+        out.append(
+            {
+                "sample_id": f"g{i}",
+                "label": True,
+                "prompt": [{"role": "user", "content": q}],
+                "completion": [{"role": "assistant", "content": good}],
+            }
+        )
         if i % 2 == 0:  # 2:1 desirable, so the class weights matter
-            out.append({"sample_id": f"b{i}", "label": False, "prompt": [{"role": "user", "content": q}],
-                        "completion": [{"role": "assistant", "content": bad}]})
+            out.append(
+                {
+                    "sample_id": f"b{i}",
+                    "label": False,
+                    "prompt": [{"role": "user", "content": q}],
+                    "completion": [{"role": "assistant", "content": bad}],
+                }
+            )
     return out
 
 
@@ -35,10 +50,19 @@ def trainer_and_model(tiny_lm, tmp_path):
     cfg = RetrainConfig(quantization="none", lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
     model = recipe.load_model(tiny_lm, cfg, None)
     data = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "label")} for r in rows()])
-    args = trl.KTOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=BATCH, beta=BETA,
-                         desirable_weight=W_D, undesirable_weight=W_U, precompute_ref_log_probs=True,
-                         report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
-                         bf16=False)  # TRL's default autocasts its reference pass to bf16, even on CPU
+    args = trl.KTOConfig(
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=BATCH,
+        beta=BETA,
+        desirable_weight=W_D,
+        undesirable_weight=W_U,
+        precompute_ref_log_probs=True,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        bf16=False,
+    )  # TRL's default autocasts its reference pass to bf16, even on CPU
     trainer = trl.KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     return trainer, model, tokenizer
 
@@ -93,8 +117,15 @@ def test_loss_kl_estimate_and_gradients_match_trl(trainer_and_model):
     assert z0 > 0, "the moved adapter should have a positive KL estimate: the comparison would not test z0"
     assert z0 == pytest.approx(trl_kl, abs=1e-4)
     tensors = recipe.collate(examples, tokenizer.pad_token_id)
-    losses = recipe.kto_losses(recipe.sequence_logprobs(model, tensors), torch.tensor([e.ref_logp for e in examples]),
-                               torch.tensor([e.desirable for e in examples]), BETA, W_D, W_U, z0)
+    losses = recipe.kto_losses(
+        recipe.sequence_logprobs(model, tensors),
+        torch.tensor([e.ref_logp for e in examples]),
+        torch.tensor([e.desirable for e in examples]),
+        BETA,
+        W_D,
+        W_U,
+        z0,
+    )
     loss = losses.mean()
     loss.backward()
     assert float(loss) == pytest.approx(float(trl_loss), abs=1e-4)

@@ -8,26 +8,48 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from retrain import gates, recipe
 from retrain.config import LoraConfig, RetrainConfig
 
-FACTS = [("Where is my order?", "It ships on Tuesday."), ("Can I return shoes?", "Yes, within 30 days."),
-         ("What warranty do headphones have?", "One year."), ("Do you ship on weekends?", "Orders ship in 2 days.")]
+FACTS = [
+    ("Where is my order?", "It ships on Tuesday."),
+    ("Can I return shoes?", "Yes, within 30 days."),
+    ("What warranty do headphones have?", "One year."),
+    ("Do you ship on weekends?", "Orders ship in 2 days."),
+]
 
 
 def rows(n_repeat: int = 4, undesirable: bool = False):
     out = []
     for k in range(n_repeat):
         for i, (q, a) in enumerate(FACTS):
-            out.append({"sample_id": f"s{k}-{i}", "label": True, "prompt": [{"role": "user", "content": q}],
-                        "completion": [{"role": "assistant", "content": a}]})
+            out.append(
+                {
+                    "sample_id": f"s{k}-{i}",
+                    "label": True,
+                    "prompt": [{"role": "user", "content": q}],
+                    "completion": [{"role": "assistant", "content": a}],
+                }
+            )
             if undesirable:
-                out.append({"sample_id": f"u{k}-{i}", "label": False, "prompt": [{"role": "user", "content": q}],
-                            "completion": [{"role": "assistant", "content": "No."}]})
+                out.append(
+                    {
+                        "sample_id": f"u{k}-{i}",
+                        "label": False,
+                        "prompt": [{"role": "user", "content": q}],
+                        "completion": [{"role": "assistant", "content": "No."}],
+                    }
+                )
     return out
 
 
 # The tiny model's output head is initialised so small that only an adapter on it can move the logits.
 TINY_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
-CFG = RetrainConfig(quantization="none", learning_rate=3e-2, epochs=30, tokens_per_batch=256, max_seq_len=128,
-                    lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TINY_TARGETS))
+CFG = RetrainConfig(
+    quantization="none",
+    learning_rate=3e-2,
+    epochs=30,
+    tokens_per_batch=256,
+    max_seq_len=128,
+    lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TINY_TARGETS),
+)
 
 
 @pytest.fixture
@@ -53,7 +75,7 @@ def test_bucketing_wastes_less_on_padding_and_keeps_the_budget(tokenizer):
     assert sorted(e.sample_id for b in batches for e in b) == sorted(e.sample_id for e in examples)
     assert all(max(len(e.input_ids) for e in b) * len(b) <= 512 or len(b) == 1 for b in batches)
     padded = sum(max(len(e.input_ids) for e in b) * len(b) for b in batches)
-    naive = sum(max(len(e.input_ids) for e in examples[i:i + 8]) * len(examples[i:i + 8]) for i in range(0, 400, 8))
+    naive = sum(max(len(e.input_ids) for e in examples[i : i + 8]) * len(examples[i : i + 8]) for i in range(0, 400, 8))
     real = sum(len(e.input_ids) for e in examples)
     assert padded - real < 0.25 * (naive - real)
 
@@ -73,8 +95,12 @@ def test_lora_learns_a_memorisable_set_and_leaves_the_base_alone(tiny_lm, tokeni
 
 def test_training_from_a_parent_starts_exactly_where_the_parent_is(tiny_lm, tokenizer, tmp_path):
     model = recipe.load_model(tiny_lm, CFG.model_copy(update={"epochs": 3}), None)
-    recipe.train(model, [recipe.render(r, tokenizer, 128) for r in rows()], CFG.model_copy(update={"epochs": 3}),
-                 tokenizer.pad_token_id)
+    recipe.train(
+        model,
+        [recipe.render(r, tokenizer, 128) for r in rows()],
+        CFG.model_copy(update={"epochs": 3}),
+        tokenizer.pad_token_id,
+    )
     recipe.save(model, tmp_path / "parent", {"version": "v0001"})
     ids = tokenizer("Where is my order?", return_tensors="pt")["input_ids"]
     parent = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm), tmp_path / "parent").eval()
@@ -104,7 +130,10 @@ def test_kto_pairs_are_the_prompt_with_another_samples_answer(tokenizer):
     for e in examples:
         prompt = [t for t, l in zip(e.input_ids, e.labels) if l == recipe.IGNORE]
         assert e.kl.input_ids[: len(prompt)] == prompt and e.kl.labels[: len(prompt)] == [recipe.IGNORE] * len(prompt)
-        assert tuple(e.kl.input_ids[len(prompt):]) in answers and e.kl.labels[len(prompt):] == e.kl.input_ids[len(prompt):]
+        assert (
+            tuple(e.kl.input_ids[len(prompt) :]) in answers
+            and e.kl.labels[len(prompt) :] == e.kl.input_ids[len(prompt) :]
+        )
     assert sum(e.kl.input_ids != e.input_ids for e in examples) >= len(examples) // 2  # mostly mismatched
 
 
@@ -149,7 +178,8 @@ def test_a_nan_loss_stops_the_run(tiny_lm, tokenizer):
 
 
 def test_artifact_gate_refuses_empty_unchanged_and_non_finite_adapters(tiny_lm, tmp_path):
-    from peft import LoraConfig as PeftLora, get_peft_model
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
     from safetensors.torch import load_file, save_file
 
     fresh = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm), PeftLora(r=4, target_modules="all-linear"))
@@ -187,8 +217,17 @@ def test_offline_gate_needs_a_better_candidate_and_bounds_forgetting(tiny_lm, to
 
     snap = tmp_path / "snap"
     snap.mkdir()
-    rows_ = [(r["sample_id"], "u1", "desirable" if r["label"] else "undesirable", "rating",
-              __import__("json").dumps(r["prompt"]), r["completion"][0]["content"]) for r in rows(2, undesirable=True)]
+    rows_ = [
+        (
+            r["sample_id"],
+            "u1",
+            "desirable" if r["label"] else "undesirable",
+            "rating",
+            __import__("json").dumps(r["prompt"]),
+            r["completion"][0]["content"],
+        )
+        for r in rows(2, undesirable=True)
+    ]
     snapshot._write(snapshot._table(rows_), snap / "eval.parquet")
     model = recipe.load_model(tiny_lm, CFG, None)
     recipe.train(model, [recipe.render(r, tokenizer, 128) for r in rows()], CFG, tokenizer.pad_token_id)

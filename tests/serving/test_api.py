@@ -28,12 +28,28 @@ def server(tiny_lm, broker, tmp_path_factory):
     ensure_topics(kafka, broker.bootstrap)
     outbox = Outbox(tmp_path_factory.mktemp("outbox") / "outbox.sqlite")
     sender = OutboxSender.to_kafka(outbox, client_settings(kafka, broker.bootstrap), "no-ingest-here").start()
-    cfg = ServingConfig(api_keys={"app-a": ids.hash_key(KEY_A), "app-b": ids.hash_key(KEY_B)}, max_tokens=16,
-                        max_messages=4, max_body_bytes=20_000, rate_limit_per_s=1000, rate_burst=1000,
-                        scrub_cost_per_s=1e9, scrub_cost_burst=10**9)
-    app = create_app(cfg, generator=generator, tokenizer=tokenizer, outbox=outbox, chats_topic=kafka.chats_topic,
-                     feedback_topic=kafka.feedback_topic, secret=b"test-secret" * 32, user_key=b"u" * 32, route=lambda user: ("base", None),
-                     variants=lambda: ["base"])
+    cfg = ServingConfig(
+        api_keys={"app-a": ids.hash_key(KEY_A), "app-b": ids.hash_key(KEY_B)},
+        max_tokens=16,
+        max_messages=4,
+        max_body_bytes=20_000,
+        rate_limit_per_s=1000,
+        rate_burst=1000,
+        scrub_cost_per_s=1e9,
+        scrub_cost_burst=10**9,
+    )
+    app = create_app(
+        cfg,
+        generator=generator,
+        tokenizer=tokenizer,
+        outbox=outbox,
+        chats_topic=kafka.chats_topic,
+        feedback_topic=kafka.feedback_topic,
+        secret=b"test-secret" * 32,
+        user_key=b"u" * 32,
+        route=lambda user: ("base", None),
+        variants=lambda: ["base"],
+    )
     with serve_in_thread(app) as url:
         yield {"url": url, "kafka": kafka, "broker": broker, "outbox": outbox}
     sender.close()
@@ -46,13 +62,24 @@ def client(server, key=KEY_A) -> openai.OpenAI:
 
 def test_chat_models_and_stream_with_the_openai_client(server):
     c = client(server)
-    reply = c.chat.completions.create(model="anything", messages=[{"role": "user", "content": "Where is my order?"}],
-                                      max_tokens=8, temperature=0, user="user-1")
+    reply = c.chat.completions.create(
+        model="anything",
+        messages=[{"role": "user", "content": "Where is my order?"}],
+        max_tokens=8,
+        temperature=0,
+        user="user-1",
+    )
     assert reply.id.startswith("chatcmpl-") and reply.model == "base"
     assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens <= 8
     assert [m.id for m in c.models.list().data] == ["base"]
-    stream = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Where is my order?"}],
-                                       max_tokens=8, temperature=0, user="user-1", stream=True)
+    stream = c.chat.completions.create(
+        model="x",
+        messages=[{"role": "user", "content": "Where is my order?"}],
+        max_tokens=8,
+        temperature=0,
+        user="user-1",
+        stream=True,
+    )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == reply.choices[0].message.content  # greedy: the same answer, streamed
 
@@ -63,29 +90,43 @@ def test_auth_limits_and_errors(server):
     assert httpx.get(server["url"] + "/v1/models").status_code == 401
     with pytest.raises(openai.BadRequestError, match="at most 4"):
         client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}] * 5)
-    big = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}"},
-                     content=b"{" + b" " * 30_000 + b"}")
+    big = httpx.post(
+        server["url"] + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY_A}"},
+        content=b"{" + b" " * 30_000 + b"}",
+    )
     assert big.status_code == 413 and "max_body_bytes" in big.json()["error"]["message"]
-    broken = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}"},
-                        content=b"{not json")
+    broken = httpx.post(
+        server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}"}, content=b"{not json"
+    )
     assert broken.status_code == 400
-    garbled = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}",
-                         "Content-Type": "application/json"}, content=b"\xff\xfe{")  # not UTF-8
+    garbled = httpx.post(
+        server["url"] + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY_A}", "Content-Type": "application/json"},
+        content=b"\xff\xfe{",
+    )  # not UTF-8
     assert garbled.status_code == 400 and garbled.json()["error"]["type"] == "invalid_request_error"
     assert httpx.get(server["url"] + "/v1/nowhere").json()["error"]["code"] == 404
-    huge_seed = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_A}"},
-                           json={"messages": [{"role": "user", "content": "hi"}], "seed": 2**70, "max_tokens": 2})
+    huge_seed = httpx.post(
+        server["url"] + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY_A}"},
+        json={"messages": [{"role": "user", "content": "hi"}], "seed": 2**70, "max_tokens": 2},
+    )
     assert huge_seed.status_code == 200
 
 
 def post_feedback(server, key, response_id, rating="up", **extra):
-    return httpx.post(server["url"] + "/v1/feedback", headers={"Authorization": f"Bearer {key}"},
-                      json={"response_id": response_id, "rating": rating, **extra})
+    return httpx.post(
+        server["url"] + "/v1/feedback",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"response_id": response_id, "rating": rating, **extra},
+    )
 
 
 def test_feedback_is_checked_idempotent_and_lands_in_kafka(server):
-    reply = client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "Returns?"}],
-                                                   max_tokens=4, user="user-7")
+    reply = client(server).chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Returns?"}], max_tokens=4, user="user-7"
+    )
     first = post_feedback(server, KEY_A, reply.id, "down", correction="Returns are free within 30 days.")
     again = post_feedback(server, KEY_A, reply.id, "down", correction="Returns are free within 30 days.")
     assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
@@ -95,8 +136,14 @@ def test_feedback_is_checked_idempotent_and_lands_in_kafka(server):
     assert post_feedback(server, KEY_A, "chatcmpl-made-up").status_code == 404
 
     kafka, broker = server["kafka"], server["broker"]
-    consumer = KafkaConsumer(kafka.chats_topic, kafka.feedback_topic, **client_settings(kafka, broker.bootstrap),
-                             auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=10_000)
+    consumer = KafkaConsumer(
+        kafka.chats_topic,
+        kafka.feedback_topic,
+        **client_settings(kafka, broker.bootstrap),
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=10_000,
+    )
     seen, raw = {"chat": [], "feedback": []}, []
     deadline = time.monotonic() + 30
     for record in consumer:
@@ -120,8 +167,9 @@ def test_feedback_is_checked_idempotent_and_lands_in_kafka(server):
 def test_feedback_errors(server):
     """The feedback route is answered below FastAPI (serving.app._fast_feedback): it must keep every check."""
     url, auth = server["url"] + "/v1/feedback", {"Authorization": f"Bearer {KEY_A}"}
-    reply = client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}],
-                                                   max_tokens=2, user="user-8")
+    reply = client(server).chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=2, user="user-8"
+    )
     assert post_feedback(server, "wrong", reply.id).status_code == 401
     missing = httpx.post(url, json={"response_id": reply.id, "rating": "up"})
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
@@ -140,8 +188,9 @@ def test_feedback_errors(server):
 
 def test_the_longest_ids_still_round_trip(server):
     user = "u" * 128  # the longest user id the contracts accept
-    reply = client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}],
-                                                   max_tokens=2, user=user)
+    reply = client(server).chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=2, user=user
+    )
     assert len(reply.id) > 128
     assert post_feedback(server, KEY_A, reply.id).status_code == 202
 
@@ -162,7 +211,7 @@ def test_oversized_bodies_get_413_without_memory_growth(server):
 
     def chunks():
         for i in range(0, len(body), 1 << 16):
-            yield body[i:i + (1 << 16)]
+            yield body[i : i + (1 << 16)]
 
     codes = []
     with httpx.Client(base_url=server["url"], headers=auth, timeout=30) as c:

@@ -20,15 +20,21 @@ def lm(tiny_lm):
 
 
 def ids(tokenizer, text):
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True)["input_ids"]
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
 
 
 def reference(model, tokenizer, prompt_ids, n):
     """What transformers' own greedy generate says for this prompt alone."""
-    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
-                         pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+    out = model.generate(
+        torch.tensor([prompt_ids]),
+        max_new_tokens=n,
+        do_sample=False,
+        min_new_tokens=n,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
 
 
 def run(gen: BatchGenerator, reqs: list[GenRequest]):
@@ -119,8 +125,14 @@ def test_concurrent_submissions_are_batched_together(lm):
     gen.start()
     try:
         futures = []
-        threads = [threading.Thread(target=lambda: futures.append(
-            gen.submit(GenRequest(ids(tokenizer, PROMPTS[0]), max_tokens=4, temperature=0)))) for _ in range(8)]
+        threads = [
+            threading.Thread(
+                target=lambda: futures.append(
+                    gen.submit(GenRequest(ids(tokenizer, PROMPTS[0]), max_tokens=4, temperature=0))
+                )
+            )
+            for _ in range(8)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -137,8 +149,9 @@ def test_a_request_joins_a_running_batch_and_answers_as_if_alone(lm):
     gen = BatchGenerator(model, tokenizer, max_batch=4, max_wait_ms=0)
     gen.eos = set()
     first_tokens = threading.Event()
-    long_req = GenRequest(ids(tokenizer, PROMPTS[2]), max_tokens=40, temperature=0,
-                          on_text=lambda _text: first_tokens.set())
+    long_req = GenRequest(
+        ids(tokenizer, PROMPTS[2]), max_tokens=40, temperature=0, on_text=lambda _text: first_tokens.set()
+    )
     gen.start()
     try:
         gen.submit(long_req)

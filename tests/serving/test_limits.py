@@ -16,15 +16,28 @@ def test_rate_limit_metrics_and_health(tiny_lm, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer).start()
     ready = {"ok": True}
-    app = create_app(ServingConfig(api_keys={"a": ids.hash_key("k")}, rate_limit_per_s=0.01, rate_burst=3,
-                                   max_tokens=3), generator=gen, tokenizer=tokenizer,
-                     outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c", feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32,
-                     route=lambda u: ("base", None), variants=lambda: ["base"], ready=lambda: ready["ok"])
+    app = create_app(
+        ServingConfig(api_keys={"a": ids.hash_key("k")}, rate_limit_per_s=0.01, rate_burst=3, max_tokens=3),
+        generator=gen,
+        tokenizer=tokenizer,
+        outbox=Outbox(tmp_path / "o.sqlite"),
+        chats_topic="c",
+        feedback_topic="f",
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=lambda u: ("base", None),
+        variants=lambda: ["base"],
+        ready=lambda: ready["ok"],
+    )
     client = TestClient(app, base_url="http://127.0.0.1")
     auth = {"Authorization": "Bearer k"}
     try:
-        codes = [client.post("/v1/chat/completions", headers=auth,
-                             json={"messages": [{"role": "user", "content": "hi"}]}).status_code for _ in range(5)]
+        codes = [
+            client.post(
+                "/v1/chat/completions", headers=auth, json={"messages": [{"role": "user", "content": "hi"}]}
+            ).status_code
+            for _ in range(5)
+        ]
         assert codes == [200, 200, 200, 429, 429]
         limited = client.get("/v1/models", headers=auth)
         assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
@@ -44,11 +57,24 @@ def test_wrong_key_guessing_is_throttled_per_address(tmp_path):
     """900 wrong keys took 0.3 s before: now an address gets `guess_burst` tries, then `guess_per_s`."""
     import time
 
-    cfg = ServingConfig(api_keys={"a": ids.hash_key("right-key")}, admin_keys={"dpo": ids.hash_key("admin-key")},
-                        guess_burst=5, guess_per_s=2)
-    app = create_app(cfg, generator=None, tokenizer=None, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c",
-                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
-                     variants=lambda: ["base"])
+    cfg = ServingConfig(
+        api_keys={"a": ids.hash_key("right-key")},
+        admin_keys={"dpo": ids.hash_key("admin-key")},
+        guess_burst=5,
+        guess_per_s=2,
+    )
+    app = create_app(
+        cfg,
+        generator=None,
+        tokenizer=None,
+        outbox=Outbox(tmp_path / "o.sqlite"),
+        chats_topic="c",
+        feedback_topic="f",
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=lambda u: ("base", None),
+        variants=lambda: ["base"],
+    )
     guesser = TestClient(app, base_url="http://127.0.0.1")
     other = TestClient(app, base_url="http://127.0.0.1", client=("10.0.0.2", 50000))
     wrong = {"Authorization": "Bearer guess"}
@@ -70,12 +96,24 @@ def test_wrong_key_guessing_is_throttled_per_address(tmp_path):
 
 def _chat_app(tiny_lm, tmp_path, **settings):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
-    gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer,
-                         queue_depth=settings.pop("queue_depth", 64))
+    gen = BatchGenerator(
+        AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(),
+        tokenizer,
+        queue_depth=settings.pop("queue_depth", 64),
+    )
     cfg = ServingConfig(api_keys={"a": ids.hash_key("k")}, max_tokens=4, **settings)
-    app = create_app(cfg, generator=gen, tokenizer=tokenizer, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c",
-                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
-                     variants=lambda: ["base"])
+    app = create_app(
+        cfg,
+        generator=gen,
+        tokenizer=tokenizer,
+        outbox=Outbox(tmp_path / "o.sqlite"),
+        chats_topic="c",
+        feedback_topic="f",
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=lambda u: ("base", None),
+        variants=lambda: ["base"],
+    )
     return app, gen, tokenizer
 
 
@@ -96,12 +134,17 @@ def test_prompt_tokens_are_bounded_and_counted_off_the_event_loop(tiny_lm, tmp_p
     client = TestClient(app, base_url="http://127.0.0.1")
     auth = {"Authorization": "Bearer k"}
     try:
-        long = client.post("/v1/chat/completions", headers=auth,
-                           json={"messages": [{"role": "user", "content": "refund " * 2_000}]})
+        long = client.post(
+            "/v1/chat/completions", headers=auth, json={"messages": [{"role": "user", "content": "refund " * 2_000}]}
+        )
         assert long.status_code == 400
         assert "at most 508 (serving.max_prompt_tokens)" in long.json()["error"]["message"]
-        assert client.post("/v1/chat/completions", headers=auth,
-                           json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        assert (
+            client.post(
+                "/v1/chat/completions", headers=auth, json={"messages": [{"role": "user", "content": "hi"}]}
+            ).status_code
+            == 200
+        )
         assert threads and not any(name == "MainThread" or "loop" in name.lower() for name in threads), threads
     finally:
         gen.close()
@@ -118,8 +161,10 @@ def test_a_full_queue_answers_503_before_tokenizing(tiny_lm, tmp_path):
 
     gen.submit(GenRequest([1, 2, 3]))
     r = TestClient(app, base_url="http://127.0.0.1").post(
-        "/v1/chat/completions", headers={"Authorization": "Bearer k"},
-        json={"messages": [{"role": "user", "content": "hi"}]})
+        "/v1/chat/completions",
+        headers={"Authorization": "Bearer k"},
+        json={"messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 503 and calls == []
 
 
@@ -128,12 +173,19 @@ def test_a_batch_stays_within_its_token_budget(tiny_lm):
     from serving.generator import GenRequest
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
-    gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer,
-                         max_batch=8, max_wait_ms=300, max_batch_tokens=200)
+    gen = BatchGenerator(
+        AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(),
+        tokenizer,
+        max_batch=8,
+        max_wait_ms=300,
+        max_batch_tokens=200,
+    )
     widths, real = [], gen._join
 
     def join(rows, state, batch):  # observe what each prefill admits
-        widths.append((len(rows) + len(batch), max(len(r.prompt_ids) + r.max_tokens for r in [*(x.req for x in rows), *batch])))
+        widths.append(
+            (len(rows) + len(batch), max(len(r.prompt_ids) + r.max_tokens for r in [*(x.req for x in rows), *batch]))
+        )
         return real(rows, state, batch)
 
     gen._join = join
@@ -159,8 +211,13 @@ def test_stop_strings_and_chat_size_are_bounded_by_the_contract(tiny_lm, tmp_pat
     auth = {"Authorization": "Bearer k"}
     hi = [{"role": "user", "content": "hi"}]
     try:
-        for stop, ok in ((["a", "b", "c", "d"], True), (["x"] * 80_000, False), (["a"] * 5, False),
-                         ("z" * 65, False), (["y" * 64], True)):
+        for stop, ok in (
+            (["a", "b", "c", "d"], True),
+            (["x"] * 80_000, False),
+            (["a"] * 5, False),
+            ("z" * 65, False),
+            (["y" * 64], True),
+        ):
             r = client.post("/v1/chat/completions", headers=auth, json={"messages": hi, "stop": stop})
             assert (r.status_code == 200) == ok and (ok or r.status_code == 400), (len(stop), r.text[:200])
         # 40 messages of 15,000 characters (600 kB) passed every per-message limit, then ingest dead-lettered
@@ -184,9 +241,18 @@ def test_a_stream_whose_client_left_stops_generating(tiny_lm, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer).start()
     cfg = ServingConfig(api_keys={"a": ids.hash_key("k")}, max_tokens=480)
-    app = create_app(cfg, generator=gen, tokenizer=tokenizer, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c",
-                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
-                     variants=lambda: ["base"])
+    app = create_app(
+        cfg,
+        generator=gen,
+        tokenizer=tokenizer,
+        outbox=Outbox(tmp_path / "o.sqlite"),
+        chats_topic="c",
+        feedback_topic="f",
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=lambda u: ("base", None),
+        variants=lambda: ["base"],
+    )
     submitted, real_submit = [], gen.submit
 
     def submit(req):  # a slow client-side consumer of tokens (fault injection): 480 tokens take ~5 s
@@ -200,9 +266,12 @@ def test_a_stream_whose_client_left_stops_generating(tiny_lm, tmp_path):
     gen.submit = submit
     try:
         with serve_in_thread(app) as url:
-            with httpx.stream("POST", url + "/v1/chat/completions", headers={"Authorization": "Bearer k"},
-                              json={"messages": [{"role": "user", "content": "hi"}], "stream": True,
-                                    "max_tokens": 480}) as r:
+            with httpx.stream(
+                "POST",
+                url + "/v1/chat/completions",
+                headers={"Authorization": "Bearer k"},
+                json={"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 480},
+            ) as r:
                 assert r.status_code == 200
                 next(r.iter_lines())  # the first chunk, then the client goes away
             result = submitted[0].future.result(timeout=30)
@@ -217,18 +286,31 @@ def test_text_to_scrub_is_bounded_per_text_and_per_key(tmp_path):
 
     from ingest.contracts import MAX_TEXT_COST
 
-    cfg = ServingConfig(api_keys={"a": ids.hash_key("k"), "b": ids.hash_key("k2")}, scrub_cost_per_s=1_000,
-                        scrub_cost_burst=40_000)
-    app = create_app(cfg, generator=None, tokenizer=None, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c",
-                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
-                     variants=lambda: ["base"])
+    cfg = ServingConfig(
+        api_keys={"a": ids.hash_key("k"), "b": ids.hash_key("k2")}, scrub_cost_per_s=1_000, scrub_cost_burst=40_000
+    )
+    app = create_app(
+        cfg,
+        generator=None,
+        tokenizer=None,
+        outbox=Outbox(tmp_path / "o.sqlite"),
+        chats_topic="c",
+        feedback_topic="f",
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=lambda u: ("base", None),
+        variants=lambda: ["base"],
+    )
     client = TestClient(app, base_url="http://127.0.0.1")
     rid = ids.issue(b"s" * 32, ids.ResponseClaims("a", "u-1", "base", None, time.time()))
     rid_b = ids.issue(b"s" * 32, ids.ResponseClaims("b", "u-2", "base", None, time.time()))
 
     def rate(key, response_id, comment):
-        return client.post("/v1/feedback", headers={"Authorization": f"Bearer {key}"},
-                           json={"response_id": response_id, "rating": "down", "comment": comment})
+        return client.post(
+            "/v1/feedback",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"response_id": response_id, "rating": "down", "comment": comment},
+        )
 
     phones = rate("k", rid, "call 555-123-4567 " * 200)  # 3,600 characters, 2,000 digits
     assert phones.status_code == 400 and f"at most {MAX_TEXT_COST}" in phones.json()["error"]["message"]
@@ -240,13 +322,24 @@ def test_text_to_scrub_is_bounded_per_text_and_per_key(tmp_path):
 def test_response_ids_expire(tmp_path):
     import time
 
-    app = create_app(ServingConfig(api_keys={"a": ids.hash_key("k")}, feedback_window_days=30), generator=None,
-                     tokenizer=None, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c", feedback_topic="f",
-                     secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None), variants=lambda: ["base"])
+    app = create_app(
+        ServingConfig(api_keys={"a": ids.hash_key("k")}, feedback_window_days=30),
+        generator=None,
+        tokenizer=None,
+        outbox=Outbox(tmp_path / "o.sqlite"),
+        chats_topic="c",
+        feedback_topic="f",
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=lambda u: ("base", None),
+        variants=lambda: ["base"],
+    )
     client = TestClient(app, base_url="http://127.0.0.1")
     for age_days, status in ((29.9, 202), (30.1, 404)):
         rid = ids.issue(b"s" * 32, ids.ResponseClaims("a", "u-1", "base", None, time.time() - age_days * 86_400))
-        r = client.post("/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid, "rating": "up"})
+        r = client.post(
+            "/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid, "rating": "up"}
+        )
         assert r.status_code == status, (age_days, r.text)
     assert "serving.feedback_window_days" in r.json()["error"]["message"]
 
@@ -261,20 +354,33 @@ def test_a_rating_on_an_answer_from_before_a_forget_is_refused(db, tmp_path):
 
     cfg = ServingConfig(api_keys={"a": ids.hash_key("k")}, admin_keys={"dpo": ids.hash_key("admin-key")})
     store = ReviewStore(db, Config(data_dir=tmp_path, serving=cfg))
-    app = create_app(cfg, generator=None, tokenizer=None, outbox=Outbox(tmp_path / "o.sqlite"), chats_topic="c",
-                     feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
-                     variants=lambda: ["base"], review=store, forgotten=store.forgotten_before)
+    app = create_app(
+        cfg,
+        generator=None,
+        tokenizer=None,
+        outbox=Outbox(tmp_path / "o.sqlite"),
+        chats_topic="c",
+        feedback_topic="f",
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=lambda u: ("base", None),
+        variants=lambda: ["base"],
+        review=store,
+        forgotten=store.forgotten_before,
+    )
     client = TestClient(app, base_url="http://127.0.0.1")
     ann = ids.pseudonym(keys.data_dir_key(tmp_path, "user-pseudonyms"), "a", "ann")
     before = ids.issue(b"s" * 32, ids.ResponseClaims("a", ann, "base", None, time.time() - 60))
 
     def rate(rid):
-        return client.post("/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid,
-                                                                                        "rating": "up"})
+        return client.post(
+            "/v1/feedback", headers={"Authorization": "Bearer k"}, json={"response_id": rid, "rating": "up"}
+        )
 
     assert rate(before).status_code == 202
-    erased = client.post("/v1/admin/forget", headers={"Authorization": "Bearer admin-key"},
-                         json={"app": "a", "user": "ann"})
+    erased = client.post(
+        "/v1/admin/forget", headers={"Authorization": "Bearer admin-key"}, json={"app": "a", "user": "ann"}
+    )
     assert erased.status_code == 200
     refused = rate(before)
     assert refused.status_code == 404 and "erased" in refused.json()["error"]["message"]

@@ -26,22 +26,36 @@ def test_broker_outage_loses_nothing(tiny_lm, tmp_path):
     outbox = Outbox(tmp_path / "outbox.sqlite")
     settings = client_settings(kafka, broker.bootstrap)
     sender = OutboxSender.to_kafka(outbox, settings, "no-ingest-here").start()
-    app = create_app(ServingConfig(api_keys={"app": ids.hash_key(KEY)}, max_tokens=4), generator=gen,
-                     tokenizer=tokenizer, outbox=outbox, chats_topic=kafka.chats_topic,
-                     feedback_topic=kafka.feedback_topic, secret=b"s" * 32, user_key=b"u" * 32, route=lambda u: ("base", None),
-                     variants=lambda: ["base"], ready=lambda: sender.healthy)
+    app = create_app(
+        ServingConfig(api_keys={"app": ids.hash_key(KEY)}, max_tokens=4),
+        generator=gen,
+        tokenizer=tokenizer,
+        outbox=outbox,
+        chats_topic=kafka.chats_topic,
+        feedback_topic=kafka.feedback_topic,
+        secret=b"s" * 32,
+        user_key=b"u" * 32,
+        route=lambda u: ("base", None),
+        variants=lambda: ["base"],
+        ready=lambda: sender.healthy,
+    )
     client = TestClient(app, base_url="http://127.0.0.1")
     auth = {"Authorization": f"Bearer {KEY}"}
     try:
         broker.stop()  # the in-memory broker and its topics are gone
         answered = []
         for i in range(5):
-            r = client.post("/v1/chat/completions", headers=auth, json={
-                "messages": [{"role": "user", "content": f"question {i}"}], "user": f"u{i}"})
+            r = client.post(
+                "/v1/chat/completions",
+                headers=auth,
+                json={"messages": [{"role": "user", "content": f"question {i}"}], "user": f"u{i}"},
+            )
             assert r.status_code == 200  # chats keep answering while Kafka is down
             answered.append(r.json()["id"])
         for rid in answered[:3]:
-            assert client.post("/v1/feedback", headers=auth, json={"response_id": rid, "rating": "up"}).status_code == 202
+            assert (
+                client.post("/v1/feedback", headers=auth, json={"response_id": rid, "rating": "up"}).status_code == 202
+            )
         deadline = time.monotonic() + 60
         while sender.healthy and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -54,13 +68,15 @@ def test_broker_outage_loses_nothing(tiny_lm, tmp_path):
             time.sleep(0.2)
         assert outbox.unsent() == 0 and client.get("/readyz").status_code == 200
         assert outbox.size() == 8  # kept until ingest has stored them: no ingest runs in this test
-        consumer = KafkaConsumer(kafka.chats_topic, kafka.feedback_topic, **settings, auto_offset_reset="earliest",
-                                 consumer_timeout_ms=5000)
+        consumer = KafkaConsumer(
+            kafka.chats_topic, kafka.feedback_topic, **settings, auto_offset_reset="earliest", consumer_timeout_ms=5000
+        )
         values = [r.value for r in consumer]
         consumer.close()
         assert len(values) >= 8  # at least once to Kafka; ingest dedupes on event_id
         assert {v for v in values if b'"kind":"chat"' in v} and all(
-            any(rid.encode() in v for v in values) for rid in answered)
+            any(rid.encode() in v for v in values) for rid in answered
+        )
     finally:
         sender.close(drain_s=0)
         gen.close()
@@ -135,8 +151,14 @@ def test_a_row_kafka_refuses_for_good_is_set_aside_and_the_rest_flows(tmp_path):
     broker = EmbeddedBroker(kafka, tmp_path / "b").start()
     settings = client_settings(kafka, broker.bootstrap)
     outbox = Outbox(tmp_path / "outbox.sqlite")
-    outbox.append_many([(kafka.chats_topic, b"u", b"before"), (kafka.chats_topic, b"u", b"x" * 2_000_000),
-                        ("not a topic!", b"u", b"bad topic"), (kafka.chats_topic, b"u", b"after")])
+    outbox.append_many(
+        [
+            (kafka.chats_topic, b"u", b"before"),
+            (kafka.chats_topic, b"u", b"x" * 2_000_000),
+            ("not a topic!", b"u", b"bad topic"),
+            (kafka.chats_topic, b"u", b"after"),
+        ]
+    )
     sender = OutboxSender.to_kafka(outbox, settings, "ingest").start()
     try:
         _wait(lambda: outbox.unsent() == 0)

@@ -15,9 +15,10 @@ def adapters(tiny_lm, tmp_path_factory):
     out = {}
     for i, version in enumerate(["v0001", "v0002"]):
         torch.manual_seed(10 + i)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                          init_lora_weights=False))
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny_lm),
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        )
         path = tmp_path_factory.mktemp(version)
         model.save_pretrained(path)
         out[version] = str(path)
@@ -25,8 +26,9 @@ def adapters(tiny_lm, tmp_path_factory):
 
 
 def answer(gen, tokenizer, adapter):
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Where is my order?"}],
-                                           add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Where is my order?"}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     return gen.submit(GenRequest(prompt, max_tokens=6, temperature=0, adapter=adapter)).result(timeout=60)
 
 
@@ -39,8 +41,15 @@ def test_adapters_come_and_go_while_serving(tiny_lm, adapters, tmp_path):
         base_before = answer(gen, tokenizer, BASE).text
         assert router.route("anyone") == (BASE, None) and router.variants() == [BASE]
 
-        publish(tmp_path, {"experiment_id": "exp-1", "salt": "s1", "split": [["base", 0.5], ["v0001", 0.5]],
-                           "adapters": {"v0001": adapters["v0001"]}})
+        publish(
+            tmp_path,
+            {
+                "experiment_id": "exp-1",
+                "salt": "s1",
+                "split": [["base", 0.5], ["v0001", 0.5]],
+                "adapters": {"v0001": adapters["v0001"]},
+            },
+        )
         assert router.refresh()
         assert router.variants() == [BASE, "v0001"]
         with_adapter = answer(gen, tokenizer, "v0001").text
@@ -48,14 +57,28 @@ def test_adapters_come_and_go_while_serving(tiny_lm, adapters, tmp_path):
         users = {router.route(f"u{i}")[0] for i in range(200)}
         assert users == {BASE, "v0001"} and router.route("u1")[1] == "exp-1"
 
-        publish(tmp_path, {"experiment_id": "exp-2", "salt": "s2", "split": [["v0001", 0.9], ["v0002", 0.1]],
-                           "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]}})
+        publish(
+            tmp_path,
+            {
+                "experiment_id": "exp-2",
+                "salt": "s2",
+                "split": [["v0001", 0.9], ["v0002", 0.1]],
+                "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]},
+            },
+        )
         router.refresh()
         assert answer(gen, tokenizer, "v0001").text == with_adapter  # untouched by its neighbour's arrival
 
         before = fused_matrices(gen.model)
-        publish(tmp_path, {"experiment_id": "exp-2", "salt": "s2", "split": [["v0001", 0.5], ["v0002", 0.5]],
-                           "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]}})
+        publish(
+            tmp_path,
+            {
+                "experiment_id": "exp-2",
+                "salt": "s2",
+                "split": [["v0001", 0.5], ["v0002", 0.5]],
+                "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]},
+            },
+        )
         assert router.refresh() and dict(router.current.split)["v0002"] == 0.5  # an A/B ramp
         assert answer(gen, tokenizer, "v0002").text != with_adapter
         after = fused_matrices(gen.model)
@@ -82,8 +105,12 @@ def test_a_bad_routing_file_keeps_the_current_split(tiny_lm, adapters, tmp_path)
 
 
 def test_assignment_survives_a_restart(tiny_lm, adapters, tmp_path):
-    routing = {"experiment_id": "e", "salt": "x", "split": [["base", 0.7], ["v0001", 0.3]],
-               "adapters": {"v0001": adapters["v0001"]}}
+    routing = {
+        "experiment_id": "e",
+        "salt": "x",
+        "split": [["base", 0.7], ["v0001", 0.3]],
+        "adapters": {"v0001": adapters["v0001"]},
+    }
     publish(tmp_path, routing)
     seen = []
     for _ in range(2):  # two server lifetimes
