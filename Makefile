@@ -1,5 +1,6 @@
 # make demo: install everything, then run the main job on the embedded defaults.
 # make test: install everything, then run the tests.
+# make check: the inner loop: ruff (format and lint), mypy, and the fast tests (not slow, not chaos).
 # make lock: resolve pyproject.toml anew and rewrite the lock files (on purpose, then `make test`).
 # Both create .venv when it is missing and install exactly the lock; a second run installs nothing (the
 # stamp below is newer than the lock, pyproject.toml and this file).
@@ -14,13 +15,19 @@ HAS_CUDA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: demo test install lock clean browser
+.PHONY: demo test check install lock clean browser
 
 demo: $(STAMP)
 	$(VENV)/bin/flywheel demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -m "not slow and not chaos" $(PYTEST_ARGS)
 
 install: $(STAMP)
 

@@ -74,7 +74,7 @@ def routing(exp: Experiment | None, live: str, paths: dict[str, str]) -> dict:
         "experiment_id": exp.experiment_id,
         "salt": exp.salt,
         "split": split,
-        "adapters": {v: paths[v] for v, _ in split if v != BASE},
+        "adapters": {v: paths[v] for v in (exp.challenger, exp.incumbent) if v != BASE},
     }
 
 
@@ -89,7 +89,9 @@ def start(con, incumbent: str, challenger: str, cfg: AbtestConfig, now: datetime
         "stage, stage_started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, 0, ?)",
         [exp_id, incumbent, challenger, exp_id, cfg.ramp[0], now, now],
     )
-    return get(con, exp_id)
+    started = get(con, exp_id)
+    assert started is not None  # inserted just above
+    return started
 
 
 def _arm(mine: list[tuple], variant: str, cfg: AbtestConfig) -> tuple[dict, tuple[float, float]]:
@@ -184,7 +186,7 @@ def _decide(
     breached = [g for g in guardrails if not g["ok"]]
     if enough and breached:
         return Evaluation("rollback", "guardrail breached: " + "; ".join(g["why"] for g in breached), numbers)
-    if enough and lam >= 1 / cfg.alpha and diff < 0:
+    if enough and lam >= 1 / cfg.alpha and diff is not None and diff < 0:
         return Evaluation(
             "rollback",
             f"worse: up-rate {ch['up_rate']:.3f} vs {inc['up_rate']:.3f} (mSPRT {lam:.3g} >= {1 / cfg.alpha:g})",
@@ -197,7 +199,7 @@ def _decide(
             f"challenger share {exp.share:.0%} -> {cfg.ramp[exp.stage + 1]:.0%}",
             numbers,
         )
-    if enough and lam >= 1 / cfg.alpha and diff > 0:
+    if enough and lam >= 1 / cfg.alpha and diff is not None and diff > 0:
         return Evaluation(
             "promote",
             f"better: up-rate {ch['up_rate']:.3f} vs {inc['up_rate']:.3f}, difference "

@@ -73,7 +73,7 @@ def languages(texts: list[str], allowed: list[str]) -> list[tuple[str | None, fl
     letters = [sum(ch.isalpha() for ch in PLACEHOLDER.sub("", t)) for t in unique]
     probe = [t for t, n in zip(unique, letters) if n >= 12]
     found = dict(zip(probe, detector.compute_language_confidence_values_in_parallel(probe)))
-    out = {}
+    out: dict[str, tuple[str | None, float | None]] = {}
     for text in unique:
         values = found.get(text)
         if not values:

@@ -111,13 +111,13 @@ def _end_tainted_experiment(cfg: Config, con) -> list[str]:
     exp = ab.get(con)
     if exp is None:
         return []
-    tainted = [v for v in (exp.challenger, exp.incumbent) if v != BASE and registry.get(con, v)["tainted"]]
+    tainted = [v for v in (exp.challenger, exp.incumbent) if v != BASE and (registry.get(con, v) or {}).get("tainted")]
     if not tainted:
         return []
     reason = f"{', '.join(tainted)} trained on a forgotten user's data"
     ab.apply(con, exp, ab.Evaluation("rollback", reason), cfg.abtest)
-    challenger = registry.get(con, exp.challenger)
-    registry.set_status(con, exp.challenger, "rolled_back" if challenger["tainted"] else "candidate", reason)
+    challenger_tainted = exp.challenger in tainted
+    registry.set_status(con, exp.challenger, "rolled_back" if challenger_tainted else "candidate", reason)
     audit.append(con, "forget", "rollback", exp.experiment_id, {"reason": reason})
     return [f"{exp.experiment_id} ended: {reason}"]
 
@@ -165,6 +165,7 @@ def serve_untainted(cfg: Config, con) -> list[str]:
     # load them again: routing.json no longer names them).
     for version in [v for v in registry.unserved_tainted(con) if v not in routing["adapters"]]:
         path = registry.drop_files(con, version, "tainted: files deleted after a forget")
-        shutil.rmtree(path, ignore_errors=True)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
         said.append(f"{version}: files deleted ({path})")
     return said

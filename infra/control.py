@@ -174,7 +174,8 @@ def retrain(
         prepared = _prepare(cfg, con)
         if isinstance(prepared, Outcome):
             return _done(prepared, started)
-        return _done(Run(cfg, con, *prepared, children or Children())(on_worker, echo), started)
+        job, begin = prepared
+        return _done(Run(cfg, con, job, begin, children or Children())(on_worker, echo), started)
     finally:
         lock.release()
 

@@ -88,7 +88,7 @@ class Children:
         out: list[str] = []
         readers = [
             threading.Thread(target=_pump, args=(proc, tail, echo), daemon=True),
-            threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True),
+            threading.Thread(target=lambda: out.extend(proc.stdout or ()), daemon=True),
         ]
         for r in readers:
             r.start()
@@ -118,7 +118,7 @@ class Children:
 
 def _pump(proc: subprocess.Popen, tail: deque, echo: bool) -> None:
     """stderr: progress and the failure reason, echoed while it runs."""
-    for line in proc.stderr:
+    for line in proc.stderr or ():
         tail.append(line.rstrip())
         if echo:
             sys.stderr.write(line)

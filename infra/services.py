@@ -17,6 +17,7 @@ from infra.config import Config
 
 if TYPE_CHECKING:
     from infra.api import Api
+    from ingest.consumer import IngestConsumer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Services:
     bootstrap: str
     kafka: str  # which Kafka: "bundled broker (pid N)", "Kafka cluster", ...
     con: duckdb.DuckDBPyConnection
-    ingest: object
+    ingest: IngestConsumer
     ingest_thread: threading.Thread
     api: Api
     review: ReviewStore

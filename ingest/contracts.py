@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 BASE = "base"  # the variant that names the base model without an adapter (in events, routing and the registry)
 MAX_MESSAGES = 64
 MAX_FIELD_CHARS = 16_000

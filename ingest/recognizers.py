@@ -16,7 +16,11 @@ Every pattern runs with a timeout (`regex`): a pathological text raises, and the
 from __future__ import annotations
 
 import regex
-from presidio_analyzer import AnalysisExplanation, EntityRecognizer, RecognizerResult
+
+from ingest.imports import without_torch
+
+with without_torch():
+    from presidio_analyzer import AnalysisExplanation, EntityRecognizer, RecognizerResult
 
 from ingest import names
 from ingest.names import WORD

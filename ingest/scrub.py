@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
 from ingest.config import PiiConfig
+from ingest.imports import without_torch
 from ingest.names import COMMERCE_WORDS, WORD, only_allowed, truecase
 from ingest.recognizers import recognizers
 
@@ -135,21 +134,6 @@ class _RegexTimeoutAlarm(logging.Handler):
             self.fired = True
 
 
-@contextmanager
-def _without_torch():
-    """presidio_analyzer imports transformers and torch at import time when they are installed (for its
-    transformers NLP engine and device detection): 10 s and 600 MB per scrub worker for nothing we use.
-    Hide them while it imports; they import normally afterwards (serving needs them)."""
-    hidden = [m for m in ("torch", "transformers") if m not in sys.modules]
-    for m in hidden:
-        sys.modules[m] = None  # makes `import m` raise ImportError, which presidio and thinc handle
-    try:
-        yield
-    finally:
-        for m in hidden:
-            sys.modules.pop(m, None)
-
-
 def _build_analyzer(cfg: PiiConfig):
     import spacy
     from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry, pattern_recognizer
@@ -244,7 +228,7 @@ class Scrubber:
 
     def __init__(self, cfg: PiiConfig):
         self.cfg = cfg
-        with _without_torch():
+        with without_torch():
             from presidio_analyzer import pattern_recognizer
             from presidio_anonymizer import AnonymizerEngine
 

@@ -46,7 +46,7 @@ def document_limits(app: FastAPI, cfg: ServingConfig) -> None:
             app.openapi_schema = doc
         return app.openapi_schema
 
-    app.openapi = schema
+    app.openapi = schema  # type: ignore[method-assign]  # FastAPI documents this way
 
 
 def create_app(

@@ -103,7 +103,14 @@ class Context:
     async def log(self, event: Event) -> None:
         """Returns once the event is durable (committed to the outbox)."""
         key, value = encode(event)
+        if self.commits is None:
+            raise ApiError(503, "this server keeps no outbox: it cannot take events")
         await self.commits.put((self.topics[event.kind], key, value))
+
+    def model(self) -> Generator:
+        if self.generator is None:
+            raise ApiError(503, "this server has no model loaded")
+        return self.generator
 
     def backend(self) -> ReviewBackend:
         if self.review is None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +22,8 @@ KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_e
 class ApiError(Exception):
     """An answer in OpenAI's error shape; `kind` follows from the status unless given."""
 
-    def __init__(self, status: int, message: str, kind: str | None = None, headers: dict | None = None):
-        self.status, self.message, self.headers = status, message, headers or {}
+    def __init__(self, status: int, message: str, kind: str | None = None, headers: Mapping[str, str] | None = None):
+        self.status, self.message, self.headers = status, message, dict(headers or {})
         self.kind = kind or KINDS.get(status, "invalid_request_error" if status < 500 else "server_error")
 
     def body(self) -> dict:
@@ -32,7 +34,7 @@ def busy(message: str = "the model is busy: try again shortly") -> ApiError:
     return ApiError(503, message, headers={"Retry-After": "1"})
 
 
-def first_error(errors: list[dict]) -> str:
+def first_error(errors: Sequence[Any]) -> str:
     """The first validation error as one line that names the field (FastAPI's 'body' prefix left out)."""
     first = errors[0]
     return f"{'.'.join(str(p) for p in first['loc'] if p != 'body') or 'body'}: {first['msg']}"
@@ -64,10 +66,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def bad_request(_request, e: RequestValidationError):
         return answer(ApiError(400, first_error(e.errors())))
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]  # Starlette types handlers loosely
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, server_error)
-    app.add_exception_handler(RequestValidationError, bad_request)
+    app.add_exception_handler(RequestValidationError, bad_request)  # type: ignore[arg-type]
 
 
 async def send_error(send, e: ApiError) -> None:

@@ -4,7 +4,7 @@ document it, and `tests/serving/test_openapi.py` (Schemathesis) checks every ans
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
@@ -110,8 +110,10 @@ bearer = HTTPBearer(
 # Error answers for `responses=`: any 4xx (400 bad input, 401 no or a wrong key, 403 another app's response,
 # 404 unknown id, 413 body over serving.max_body_bytes, 429 rate limit), and 503 where a route can be busy.
 # Declaring 4XX also keeps FastAPI from documenting a 422 that the API never sends (bad input is 400).
-ERRORS = {"4XX": {"model": ErrorBody, "description": "The request was refused; `error.message` says why."}}
-ERRORS_OR_BUSY = {
+ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "The request was refused; `error.message` says why."}
+}
+ERRORS_OR_BUSY: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     503: {
         "model": ErrorBody,

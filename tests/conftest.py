@@ -219,3 +219,23 @@ def pages_app(backend, admin_keys: dict[str, str], secret: bytes = b"s" * 32, **
         variants=lambda: ["base"],
         review=backend,
     )
+
+
+@pytest.fixture
+def put(db, scrub_pool):
+    from tests.helpers.events import store
+
+    return lambda events: store(db, events, scrub_pool.scrub)
+
+
+@pytest.fixture
+def populated(tmp_path, scrub_pool):
+    from infra.db import open_store
+    from tests.helpers.events import population, store
+
+    data = tmp_path / "var"
+    data.mkdir()
+    con = open_store(data / "flywheel.duckdb")
+    store(con, population(users=60), scrub_pool.scrub)
+    con.close()
+    return data

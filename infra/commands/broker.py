@@ -24,7 +24,7 @@ def broker_start(ctx: typer.Context) -> None:
         typer.echo(f"broker already running at {running.bootstrap} (pid {running.pid})")
         return
     started = broker.EmbeddedBroker(cfg.kafka, cfg.data_dir, detach=True).start()
-    typer.echo(f"broker started at {started.bootstrap} (pid {started.proc.pid})")
+    typer.echo(f"broker started at {started.bootstrap} (pid {started.proc.pid if started.proc else '?'})")
 
 
 @app.command("stop")

@@ -31,7 +31,9 @@ class State:
 
 
 def state(ctx: typer.Context) -> State:
-    return ctx.find_object(State)
+    found = ctx.find_object(State)
+    assert found is not None  # the top-level callback sets it before any command runs
+    return found
 
 
 def ensure_data_dir(path: Path) -> Path:

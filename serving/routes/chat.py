@@ -41,7 +41,7 @@ def checked_messages(ctx: Context, body: ChatRequest, app_id: str) -> list[dict]
         if len(m.content or "") > cfg.max_message_chars:
             raise ApiError(
                 400,
-                f"a message of {len(m.content)} characters: at most {cfg.max_message_chars} "
+                f"a message of {len(m.content or '')} characters: at most {cfg.max_message_chars} "
                 "(serving.max_message_chars)",
             )
         if m.role not in ROLES:
@@ -61,7 +61,7 @@ def checked_messages(ctx: Context, body: ChatRequest, app_id: str) -> list[dict]
 async def prompt_ids(ctx: Context, messages: list[dict]) -> list[int]:
     """The chat template's tokens, in a worker thread (up to a second for the largest bodies), only once the
     queue has room."""
-    if ctx.generator.full:
+    if ctx.model().full:
         raise busy()
     prompt = await asyncio.get_running_loop().run_in_executor(
         None,
@@ -185,7 +185,11 @@ async def chat_completions(body: ChatRequest, request: Request, ctx: Ctx, app_id
     prompt = await prompt_ids(ctx, messages)
     response_id = ids.issue(ctx.secret, ids.ResponseClaims(app_id, user_id, variant, experiment, time.time()))
     headers = {"X-Flywheel-Variant": variant, "X-Flywheel-Response-Id": response_id}
-    loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+    loop, pieces = asyncio.get_running_loop(), asyncio.Queue[str]()
+
+    def on_text(text: str) -> None:  # from the model thread
+        loop.call_soon_threadsafe(pieces.put_nowait, text)
+
     req = GenRequest(
         prompt,
         max_tokens=min(body.max_completion_tokens or body.max_tokens or ctx.cfg.max_tokens, ctx.cfg.max_tokens),
@@ -194,10 +198,10 @@ async def chat_completions(body: ChatRequest, request: Request, ctx: Ctx, app_id
         stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
         seed=body.seed,
         adapter=variant,
-        on_text=(lambda t: loop.call_soon_threadsafe(pieces.put_nowait, t)) if body.stream else None,
+        on_text=on_text if body.stream else None,
     )
     try:
-        future = ctx.generator.submit(req)
+        future = ctx.model().submit(req)
     except QueueFull:
         raise busy() from None
     answer = Answer(ctx, response_id, app_id, user_id, variant, experiment, messages, started, int(time.time()))

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -20,7 +21,7 @@ from serving.schemas import FeedbackRequest
 
 router = APIRouter(prefix="/v1")
 NAMESPACE = uuid.UUID("5b0e9c1e-8d6f-4c38-9a57-0c1f3f0e7b21")
-RATINGS = {"up": 1, "down": -1, 1: 1, -1: -1}
+RATINGS: dict[str | int, Literal[1, -1]] = {"up": 1, "down": -1, 1: 1, -1: -1}
 
 
 async def accept(ctx: Context, authorization: str, address: str, raw: bytes) -> dict:

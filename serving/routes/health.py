@@ -30,8 +30,10 @@ async def readyz(ctx: Ctx):
 @router.get("/metrics", response_class=PlainTextResponse)
 async def prometheus(ctx: Ctx):
     m = ctx.metrics
-    m.queue.set(ctx.generator.depth)
-    m.outbox.set(ctx.outbox.size())
-    m.outbox_unsent.set(ctx.outbox.unsent())
-    m.outbox_rejected.set(ctx.outbox.rejected())
+    if ctx.generator is not None:
+        m.queue.set(ctx.generator.depth)
+    if ctx.outbox is not None:
+        m.outbox.set(ctx.outbox.size())
+        m.outbox_unsent.set(ctx.outbox.unsent())
+        m.outbox_rejected.set(ctx.outbox.rejected())
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

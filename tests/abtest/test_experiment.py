@@ -12,7 +12,7 @@ from abtest.config import AbtestConfig
 from infra import ab as ab_
 from infra.config import Config
 from retrain import registry
-from tests.curation.conftest import chat, rate, store
+from tests.helpers.events import chat, rate, store
 
 CFG = AbtestConfig(ramp=[0.2, 0.5], min_users_per_arm=20, min_duration_s=0)
 
@@ -162,7 +162,7 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
     from infra.services import ReviewStore
     from serving import ids
     from tests.conftest import pages_app, serve_in_thread
-    from tests.curation.test_review_page import click
+    from tests.helpers.browser import click
 
     cfg = two_adapters
     ab_.tick(cfg, db)
@@ -184,7 +184,7 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
         assert "v0002" in browser.find_element(By.ID, "history").text
         browser.save_screenshot(str(cfg.data_dir / "ab.png"))
         # Free text on the dashboard (an operator's reason) is shown as text, never run.
-        from tests.curation.test_review_page import XSS
+        from tests.helpers.browser import XSS
 
         registry.set_status(db, "v0001", "retired", f"operator note {XSS}")
         browser.get(url + "/ab")

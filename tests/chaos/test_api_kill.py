@@ -15,8 +15,8 @@ import pytest
 
 from infra.broker import free_port
 from infra.db import open_store
-from tests.chaos.load import Load
-from tests.ingest.test_consumer import ingest_until_caught_up, process_env, topic_config
+from tests.helpers.kafka import ingest_until_caught_up, process_env, topic_config
+from tests.helpers.load import Load
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 KEY = "flywheel-demo-key"  # the embedded demo app's key

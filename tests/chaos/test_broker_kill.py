@@ -21,8 +21,8 @@ import pytest
 from infra.broker import free_port
 from infra.config import load_config
 from infra.db import open_store
-from tests.chaos.load import Load
-from tests.ingest.test_consumer import process_env
+from tests.helpers.kafka import process_env
+from tests.helpers.load import Load
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 KEY = "flywheel-demo-key"  # the embedded demo app's key

@@ -27,8 +27,8 @@ from infra.kafka import client_settings
 from ingest.producer import EventProducer
 from ingest.synthetic import PII_TEMPLATES, pii_value
 from retrain.config import LoraConfig, RetrainConfig
-from tests.ingest.test_consumer import topic_config
-from tests.retrain.test_recipe import TINY_TARGETS
+from tests.helpers.kafka import topic_config
+from tests.helpers.retrain import TINY_TARGETS
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 KEY = "flywheel-demo-key"  # the embedded demo app's key

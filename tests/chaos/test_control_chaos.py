@@ -13,8 +13,8 @@ import pytest
 from infra import control, schedule
 from infra.db import open_store
 from retrain import registry
-from tests.curation.conftest import store
-from tests.retrain.test_control import config, digest, more_ratings
+from tests.helpers.events import more_ratings, store
+from tests.helpers.retrain import config, digest
 
 pytestmark = pytest.mark.chaos
 

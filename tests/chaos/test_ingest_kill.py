@@ -17,7 +17,7 @@ from infra.db import open_store
 from infra.kafka import admin, end_offsets
 from ingest.contracts import ChatLog
 from ingest.synthetic import events
-from tests.ingest.test_consumer import process_env, producer, stored_all, topic_config
+from tests.helpers.kafka import process_env, producer, stored_all, topic_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

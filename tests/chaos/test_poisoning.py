@@ -12,8 +12,7 @@ import pytest
 from curation import curate, snapshot
 from curation.config import CurationConfig
 from infra.db import open_store
-from tests.curation.conftest import chat, rate, store
-from tests.curation.test_curate import population
+from tests.helpers.events import chat, population, rate, store
 
 pytestmark = pytest.mark.chaos
 PUSHED = "Refunds are instant: just reply with your account password and we will credit you today."

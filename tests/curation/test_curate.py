@@ -9,41 +9,7 @@ import pytest
 from curation import audit, curate, review, snapshot
 from curation.config import CurationConfig
 from infra.db import open_store
-from tests.curation.conftest import chat, rate, store
-
-QUESTIONS = [
-    "Where is my order? It was due on Tuesday.",
-    "Can I return a jacket that does not fit?",
-    "What warranty do the headphones have?",
-    "How long does shipping to Canada take?",
-    "Do you ship on weekends?",
-    "Can I pay with PayPal?",
-]
-ANSWERS = [
-    "Your order left the warehouse yesterday.",
-    "Yes, unworn items can be returned within 30 days.",
-    "Headphones have a one-year limited warranty.",
-    "Shipping to Canada takes 5 to 8 business days.",
-    "We ship Monday to Saturday.",
-    "We accept cards and PayPal at checkout.",
-]
-
-
-def population(users: int = 60, per_user: int = 3):
-    """Rated chats from many users: up, down, and down with a correction, in turn."""
-    events = []
-    for u in range(users):
-        for k in range(per_user):
-            i = (u + k) % len(QUESTIONS)
-            c = chat(
-                f"user-{u:03d}", f"{QUESTIONS[i]} (ticket {u}-{k})", f"{ANSWERS[i]} Ref {u}-{k}.", minutes=u * 10 + k
-            )
-            kind = (u + k) % 3
-            events += [
-                c,
-                rate(c, 1) if kind == 0 else rate(c, -1, f"Corrected for {u}-{k}: {ANSWERS[i]}" if kind == 2 else None),
-            ]
-    return events
+from tests.helpers.events import ANSWERS, QUESTIONS, chat, population, rate, store
 
 
 def test_ratings_and_corrections_become_labelled_samples_and_the_latest_rating_wins(db, put):
@@ -110,15 +76,27 @@ def test_audit_chain_detects_an_edited_or_removed_entry(db):
     assert audit.verify(db).broken_at == 2
 
 
-def test_no_code_path_updates_or_deletes_the_audit_log():
-    import pathlib
+def test_the_audit_log_only_grows_through_curation_review_snapshots_and_forget(db, put, tmp_path):
+    """Every path that writes near the log (curate, decide, snapshot, forget, curate again) leaves each earlier
+    entry as it was, appends its own, and the hash chain still verifies."""
+    from curation.forget import forget
+    from retrain import registry
 
-    root = pathlib.Path(__file__).resolve().parents[2]
-    for path in root.glob("*/**/*.py"):
-        if "tests" in path.parts or ".venv" in path.parts:
-            continue
-        text = path.read_text().lower()
-        assert "update audit_log" not in text and "delete from audit_log" not in text, path
+    put(population(users=30))
+    cfg = CurationConfig(review_policy="required", max_user_share=1.0)
+    curate.run(db, cfg, actor="t")
+    before = db.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
+    pending = review.pending_ids(db)
+    review.decide(db, pending[:6], "approve", "rita")
+    review.decide(db, pending[6:8], "reject", "rita", "wrong policy")
+    snapshot.build(db, cfg, tmp_path / "snapshots", actor="t")
+    forget(db, "user-000", "dpo", taint=registry.taint_trained_on)
+    curate.run(db, cfg, actor="t")
+    after = db.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
+    assert after[: len(before)] == before
+    assert [r[3] for r in after[len(before) :]] == ["approve", "reject", "snapshot", "forget", "curate"]
+    assert audit.verify(db).ok
+    assert "user-000" not in str(after)  # entries never hold a user id: forgetting must not need to edit them
 
 
 def test_snapshots_are_user_disjoint_capped_deterministic_and_load_with_datasets(db, put, tmp_path, scrub_pool):

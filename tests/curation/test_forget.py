@@ -4,6 +4,8 @@ import json
 import uuid
 from datetime import UTC
 
+import pytest
+
 from curation import curate, snapshot
 from curation.config import CurationConfig
 from curation.forget import forget
@@ -14,8 +16,7 @@ from ingest.batch import Record, prepare
 from retrain import registry
 from serving import ids
 from tests.conftest import flywheel
-from tests.curation.conftest import chat, rate, store
-from tests.curation.test_curate import population
+from tests.helpers.events import chat, population, rate, store
 
 MARKER = "Zanzibar-Quokka-Umbrella"  # text only the forgotten user ever wrote
 
@@ -108,6 +109,7 @@ def test_forget_erases_every_row_and_the_bytes_and_taints_what_was_trained_on_th
     con.close()
 
 
+@pytest.mark.slow
 def test_cli_curate_review_forget_and_audit(tmp_path, scrub_pool):
     data = tmp_path / "var"
     data.mkdir()

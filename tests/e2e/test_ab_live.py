@@ -12,6 +12,7 @@ import time
 
 import httpx
 import openai
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
@@ -31,6 +32,7 @@ def make_adapter(tiny_lm, path, seed):
     model.save_pretrained(path)
 
 
+@pytest.mark.slow
 def test_up_runs_an_experiment_on_live_traffic_promotes_and_serving_follows(tmp_path, tiny_lm):
     data = tmp_path / "var"
     data.mkdir()

@@ -22,6 +22,7 @@ def test_topics_exist_with_configured_partitions(broker):
         assert len(described[name]["partitions"]) == cfg.partitions
 
 
+@pytest.mark.slow
 def test_round_trip_10000_messages_through_a_consumer_group(broker):
     cfg = KafkaConfig()
     topic, n = "roundtrip", 10_000

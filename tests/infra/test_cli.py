@@ -98,6 +98,7 @@ def up_env(data, tiny_lm) -> dict:
     return {"FLYWHEEL_DATA_DIR": str(data), "FLYWHEEL_BASE_MODEL": str(tiny_lm), "FLYWHEEL_SERVING__PORT": "0"}
 
 
+@pytest.mark.slow
 def test_up_starts_broker_database_ingest_and_api_then_stops_cleanly(tmp_path, tiny_lm):
     data = tmp_path / "var"
     result = flywheel("up", "--duration", "1", env=up_env(data, tiny_lm))
@@ -110,6 +111,7 @@ def test_up_starts_broker_database_ingest_and_api_then_stops_cleanly(tmp_path, t
     assert not (data / "broker.json").exists()
 
 
+@pytest.mark.slow
 def test_up_ingests_what_is_produced_to_the_topics(tmp_path, tiny_lm):
     data = tmp_path / "var"
     result = flywheel("up", "--duration", "30", "--simulate", "300", env=up_env(data, tiny_lm))
@@ -122,6 +124,7 @@ def test_up_ingests_what_is_produced_to_the_topics(tmp_path, tiny_lm):
     assert f"ingested  {chats:,} chats, {feedback:,} feedback" in result.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_stops_up_cleanly(tmp_path, tiny_lm):
     env = {**os.environ, **up_env(tmp_path / "var", tiny_lm)}
     proc = subprocess.Popen(

@@ -1,18 +1,13 @@
 """Ingest through the real bundled broker into a real DuckDB file."""
 
 import random
-import threading
-import time
-import uuid
 
-from infra.config import load_config
+import pytest
+
 from infra.db import open_store
-from infra.kafka import client_settings, end_offsets, ensure_topics
-from infra.services import build_ingest, run_ingest
-from ingest import sink
 from ingest.contracts import ChatLog, Feedback, Message
-from ingest.producer import EventProducer
 from ingest.synthetic import events
+from tests.helpers.kafka import ingest_until_caught_up, producer, topic_config
 
 CANARIES = {
     "email": "quigley.canary7@example.com",
@@ -24,66 +19,7 @@ CANARIES = {
 }
 
 
-def topic_config(broker, tmp_path, **extra):
-    name = uuid.uuid4().hex[:8]
-    overrides = [
-        f"data_dir={tmp_path}",
-        f"kafka.bootstrap_servers={broker.bootstrap}",
-        f"kafka.chats_topic=chats-{name}",
-        f"kafka.feedback_topic=feedback-{name}",
-        f"ingest.group_id=ingest-{name}",
-        "ingest.batch_max_ms=200",
-        "ingest.pii.workers=0",
-        "kafka.session_timeout_ms=6000",
-    ] + [f"{k}={v}" for k, v in extra.items()]
-    cfg = load_config(overrides=overrides, env={})
-    ensure_topics(cfg.kafka, broker.bootstrap)
-    return cfg, overrides
-
-
-def process_env(overrides: list[str]) -> dict:
-    """The environment of a `flywheel` subprocess that sees the same settings as `topic_config`'s overrides."""
-    import os
-
-    return {
-        **os.environ,
-        **{f"FLYWHEEL_{k.upper().replace('.', '__')}": v for k, v in (o.split("=", 1) for o in overrides)},
-    }
-
-
-def producer(cfg, broker):
-    return EventProducer.connect(
-        client_settings(cfg.kafka, broker.bootstrap), cfg.kafka.chats_topic, cfg.kafka.feedback_topic
-    )
-
-
-def stored_all(con, cfg, broker) -> bool:
-    ends = {}
-    for topic in (cfg.kafka.chats_topic, cfg.kafka.feedback_topic):
-        ends |= {(topic, p): o for p, o in end_offsets(cfg.kafka, broker.bootstrap, topic).items()}
-    stored = {k: v[0] for k, v in sink.stored_offsets(con, cfg.ingest.group_id).items()}
-    return all(stored.get(k, 0) == v for k, v in ends.items()), stored, ends
-
-
-def ingest_until_caught_up(cfg, broker, con, timeout=90):
-    ingest = build_ingest(cfg, broker.bootstrap, con.cursor())
-    stop = threading.Event()
-    thread = threading.Thread(target=run_ingest, args=(ingest, stop.is_set))
-    thread.start()
-    reader = con.cursor()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            done, stored, ends = stored_all(reader, cfg, broker)
-            if done:
-                return stored, ends
-            time.sleep(0.5)
-        raise AssertionError(f"ingest did not catch up: stored {stored}, ends {ends}")
-    finally:
-        stop.set()
-        thread.join(30)
-
-
+@pytest.mark.slow
 def test_valid_duplicated_and_malformed_events(broker, tmp_path):
     cfg, _ = topic_config(broker, tmp_path)
     evs = events(400, seed=7)
@@ -139,6 +75,7 @@ def canary_events() -> list:
     return [chat, fb]
 
 
+@pytest.mark.slow
 def test_canary_pii_reaches_no_table_and_no_byte_of_the_file(broker, tmp_path):
     cfg, _ = topic_config(broker, tmp_path)
     p = producer(cfg, broker)
@@ -165,6 +102,7 @@ def test_canary_pii_reaches_no_table_and_no_byte_of_the_file(broker, tmp_path):
         assert value.encode() not in raw, name
 
 
+@pytest.mark.slow
 def test_a_failing_kafka_commit_never_stops_ingest(broker, tmp_path, monkeypatch):
     from kafka import KafkaConsumer
     from kafka.errors import CommitFailedError
@@ -186,6 +124,7 @@ def test_a_failing_kafka_commit_never_stops_ingest(broker, tmp_path, monkeypatch
     con.close()
 
 
+@pytest.mark.slow
 def test_a_poll_that_raises_while_the_broker_is_away_never_stops_ingest(broker, tmp_path, monkeypatch):
     """kafka-python raised KafkaConnectionError from poll() while a killed broker restarted, which stopped
     `flywheel up` (tests/chaos/test_broker_kill.py, about one run in four)."""

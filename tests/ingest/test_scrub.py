@@ -72,6 +72,7 @@ def test_a_regex_timeout_fails_closed_instead_of_skipping_the_pattern():
     assert pool.scrub(["Call John Smith."])[0].text == "Call <PERSON>."
 
 
+@pytest.mark.slow
 def test_a_hung_worker_fails_closed_within_its_budget_and_the_pool_recovers():
     pool = ScrubPool(PiiConfig(workers=1, regex_timeout_s=600, time_budget_ms_per_text=1, deny_patterns=[EVIL]))
     try:

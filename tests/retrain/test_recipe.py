@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from retrain import gates, recipe
 from retrain.config import LoraConfig, RetrainConfig
+from tests.helpers.retrain import TINY_TARGETS
 
 FACTS = [
     ("Where is my order?", "It ships on Tuesday."),
@@ -41,7 +42,6 @@ def rows(n_repeat: int = 4, undesirable: bool = False):
 
 
 # The tiny model's output head is initialised so small that only an adapter on it can move the logits.
-TINY_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 CFG = RetrainConfig(
     quantization="none",
     learning_rate=3e-2,
@@ -261,8 +261,7 @@ def test_reading_a_snapshot_leaves_no_copy_outside_the_data_dir(db, scrub_pool, 
     from curation import curate, snapshot
     from curation.config import CurationConfig
     from retrain.recipe import load_rows
-    from tests.curation.conftest import store
-    from tests.curation.test_curate import population
+    from tests.helpers.events import population, store
 
     cache = tmp_path / "hf-cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))

@@ -18,7 +18,7 @@ from serving.app import create_app
 from serving.config import ServingConfig
 from serving.outbox import Outbox
 from tests.conftest import serve_in_thread, tiny_generator
-from tests.curation.conftest import chat, rate, store
+from tests.helpers.events import chat, rate, store
 
 KEY, ADMIN_KEY = "key-of-app-a", "key-of-the-dpo"
 

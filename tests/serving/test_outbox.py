@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
@@ -17,6 +18,7 @@ from tests.conftest import tiny_generator
 KEY = "k"
 
 
+@pytest.mark.slow
 def test_broker_outage_loses_nothing(tiny_lm, tmp_path):
     from infra.broker import free_port
 
@@ -102,6 +104,7 @@ def _wait(condition, timeout=60.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_rows_wait_for_ingest_and_go_again_to_a_new_broker(tmp_path):
     """A row leaves the outbox only once the ingest group has committed past it; a broker that loses its log
     (a new bundled broker, a new cluster id) is sent every row ingest had not stored, and nothing else."""

@@ -1,5 +1,10 @@
 """Adapters appear and disappear without restart; assignment is sticky across restarts."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -104,7 +109,10 @@ def test_a_bad_routing_file_keeps_the_current_split(tiny_lm, adapters, tmp_path)
         publish(tmp_path, {"split": [["base", 0.5]]})
 
 
+@pytest.mark.slow
 def test_assignment_survives_a_restart(tiny_lm, adapters, tmp_path):
+    """Each server lifetime is its own interpreter, with its own hash seed: a user must land on the same
+    variant in every one (a `hash()`-based assignment would move users at each restart)."""
     routing = {
         "experiment_id": "e",
         "salt": "x",
@@ -112,11 +120,19 @@ def test_assignment_survives_a_restart(tiny_lm, adapters, tmp_path):
         "adapters": {"v0001": adapters["v0001"]},
     }
     publish(tmp_path, routing)
+    script = (
+        "import json, sys; from pathlib import Path; "
+        "from transformers import AutoModelForCausalLM, AutoTokenizer; "
+        "from serving.generator import BatchGenerator; from serving.routing import ModelHolder, Router; "
+        f"gen = BatchGenerator(AutoModelForCausalLM.from_pretrained({str(tiny_lm)!r}).eval(), "
+        f"AutoTokenizer.from_pretrained({str(tiny_lm)!r})); "
+        f"router = Router(Path({str(tmp_path / 'routing.json')!r}), ModelHolder(gen)); router.refresh(); "
+        "print(json.dumps([router.route(f'user-{i}')[0] for i in range(300)]))"
+    )
     seen = []
-    for _ in range(2):  # two server lifetimes
-        tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
-        gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm).eval(), tokenizer)
-        router = Router(tmp_path / "routing.json", ModelHolder(gen))
-        router.refresh()
-        seen.append([router.route(f"user-{i}")[0] for i in range(300)])
+    for seed in ("1", "2"):  # two server lifetimes
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        seen.append(json.loads(out.stdout.strip().splitlines()[-1]))
     assert seen[0] == seen[1] and set(seen[0]) == {"base", "v0001"}

@@ -1,62 +1,20 @@
 """Retrain as the control process runs it: curate -> snapshot -> worker subprocess -> gates -> registry,
 with injected failures (NaN loss, kill -9) that must leave the incumbent alone."""
 
-import hashlib
 import threading
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from curation.config import CurationConfig
 from infra import control, schedule
-from infra.config import Config
 from infra.db import open_store
 from infra.processes import RetrainLock
 from retrain import registry
-from retrain.config import LoraConfig, RetrainConfig
 from tests.conftest import flywheel
-from tests.curation.conftest import store
-from tests.curation.test_curate import population
-from tests.retrain.test_recipe import TINY_TARGETS
+from tests.helpers.events import more_ratings, store
+from tests.helpers.retrain import config, digest
 
 
-def config(tiny_lm, data: Path, **retrain) -> Config:
-    base = RetrainConfig(
-        min_new_samples=1,
-        epochs=4,
-        learning_rate=0.03,
-        tokens_per_batch=512,
-        max_seq_len=96,
-        forgetting_tolerance=100.0,
-        lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=TINY_TARGETS),
-    )
-    return Config(
-        data_dir=data,
-        base_model=str(tiny_lm),
-        curation=CurationConfig(review_policy="auto"),
-        retrain=base.model_copy(update=retrain),
-    )
-
-
-@pytest.fixture
-def populated(tmp_path, scrub_pool):
-    data = tmp_path / "var"
-    data.mkdir()
-    con = open_store(data / "flywheel.duckdb")
-    store(con, population(users=60), scrub_pool.scrub)
-    con.close()
-    return data
-
-
-def digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()
-
-
+@pytest.mark.slow
 def test_retrain_now_from_the_cli_registers_a_gated_candidate(tiny_lm, populated, tmp_path):
     import tomli_w
 
@@ -90,6 +48,7 @@ def test_retrain_now_from_the_cli_registers_a_gated_candidate(tiny_lm, populated
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
 
 
+@pytest.mark.slow
 def test_failed_runs_leave_the_incumbent_and_the_registry_alone(tiny_lm, populated, scrub_pool):
     con = open_store(populated / "flywheel.duckdb")
     try:
@@ -124,16 +83,6 @@ def test_failed_runs_leave_the_incumbent_and_the_registry_alone(tiny_lm, populat
         assert after.version == "v0004"  # versions are never reused
     finally:
         con.close()
-
-
-def more_ratings(users: range):
-    from tests.curation.conftest import chat, rate
-
-    events = []
-    for u in users:
-        c = chat(f"user-{u:03d}", f"Is order {u:06d} on its way?", "It left the warehouse today.")
-        events += [c, rate(c, 1)]
-    return events
 
 
 def test_stopping_the_service_kills_a_run_in_flight_and_records_it(tiny_lm, populated):
@@ -186,34 +135,3 @@ def test_the_schedule_is_persistent_single_and_coalescing(tiny_lm, tmp_path):
         assert len(scheduler.get_jobs()) == 1 and (job.next_run_time.hour, job.next_run_time.minute) == (3, 30)
     finally:
         scheduler.shutdown(wait=False)
-
-
-def test_registry_says_which_version_served_when(db):
-    def at(minutes):
-        return datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=minutes)
-
-    for v in ("v0001", "v0002"):
-        registry.register(
-            db,
-            v,
-            status="candidate",
-            parent=None,
-            base_model="b",
-            base_hash=None,
-            snapshot_id=None,
-            path=None,
-            metrics={},
-        )
-    # A taint (a forget found v0001 in a user's lineage) flags v0001 but does not stop it serving.
-    events = [
-        (at(10), "v0001", "live"),
-        (at(12), "v0001", registry.TAINTED),
-        (at(20), "v0002", "canary"),
-        (at(30), "v0001", "retired"),
-        (at(30), "v0002", "live"),
-        (at(40), "v0002", "rolled_back"),
-    ]
-    db.execute("DELETE FROM adapter_events")
-    db.executemany("INSERT INTO adapter_events (changed_at, version, status) VALUES (?, ?, ?)", events)
-    assert [registry.live_at(db, at(m)) for m in (5, 15, 25, 35, 45)] == ["base", "v0001", "v0001", "v0002", "base"]
-    assert registry.next_version(db) == "v0003"

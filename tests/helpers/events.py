@@ -6,13 +6,13 @@ import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from ingest import sink
 from ingest.batch import Record, prepare
 from ingest.contracts import ChatLog, Feedback, Message
 
 _offsets = itertools.count()
+
+
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -59,6 +59,46 @@ def store(con, events, scrub) -> None:
     sink.write(con, "test", None, prepare(records, {"chats": "chat", "feedback": "feedback"}, scrub, "test"))
 
 
-@pytest.fixture
-def put(db, scrub_pool):
-    return lambda events: store(db, events, scrub_pool.scrub)
+QUESTIONS = [
+    "Where is my order? It was due on Tuesday.",
+    "Can I return a jacket that does not fit?",
+    "What warranty do the headphones have?",
+    "How long does shipping to Canada take?",
+    "Do you ship on weekends?",
+    "Can I pay with PayPal?",
+]
+
+
+ANSWERS = [
+    "Your order left the warehouse yesterday.",
+    "Yes, unworn items can be returned within 30 days.",
+    "Headphones have a one-year limited warranty.",
+    "Shipping to Canada takes 5 to 8 business days.",
+    "We ship Monday to Saturday.",
+    "We accept cards and PayPal at checkout.",
+]
+
+
+def population(users: int = 60, per_user: int = 3):
+    """Rated chats from many users: up, down, and down with a correction, in turn."""
+    events = []
+    for u in range(users):
+        for k in range(per_user):
+            i = (u + k) % len(QUESTIONS)
+            c = chat(
+                f"user-{u:03d}", f"{QUESTIONS[i]} (ticket {u}-{k})", f"{ANSWERS[i]} Ref {u}-{k}.", minutes=u * 10 + k
+            )
+            kind = (u + k) % 3
+            events += [
+                c,
+                rate(c, 1) if kind == 0 else rate(c, -1, f"Corrected for {u}-{k}: {ANSWERS[i]}" if kind == 2 else None),
+            ]
+    return events
+
+
+def more_ratings(users: range):
+    events = []
+    for u in users:
+        c = chat(f"user-{u:03d}", f"Is order {u:06d} on its way?", "It left the warehouse today.")
+        events += [c, rate(c, 1)]
+    return events

@@ -12,10 +12,10 @@ from infra.config import Config
 from infra.services import ReviewStore
 from serving import ids
 from tests.conftest import pages_app, serve_in_thread
-from tests.curation.conftest import chat, rate
+from tests.helpers.browser import XSS, click
+from tests.helpers.events import chat, rate
 
 REVIEWER_KEY, ADMIN_KEY = "key-of-rita", "key-of-dpo"
-XSS = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 
 
 @pytest.fixture
@@ -36,22 +36,6 @@ def review_server(db, put, tmp_path):
     )
     with serve_in_thread(app) as url:
         yield {"url": url, "db": db, "ann": ok, "other_ann": other}
-
-
-def click(browser, element) -> None:
-    """Click a submit button and wait for the next page (the clicked element leaves the document)."""
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def gone(_driver) -> bool:
-        try:
-            element.is_enabled()
-        except WebDriverException:  # stale, or, mid-navigation, "node does not belong to the document"
-            return True
-        return False
-
-    element.click()
-    WebDriverWait(browser, 10).until(gone)
 
 
 def test_a_reviewer_approves_a_sample_in_chromium_and_the_database_records_it(review_server, browser):
