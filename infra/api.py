@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from infra.config import Config
-from infra.services import ReviewStore
+
+if TYPE_CHECKING:
+    from infra.services import ReviewStore
 
 log = logging.getLogger(__name__)
 

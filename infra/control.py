@@ -10,6 +10,7 @@ when it runs in `infra/schedule.py`, and A/B decisions are applied in `infra/ab.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -140,8 +141,6 @@ class Run:
         return self.children.gate(args, 3600)
 
     def __call__(self, on_worker: Callable | None, echo: bool) -> Outcome:
-        import json
-
         code, last, tail = self.children.run(
             ["-m", "retrain.worker", str(self.staging / "job.json")], self.cfg.retrain.timeout_s, on_worker, echo
         )

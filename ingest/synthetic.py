@@ -189,26 +189,7 @@ PII_FIRST = [
     "Sofia",
 ]
 PII_LAST = [
-    "Garcia",
-    "Smith",
-    "Khan",
-    "Chen",
-    "Rossi",
-    "Muller",
-    "Brown",
-    "Johnson",
-    "Patel",
-    "Kim",
-    "Nguyen",
-    "Silva",
-    "Kowalski",
-    "Martin",
-    "Lopez",
-    "Wilson",
-    "Anderson",
-    "Taylor",
-    "Moore",
-    "Jackson",
+    *LAST,
     "Williams",
     "Davis",
     "Miller",
@@ -220,7 +201,7 @@ PII_LAST = [
     "Walker",
     "Young",
     "Schmidt",
-]
+]  # the chat surnames, then more
 PII_STREETS = [
     "Baker",
     "Maple",

@@ -201,24 +201,12 @@ def serve_in_thread(app):
         thread.join(10)
 
 
-def pages_app(backend, admin_keys: dict[str, str], secret: bytes = b"s" * 32, **serving):
+def pages_app(backend, admin_keys: dict[str, str], **serving):
     """The API with only the review pages and admin routes working (no model, no outbox): for page tests."""
-    from serving.app import create_app
     from serving.config import ServingConfig
+    from tests.helpers.api import make_app
 
-    return create_app(
-        ServingConfig(admin_keys=admin_keys, **serving),
-        generator=None,
-        tokenizer=None,
-        outbox=None,
-        chats_topic="c",
-        feedback_topic="f",
-        secret=secret,
-        user_key=b"u" * 32,
-        route=lambda _user: ("base", None),
-        variants=lambda: ["base"],
-        review=backend,
-    )
+    return make_app(ServingConfig(admin_keys=admin_keys, **serving), review=backend)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from ingest.batch import Record, prepare
 from ingest.contracts import Message
 from ingest.scrub import SCRUBBER_VERSION
 from ingest.synthetic import chat, feedback
+from tests.helpers.api import make_app
 
 KINDS = {"c": "chat", "f": "feedback"}
 
@@ -102,23 +103,11 @@ def _toggled_ratings(tmp_path) -> list[bytes]:
     from fastapi.testclient import TestClient
 
     from serving import ids
-    from serving.app import create_app
     from serving.config import ServingConfig
     from serving.outbox import Outbox
 
     outbox = Outbox(tmp_path / "outbox.sqlite")
-    app = create_app(
-        ServingConfig(api_keys={"app": ids.hash_key("k")}),
-        generator=None,
-        tokenizer=None,
-        outbox=outbox,
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
-    )
+    app = make_app(ServingConfig(api_keys={"app": ids.hash_key("k")}), outbox=outbox)
     rid = ids.issue(b"s" * 32, ids.ResponseClaims("app", "u1", "base", None, time.time()))
     client = TestClient(app, base_url="http://127.0.0.1")
     for rating in ("up", "down", "up"):

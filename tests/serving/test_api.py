@@ -13,10 +13,10 @@ from infra.config import KafkaConfig
 from infra.kafka import client_settings, ensure_topics
 from ingest.contracts import parse_event
 from serving import ids
-from serving.app import create_app
 from serving.config import ServingConfig
 from serving.outbox import Outbox, OutboxSender
 from tests.conftest import serve_in_thread, tiny_generator
+from tests.helpers.api import make_app
 
 KEY_A, KEY_B = "key-of-app-a", "key-of-app-b"
 
@@ -38,7 +38,7 @@ def server(tiny_lm, broker, tmp_path_factory):
         scrub_cost_per_s=1e9,
         scrub_cost_burst=10**9,
     )
-    app = create_app(
+    app = make_app(
         cfg,
         generator=generator,
         tokenizer=tokenizer,
@@ -46,9 +46,7 @@ def server(tiny_lm, broker, tmp_path_factory):
         chats_topic=kafka.chats_topic,
         feedback_topic=kafka.feedback_topic,
         secret=b"test-secret" * 32,
-        user_key=b"u" * 32,
         route=lambda user: ("base", None),
-        variants=lambda: ["base"],
     )
     with serve_in_thread(app) as url:
         yield {"url": url, "kafka": kafka, "broker": broker, "outbox": outbox}

@@ -6,27 +6,21 @@ from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serving import ids
-from serving.app import create_app
 from serving.config import ServingConfig
 from serving.generator import BatchGenerator
 from serving.outbox import Outbox
+from tests.helpers.api import make_app
 
 
 def test_rate_limit_metrics_and_health(tiny_lm, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer).start()
     ready = {"ok": True}
-    app = create_app(
+    app = make_app(
         ServingConfig(api_keys={"a": ids.hash_key("k")}, rate_limit_per_s=0.01, rate_burst=3, max_tokens=3),
         generator=gen,
         tokenizer=tokenizer,
         outbox=Outbox(tmp_path / "o.sqlite"),
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
         ready=lambda: ready["ok"],
     )
     client = TestClient(app, base_url="http://127.0.0.1")
@@ -63,18 +57,7 @@ def test_wrong_key_guessing_is_throttled_per_address(tmp_path):
         guess_burst=5,
         guess_per_s=2,
     )
-    app = create_app(
-        cfg,
-        generator=None,
-        tokenizer=None,
-        outbox=Outbox(tmp_path / "o.sqlite"),
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
-    )
+    app = make_app(cfg, outbox=Outbox(tmp_path / "o.sqlite"))
     guesser = TestClient(app, base_url="http://127.0.0.1")
     other = TestClient(app, base_url="http://127.0.0.1", client=("10.0.0.2", 50000))
     wrong = {"Authorization": "Bearer guess"}
@@ -102,18 +85,7 @@ def _chat_app(tiny_lm, tmp_path, **settings):
         queue_depth=settings.pop("queue_depth", 64),
     )
     cfg = ServingConfig(api_keys={"a": ids.hash_key("k")}, max_tokens=4, **settings)
-    app = create_app(
-        cfg,
-        generator=gen,
-        tokenizer=tokenizer,
-        outbox=Outbox(tmp_path / "o.sqlite"),
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
-    )
+    app = make_app(cfg, generator=gen, tokenizer=tokenizer, outbox=Outbox(tmp_path / "o.sqlite"))
     return app, gen, tokenizer
 
 
@@ -241,18 +213,7 @@ def test_a_stream_whose_client_left_stops_generating(tiny_lm, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     gen = BatchGenerator(AutoModelForCausalLM.from_pretrained(tiny_lm, dtype=torch.float32).eval(), tokenizer).start()
     cfg = ServingConfig(api_keys={"a": ids.hash_key("k")}, max_tokens=480)
-    app = create_app(
-        cfg,
-        generator=gen,
-        tokenizer=tokenizer,
-        outbox=Outbox(tmp_path / "o.sqlite"),
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
-    )
+    app = make_app(cfg, generator=gen, tokenizer=tokenizer, outbox=Outbox(tmp_path / "o.sqlite"))
     submitted, real_submit = [], gen.submit
 
     def submit(req):  # a slow client-side consumer of tokens (fault injection): 480 tokens take ~5 s
@@ -289,18 +250,7 @@ def test_text_to_scrub_is_bounded_per_text_and_per_key(tmp_path):
     cfg = ServingConfig(
         api_keys={"a": ids.hash_key("k"), "b": ids.hash_key("k2")}, scrub_cost_per_s=1_000, scrub_cost_burst=40_000
     )
-    app = create_app(
-        cfg,
-        generator=None,
-        tokenizer=None,
-        outbox=Outbox(tmp_path / "o.sqlite"),
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
-    )
+    app = make_app(cfg, outbox=Outbox(tmp_path / "o.sqlite"))
     client = TestClient(app, base_url="http://127.0.0.1")
     rid = ids.issue(b"s" * 32, ids.ResponseClaims("a", "u-1", "base", None, time.time()))
     rid_b = ids.issue(b"s" * 32, ids.ResponseClaims("b", "u-2", "base", None, time.time()))
@@ -322,17 +272,8 @@ def test_text_to_scrub_is_bounded_per_text_and_per_key(tmp_path):
 def test_response_ids_expire(tmp_path):
     import time
 
-    app = create_app(
-        ServingConfig(api_keys={"a": ids.hash_key("k")}, feedback_window_days=30),
-        generator=None,
-        tokenizer=None,
-        outbox=Outbox(tmp_path / "o.sqlite"),
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
+    app = make_app(
+        ServingConfig(api_keys={"a": ids.hash_key("k")}, feedback_window_days=30), outbox=Outbox(tmp_path / "o.sqlite")
     )
     client = TestClient(app, base_url="http://127.0.0.1")
     for age_days, status in ((29.9, 202), (30.1, 404)):
@@ -354,20 +295,7 @@ def test_a_rating_on_an_answer_from_before_a_forget_is_refused(db, tmp_path):
 
     cfg = ServingConfig(api_keys={"a": ids.hash_key("k")}, admin_keys={"dpo": ids.hash_key("admin-key")})
     store = ReviewStore(db, Config(data_dir=tmp_path, serving=cfg))
-    app = create_app(
-        cfg,
-        generator=None,
-        tokenizer=None,
-        outbox=Outbox(tmp_path / "o.sqlite"),
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
-        review=store,
-        forgotten=store.forgotten_before,
-    )
+    app = make_app(cfg, outbox=Outbox(tmp_path / "o.sqlite"), review=store, forgotten=store.forgotten_before)
     client = TestClient(app, base_url="http://127.0.0.1")
     ann = ids.pseudonym(keys.data_dir_key(tmp_path, "user-pseudonyms"), "a", "ann")
     before = ids.issue(b"s" * 32, ids.ResponseClaims("a", ann, "base", None, time.time() - 60))

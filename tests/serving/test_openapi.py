@@ -14,10 +14,10 @@ from curation.config import CurationConfig
 from infra.config import Config
 from infra.services import ReviewStore
 from serving import ids
-from serving.app import create_app
 from serving.config import ServingConfig
 from serving.outbox import Outbox
 from tests.conftest import serve_in_thread, tiny_generator
+from tests.helpers.api import make_app
 from tests.helpers.events import chat, rate, store
 
 KEY, ADMIN_KEY = "key-of-app-a", "key-of-the-dpo"
@@ -45,7 +45,7 @@ def live(tiny_lm, tmp_path_factory, scrub_pool):
         scrub_cost_per_s=1e9,
         scrub_cost_burst=10**9,
     )
-    app = create_app(
+    app = make_app(
         cfg,
         generator=generator,
         tokenizer=tokenizer,
@@ -53,9 +53,7 @@ def live(tiny_lm, tmp_path_factory, scrub_pool):
         chats_topic="chats",
         feedback_topic="feedback",
         secret=b"test-secret" * 32,
-        user_key=b"u" * 32,
         route=lambda user: ("base", None),
-        variants=lambda: ["base"],
         review=ReviewStore(con, Config(data_dir=data, serving=cfg)),
     )
     with serve_in_thread(app) as url:
@@ -115,18 +113,7 @@ def test_the_schema_documents_errors_and_the_key():
     """What the contract test relies on: errors in OpenAI's shape, the Bearer scheme, no 422 (bad input is 400)."""
     from fastapi.testclient import TestClient
 
-    app = create_app(
-        ServingConfig(),
-        generator=None,
-        tokenizer=None,
-        outbox=None,
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
-    )
+    app = make_app(ServingConfig())
     doc = TestClient(app, base_url="http://127.0.0.1").get("/openapi.json").json()
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for path in ("/v1/chat/completions", "/v1/feedback", "/v1/models", "/v1/admin/forget", "/v1/admin/reviews"):

@@ -10,10 +10,10 @@ from infra.broker import EmbeddedBroker
 from infra.config import KafkaConfig
 from infra.kafka import client_settings, ensure_topics
 from serving import ids
-from serving.app import create_app
 from serving.config import ServingConfig
 from serving.outbox import Outbox, OutboxSender
 from tests.conftest import tiny_generator
+from tests.helpers.api import make_app
 
 KEY = "k"
 
@@ -28,17 +28,13 @@ def test_broker_outage_loses_nothing(tiny_lm, tmp_path):
     outbox = Outbox(tmp_path / "outbox.sqlite")
     settings = client_settings(kafka, broker.bootstrap)
     sender = OutboxSender.to_kafka(outbox, settings, "no-ingest-here").start()
-    app = create_app(
+    app = make_app(
         ServingConfig(api_keys={"app": ids.hash_key(KEY)}, max_tokens=4),
         generator=gen,
         tokenizer=tokenizer,
         outbox=outbox,
         chats_topic=kafka.chats_topic,
         feedback_topic=kafka.feedback_topic,
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=lambda u: ("base", None),
-        variants=lambda: ["base"],
         ready=lambda: sender.healthy,
     )
     client = TestClient(app, base_url="http://127.0.0.1")
