@@ -2,8 +2,8 @@
 
 The numbers come from what ingest stored: every chat names its variant and experiment, every rating its
 response. A decision is appended to `decisions` with the numbers behind it. Applying one changes the
-registry and returns the new live split as a plain dict: the control process publishes it as
-`routing.json` (atomically), and serving follows without restart.
+registry; `routing` gives the live split as an `abtest.routing.Routing`, which the control process publishes
+as `routing.json` (atomically) and serving follows without restart.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from abtest import stats
 from abtest.config import AbtestConfig
-from ingest.contracts import BASE
+from abtest.routing import Routing
 
 RATED = """
 SELECT c.variant, c.user_id, c.latency_ms, length(trim(c.response)) = 0, l.rating, c.created_at >= ? AS in_stage
@@ -59,23 +59,11 @@ def get(con, experiment_id: str | None = None) -> Experiment | None:
     return None if row is None else Experiment(*row)
 
 
-def routing(exp: Experiment | None, live: str, paths: dict[str, str]) -> dict:
-    """The live split for serving: the experiment's two arms, or the live version alone."""
+def routing(exp: Experiment | None, live: str, paths: dict[str, str]) -> Routing:
+    """The live split for serving: the running experiment's two arms, or the live version alone."""
     if exp is None or exp.status != "running":
-        split = [[live, 1.0]]
-        return {
-            "experiment_id": None,
-            "salt": "flywheel",
-            "split": split,
-            "adapters": {live: paths[live]} if live != BASE else {},
-        }
-    split = [[exp.challenger, exp.share], [exp.incumbent, round(1 - exp.share, 10)]]
-    return {
-        "experiment_id": exp.experiment_id,
-        "salt": exp.salt,
-        "split": split,
-        "adapters": {v: paths[v] for v in (exp.challenger, exp.incumbent) if v != BASE},
-    }
+        return Routing.live(live, paths)
+    return Routing.experiment(exp.experiment_id, exp.salt, exp.challenger, exp.incumbent, exp.share, paths)
 
 
 def start(con, incumbent: str, challenger: str, cfg: AbtestConfig, now: datetime | None = None) -> Experiment:

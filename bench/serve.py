@@ -208,6 +208,7 @@ def start_api(tmp: Path, tokenizer, model, routing: dict | None, loaded: bool = 
     """An API in threads of this process; `loaded`: `model` already holds `routing`'s adapters."""
     import uvicorn
 
+    from abtest.routing import Routing
     from serving import ids
     from serving.app import create_app
     from serving.config import ServingConfig
@@ -221,7 +222,7 @@ def start_api(tmp: Path, tokenizer, model, routing: dict | None, loaded: bool = 
         holder.loaded = dict(routing["adapters"])
     router = Router(tmp / "routing.json", holder)
     if routing:
-        publish(tmp, routing)
+        publish(tmp, Routing.parse(routing))
     router.refresh()
     app = create_app(
         ServingConfig(api_keys={"bench": ids.hash_key(KEY)}, max_tokens=512, rate_limit_per_s=1e6, rate_burst=10**6),

@@ -77,7 +77,7 @@ def candidates(con, cfg: CurationConfig) -> tuple[list[Sample], Report]:
     out = []
     for event_id, response_id, user, messages, response, rating, correction in rows:
         report.candidates += 1
-        prompt = json.loads(messages)
+        prompt = messages  # STRUCT(role, content)[]: a list of dicts
 
         def add(source: str, label: str, answer: str) -> None:
             # called only inside this iteration: the loop variables are the ones meant
@@ -184,6 +184,8 @@ def needs_review(sample_id_: str, cfg: CurationConfig) -> bool:
     return filters.unit(f"{cfg.seed}:review:{sample_id_}") < cfg.review_sample_share
 
 
+# samples.prompt and chats.messages: STRUCT(role VARCHAR, content VARCHAR)[] (migration 0006).
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SAMPLE_COLUMNS = (
     "sample_id",
     "chat_event_id",
@@ -207,14 +209,14 @@ def _table(samples: list[Sample]) -> pa.Table:
             "response_id": [s.response_id for s in samples],
             "user_id": [s.user_id for s in samples],
             "label": [s.label for s in samples],
-            "prompt": [json.dumps(s.prompt) for s in samples],
+            "prompt": [s.prompt for s in samples],
             "answer": [s.answer for s in samples],
             "source": [s.source for s in samples],
             "scores": [json.dumps(s.scores, sort_keys=True) for s in samples],
             "keep": [s.reason is None for s in samples],
             "reason": [s.reason for s in samples],
         },
-        schema=pa.schema([(c, pa.bool_() if c == "keep" else pa.string()) for c in SAMPLE_COLUMNS]),
+        schema=pa.schema([(c, {"keep": pa.bool_(), "prompt": MESSAGES}.get(c, pa.string())) for c in SAMPLE_COLUMNS]),
     )
 
 

@@ -41,7 +41,7 @@ def pending(con, limit: int = 50, offset: int = 0) -> list[dict]:
             "sample_id": r[0],
             "label": r[1],
             "source": r[2],
-            "prompt": json.loads(r[3]),
+            "prompt": r[3],
             "answer": r[4],
             "scores": json.loads(r[5] or "{}"),
             "rating": r[6],

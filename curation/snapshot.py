@@ -20,18 +20,18 @@ import pyarrow.parquet as pq
 
 from curation import audit, filters, review
 from curation.config import CurationConfig
+from curation.curate import MESSAGES
 
 log = logging.getLogger("flywheel.curation")
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("user_key", pa.string()),  # a hash of the user id: enough to keep users apart, not to find them
         ("label", pa.bool_()),  # True: desirable (TRL's KTO convention)
         ("source", pa.string()),  # rating | correction | unrated
-        ("prompt", pa.list_(MESSAGE)),  # the conversation up to the answer
-        ("completion", pa.list_(MESSAGE)),  # one assistant message
+        ("prompt", MESSAGES),  # the conversation up to the answer
+        ("completion", MESSAGES),  # one assistant message
     ]
 )
 
@@ -72,7 +72,7 @@ def _table(rows: list[tuple]) -> pa.Table:
                 "user_key": user_key(user),
                 "label": label == "desirable",
                 "source": source,
-                "prompt": [{"role": m.get("role", ""), "content": m.get("content", "")} for m in json.loads(prompt)],
+                "prompt": prompt,
                 "completion": [{"role": "assistant", "content": answer}],
             }
             for sid, user, label, source, prompt, answer in rows

@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from abtest.routing import Routing
 from demo import store
 from demo.traffic import drive
 from infra.config import Config, load_config
@@ -60,11 +61,10 @@ def prepare_data_dir(cfg: Config, shared_models: Path) -> None:
 def wait_serving(api, cfg: Config, timeout: float = 120) -> None:
     """Block until the API serves the split last published in routing.json (it follows within seconds,
     after loading the adapters), so that no simulated user is routed by the previous split."""
-    want = json.loads((cfg.data_dir / "routing.json").read_text())
+    want = Routing.parse(json.loads((cfg.data_dir / "routing.json").read_text()))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = api.router.current
-        if r.experiment_id == want["experiment_id"] and [[v, float(x)] for v, x in r.split] == want["split"]:
+        if api.router.current == want:
             return
         time.sleep(0.2)
     raise TimeoutError(f"serving did not follow routing.json within {timeout:.0f} s")

@@ -10,6 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from abtest.routing import Routing
 from infra.config import Config
 from infra.errors import FlywheelError
 from ingest.contracts import BASE
@@ -17,7 +18,7 @@ from ingest.contracts import BASE
 log = logging.getLogger("flywheel.control")
 
 
-def publish_routing(cfg: Config, con, exp=None) -> dict:
+def publish_routing(cfg: Config, con, exp=None) -> Routing:
     """Write routing.json for the registry's live version and the running experiment (if any); serving
     follows it within seconds, without restart."""
     from abtest import experiment as ab
@@ -29,9 +30,9 @@ def publish_routing(cfg: Config, con, exp=None) -> dict:
         exp if exp is not None else ab.get(con), live["version"] if live else BASE, registry.paths(con)
     )
     current = cfg.data_dir / "routing.json"
-    if not current.exists() or json.loads(current.read_text()) != routing:
+    if not current.exists() or json.loads(current.read_text()) != routing.to_json():
         publish(cfg.data_dir, routing)
-        log.info("routing: %s", ", ".join(f"{v} {s:.0%}" for v, s in routing["split"]))
+        log.info("routing: %s", ", ".join(f"{v} {s:.0%}" for v, s in routing.split))
     return routing
 
 
@@ -163,7 +164,7 @@ def serve_untainted(cfg: Config, con) -> list[str]:
     routing = publish_routing(cfg, con)
     # Tainted versions nothing routes to any more lose their files (serving has unloaded them or never will
     # load them again: routing.json no longer names them).
-    for version in [v for v in registry.unserved_tainted(con) if v not in routing["adapters"]]:
+    for version in [v for v in registry.unserved_tainted(con) if v not in routing.adapters]:
         path = registry.drop_files(con, version, "tainted: files deleted after a forget")
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)

@@ -120,7 +120,7 @@ def shut_down(
     """The order that leaves nothing accepted behind. Whatever a step cannot finish in time stays in the
     outbox file and is sent again at the next start (to a new bundled broker if this one is gone)."""
     api.close_http()
-    if not api.sender.drain(DRAIN_TIMEOUT_S):
+    if not api.sender.settle(DRAIN_TIMEOUT_S, while_=ingest.is_alive) and api.sender.outbox.unsent():
         echo(f"outbox    {api.sender.outbox.unsent()} events not yet in Kafka: kept, sent at the next start")
     drain.set()
     ingest.join(DRAIN_TIMEOUT_S)

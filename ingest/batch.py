@@ -8,7 +8,6 @@ Unscrubbed text never reaches a row: an event whose scrubbing fails keeps only h
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -72,7 +71,7 @@ def _row(event: Event, record: Record, scrubbed: dict[str, str]) -> dict:
         ]
         return base | {
             "conversation_id": event.conversation_id,
-            "messages": json.dumps(messages),
+            "messages": messages,
             "response": scrubbed["response"],
             "variant": event.variant,
             "experiment_id": event.experiment_id,

@@ -382,6 +382,15 @@ class OutboxRelay:
             time.sleep(0.05)
         return not self.outbox.unsent()
 
+    def settle(self, timeout_s: float, while_: Callable[[], bool] = lambda: True) -> bool:
+        """Wait until the outbox is empty: every row sent, stored by ingest and deleted (for a stop with ingest
+        in this process, which `while_` tells is still running). Stronger than `drain`: a row Kafka acknowledged
+        just before its broker died counts as sent until the relay sees the new cluster and sends it again."""
+        deadline = time.monotonic() + timeout_s
+        while self.outbox.size() and self.process.is_alive() and while_() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not self.outbox.size()
+
     def close(self, drain_s: float = 5.0, timeout: float = 45.0) -> None:
         """Stop after sending what is left (up to `drain_s`) and deleting what ingest has stored."""
         self._drain_s.value = drain_s

@@ -1,8 +1,8 @@
 """The live split and the adapters that serve it, followed without restart.
 
-The registry (retrain/abtest, in the control process) publishes the live state as `routing.json` in the
-data dir, written atomically: the experiment id and salt, the split (variant → share) and the adapter
-folder of every variant. `Router.refresh()` reads it when it changed, loads new adapters under their
+The control process publishes the live state (an `abtest.routing.Routing`: the experiment id and salt, the
+split of variant → share and the adapter folder of every variant) as `routing.json` in the data dir, written
+atomically. `Router.refresh()` reads it when it changed, loads new adapters under their
 immutable version name (never reloaded in place) and unloads retired ones, then swaps the split at once.
 """
 
@@ -12,41 +12,20 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from abtest.assignment import assign
+from abtest.routing import Routing
 from ingest.contracts import BASE
 from serving import lora_batch
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Routing:
-    experiment_id: str | None = None
-    salt: str = "flywheel"
-    split: tuple[tuple[str, float], ...] = ((BASE, 1.0),)
-    adapters: dict[str, str] = field(default_factory=dict)  # version -> folder
-
-    @classmethod
-    def parse(cls, data: dict) -> Routing:
-        split = tuple((str(v), float(s)) for v, s in data.get("split", [[BASE, 1.0]]))
-        if not split or abs(sum(s for _, s in split) - 1) > 1e-6 or any(s < 0 for _, s in split):
-            raise ValueError(f"split shares must be >= 0 and add up to 1: {split}")
-        adapters = {str(k): str(v) for k, v in data.get("adapters", {}).items()}
-        missing = [v for v, _ in split if v != BASE and v not in adapters]
-        if missing:
-            raise ValueError(f"no adapter folder for {missing}")
-        return cls(data.get("experiment_id"), str(data.get("salt", "flywheel")), split, adapters)
-
-
-def publish(data_dir: Path, routing: dict) -> None:
-    """Write routing.json atomically (what the registry calls when the live state changes)."""
-    Routing.parse(routing)
+def publish(data_dir: Path, routing: Routing) -> None:
+    """Write routing.json atomically (what the control process calls when the live state changes)."""
     path = Path(data_dir) / "routing.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(routing, indent=2))
+    tmp.write_text(json.dumps(routing.to_json(), indent=2))
     os.replace(tmp, path)
 
 
@@ -61,7 +40,7 @@ class Router:
 
     def route(self, user_id: str) -> tuple[str, str | None]:
         r = self.current
-        return assign(user_id, r.salt, list(r.split)), r.experiment_id
+        return r.assign(user_id), r.experiment_id
 
     def variants(self) -> list[str]:
         return [BASE, *sorted(self.current.adapters)]

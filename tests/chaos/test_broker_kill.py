@@ -11,9 +11,11 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import httpx
 import pytest
@@ -102,6 +104,9 @@ def test_kill_9_of_the_bundled_broker_and_a_stop_mid_load_lose_no_acknowledged_e
         if p.stat().st_mode & 0o077
     ]
     assert not loose, f"readable by others: {loose[:10]}"  # the data dir 0700, every file in it 0600
+    with closing(sqlite3.connect(tmp_path / "outbox.sqlite")) as db:
+        held = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    assert held == 0, f"{held} events still in the outbox after a clean stop:\n{out[-3000:]}"
     outbox = b"".join(p.read_bytes() for p in tmp_path.glob("outbox.sqlite*"))
     assert not any(rid.encode() in outbox for rid in acked_chats)  # stored by ingest, gone from the outbox
     assert acked_chats <= chats, f"{len(acked_chats - chats)} of {len(acked_chats)} acknowledged chats missing"

@@ -98,18 +98,21 @@ def test_up_runs_an_experiment_on_live_traffic_promotes_and_serving_follows(tmp_
         assert split() == [["v0002", 0.5], ["v0001", 0.5]]  # the candidate went to half of the users
 
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=3)
+
+        def chat(user):
+            return client.chat.completions.create(
+                model="x", user=user, max_tokens=4, messages=[{"role": "user", "content": "Where is my order?"}]
+            )
+
+        # Serving follows routing.json on its next refresh, after loading v0002; until then every user gets v0001
+        # outside the experiment (and is not counted). The first user served v0002 shows the split is applied.
+        deadline = time.monotonic() + 60
+        probes = 0
+        while chat(f"probe-{probes}").model != "v0002" and time.monotonic() < deadline:
+            probes += 1
         served = {}
         for u in range(80):
-            for _attempt in range(20):  # serving follows routing.json within 2 s
-                reply = client.chat.completions.create(
-                    model="x",
-                    user=f"user-{u}",
-                    max_tokens=4,
-                    messages=[{"role": "user", "content": "Where is my order?"}],
-                )
-                if reply.model in ("v0001", "v0002"):
-                    break
-                time.sleep(0.5)
+            reply = chat(f"user-{u}")
             served[u] = reply.model
             rating = "up" if reply.model == "v0002" else "down"  # users prefer the challenger
             r = httpx.post(

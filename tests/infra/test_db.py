@@ -77,3 +77,35 @@ def test_the_forgotten_rule_of_migration_0005_uses_the_contracts_prefix(db):
     )
     assert (before, after) == (True, False)
     assert db.execute("SELECT forgotten_after('u2', TIMESTAMPTZ '2026-05-01 00:00:00+00')").fetchone()[0] is False
+
+
+def test_migration_0006_turns_stored_json_messages_into_struct_lists(tmp_path):
+    """A store written before 0006 keeps its rows: the JSON messages and prompts become (role, content) lists,
+    and NOT NULL still holds."""
+    con = db.connect(tmp_path / "f.duckdb")
+    before = [m for m in db.available_migrations() if m.version < 6]
+    db.migrate(con, before)
+    messages = '[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Où est <PERSON>?"}]'
+    con.execute(
+        "INSERT INTO chats VALUES (?, 1, 'r1', 'app', 'u1', NULL, ?, 'hi', 'base', NULL, 1.0, now(), now(), NULL,"
+        " NULL, NULL)",
+        ["7b0c5a8e-0d0a-4ac8-9d0e-1d6f1a1b2c3d", messages],
+    )
+    con.execute(
+        "INSERT INTO samples (sample_id, chat_event_id, response_id, user_id, label, prompt, answer, source, keep)"
+        " VALUES ('s1', '7b0c5a8e-0d0a-4ac8-9d0e-1d6f1a1b2c3d', 'r1', 'u1', 'desirable', ?, 'hi', 'rating', true)",
+        [messages],
+    )
+    db.migrate(con)
+    expected = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Où est <PERSON>?"}]
+    assert con.execute("SELECT messages FROM chats").fetchone()[0] == expected
+    assert con.execute("SELECT prompt FROM samples").fetchone()[0] == expected
+    types = dict(
+        con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE column_name IN ('messages', 'prompt')"
+            " AND table_name IN ('chats', 'samples')"
+        ).fetchall()
+    )
+    assert types == {name: 'STRUCT("role" VARCHAR, "content" VARCHAR)[]' for name in ("messages", "prompt")}
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute("UPDATE chats SET messages = NULL")

@@ -223,7 +223,7 @@ def test_offline_gate_needs_a_better_candidate_and_bounds_forgetting(tiny_lm, to
             "u1",
             "desirable" if r["label"] else "undesirable",
             "rating",
-            __import__("json").dumps(r["prompt"]),
+            r["prompt"],
             r["completion"][0]["content"],
         )
         for r in rows(2, undesirable=True)

@@ -11,7 +11,7 @@ from infra.config import KafkaConfig
 from infra.kafka import client_settings, ensure_topics
 from serving import ids
 from serving.config import ServingConfig
-from serving.outbox import Outbox, OutboxSender
+from serving.outbox import Outbox, OutboxRelay, OutboxSender
 from tests.conftest import tiny_generator
 from tests.helpers.api import make_app
 
@@ -128,6 +128,31 @@ def test_rows_wait_for_ingest_and_go_again_to_a_new_broker(tmp_path):
     finally:
         sender.close(drain_s=0)
         outbox.close()
+        broker.stop()
+
+
+@pytest.mark.slow
+def test_settle_waits_for_rows_a_broker_acknowledged_and_then_lost(tmp_path):
+    """A row Kafka acknowledged counts as sent (`drain` is done with it); if that broker died before ingest
+    stored it, `settle` (what `flywheel up` waits on when it stops) waits until it went again and was stored."""
+    from infra.broker import free_port
+
+    kafka = KafkaConfig(port=free_port("127.0.0.1"), partitions=1)
+    broker = EmbeddedBroker(kafka, tmp_path / "b").start()
+    settings = client_settings(kafka, broker.bootstrap)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    outbox.append_many([(kafka.chats_topic, b"u", b"event-%d" % i) for i in range(3)])
+    outbox.mark_sent("a-cluster-that-is-gone", [(seq, 0, seq - 1) for seq in (1, 2, 3)])
+    outbox.close()
+    relay = OutboxRelay(tmp_path / "outbox.sqlite", settings, "ingest")
+    try:
+        assert not relay.settle(2)  # in no live broker's log, stored by no one: not settled
+        _wait(lambda: _values(settings, kafka) == 3)  # the relay sent them to the live broker
+        assert relay.drain(0) and not relay.settle(1)  # sent, not yet stored
+        _commit(settings, "ingest", {(kafka.chats_topic, 0): 3})
+        assert relay.settle(60)
+    finally:
+        relay.close(drain_s=0)
         broker.stop()
 
 

@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from abtest.routing import Routing
 from serving.generator import BASE, AdapterGone, BatchGenerator, GenRequest
 from serving.routing import ModelHolder, Router, publish
 from tests.conftest import fused_matrices
@@ -48,12 +49,14 @@ def test_adapters_come_and_go_while_serving(tiny_lm, adapters, tmp_path):
 
         publish(
             tmp_path,
-            {
-                "experiment_id": "exp-1",
-                "salt": "s1",
-                "split": [["base", 0.5], ["v0001", 0.5]],
-                "adapters": {"v0001": adapters["v0001"]},
-            },
+            Routing.parse(
+                {
+                    "experiment_id": "exp-1",
+                    "salt": "s1",
+                    "split": [["base", 0.5], ["v0001", 0.5]],
+                    "adapters": {"v0001": adapters["v0001"]},
+                }
+            ),
         )
         assert router.refresh()
         assert router.variants() == [BASE, "v0001"]
@@ -64,12 +67,14 @@ def test_adapters_come_and_go_while_serving(tiny_lm, adapters, tmp_path):
 
         publish(
             tmp_path,
-            {
-                "experiment_id": "exp-2",
-                "salt": "s2",
-                "split": [["v0001", 0.9], ["v0002", 0.1]],
-                "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]},
-            },
+            Routing.parse(
+                {
+                    "experiment_id": "exp-2",
+                    "salt": "s2",
+                    "split": [["v0001", 0.9], ["v0002", 0.1]],
+                    "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]},
+                }
+            ),
         )
         router.refresh()
         assert answer(gen, tokenizer, "v0001").text == with_adapter  # untouched by its neighbour's arrival
@@ -77,19 +82,21 @@ def test_adapters_come_and_go_while_serving(tiny_lm, adapters, tmp_path):
         before = fused_matrices(gen.model)
         publish(
             tmp_path,
-            {
-                "experiment_id": "exp-2",
-                "salt": "s2",
-                "split": [["v0001", 0.5], ["v0002", 0.5]],
-                "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]},
-            },
+            Routing.parse(
+                {
+                    "experiment_id": "exp-2",
+                    "salt": "s2",
+                    "split": [["v0001", 0.5], ["v0002", 0.5]],
+                    "adapters": {"v0001": adapters["v0001"], "v0002": adapters["v0002"]},
+                }
+            ),
         )
         assert router.refresh() and dict(router.current.split)["v0002"] == 0.5  # an A/B ramp
         assert answer(gen, tokenizer, "v0002").text != with_adapter
         after = fused_matrices(gen.model)
         assert before and len(after) == len(before) and all(a is b for a, b in zip(after, before))  # not rebuilt
 
-        publish(tmp_path, {"split": [["base", 1.0]], "adapters": {}})
+        publish(tmp_path, Routing.parse({"split": [["base", 1.0]], "adapters": {}}))
         router.refresh()
         assert router.variants() == [BASE] and answer(gen, tokenizer, BASE).text == base_before
         with pytest.raises(AdapterGone, match="no longer served"):
@@ -105,8 +112,8 @@ def test_a_bad_routing_file_keeps_the_current_split(tiny_lm, adapters, tmp_path)
     (tmp_path / "routing.json").write_text('{"split": [["v0009", 1.0]], "adapters": {}}')
     assert not router.refresh()
     assert router.variants() == [BASE]
-    with pytest.raises(ValueError):
-        publish(tmp_path, {"split": [["base", 0.5]]})
+    with pytest.raises(ValueError, match="add up to 1"):
+        Routing.parse({"split": [["base", 0.5]]})
 
 
 @pytest.mark.slow
@@ -119,7 +126,7 @@ def test_assignment_survives_a_restart(tiny_lm, adapters, tmp_path):
         "split": [["base", 0.7], ["v0001", 0.3]],
         "adapters": {"v0001": adapters["v0001"]},
     }
-    publish(tmp_path, routing)
+    publish(tmp_path, Routing.parse(routing))
     script = (
         "import json, sys; from pathlib import Path; "
         "from transformers import AutoModelForCausalLM, AutoTokenizer; "
