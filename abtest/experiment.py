@@ -12,12 +12,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 import numpy as np
 
 from abtest import stats
 from abtest.config import AbtestConfig
 from abtest.routing import Routing
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 RATED = """
 SELECT c.variant, c.user_id, c.latency_ms, length(trim(c.response)) = 0, l.rating, c.created_at >= ? AS in_stage
@@ -43,7 +47,7 @@ class Experiment:
 class Evaluation:
     decision: str  # promote | rollback | continue | ramp
     reason: str
-    numbers: dict = field(default_factory=dict)
+    numbers: dict[str, Any] = field(default_factory=dict)
 
 
 EXPERIMENTS = (
@@ -52,7 +56,7 @@ EXPERIMENTS = (
 )
 
 
-def get(con, experiment_id: str | None = None) -> Experiment | None:
+def get(con: DuckDBPyConnection, experiment_id: str | None = None) -> Experiment | None:
     """The named experiment, or the running one."""
     where, args = ("experiment_id = ?", [experiment_id]) if experiment_id else ("status = 'running'", [])
     row = con.execute(EXPERIMENTS.format(where=where) + " LIMIT 1", args).fetchone()
@@ -66,11 +70,13 @@ def routing(exp: Experiment | None, live: str, paths: dict[str, str]) -> Routing
     return Routing.experiment(exp.experiment_id, exp.salt, exp.challenger, exp.incumbent, exp.share, paths)
 
 
-def start(con, incumbent: str, challenger: str, cfg: AbtestConfig, now: datetime | None = None) -> Experiment:
+def start(
+    con: DuckDBPyConnection, incumbent: str, challenger: str, cfg: AbtestConfig, now: datetime | None = None
+) -> Experiment:
     now = now or datetime.now(UTC)
     if get(con) is not None:
         raise ValueError("an experiment is already running: decide it first")
-    n = con.execute("SELECT count(*) FROM experiments").fetchone()[0] + 1
+    [(n,)] = con.execute("SELECT count(*) + 1 FROM experiments").fetchall()
     exp_id = f"exp-{n:04d}-{challenger}"
     con.execute(
         "INSERT INTO experiments (experiment_id, incumbent, challenger, salt, challenger_share, status, started_at, "
@@ -82,7 +88,7 @@ def start(con, incumbent: str, challenger: str, cfg: AbtestConfig, now: datetime
     return started
 
 
-def _arm(mine: list[tuple], variant: str, cfg: AbtestConfig) -> tuple[dict, tuple[float, float]]:
+def _arm(mine: list[tuple[Any, ...]], variant: str, cfg: AbtestConfig) -> tuple[dict[str, Any], tuple[float, float]]:
     """One arm's numbers from its rows of RATED, and (mean of per-user up-rates, its variance)."""
     rated = [r for r in mine if r[4] is not None]
     ups = np.array([1.0 if r[4] == 1 else 0.0 for r in rated])
@@ -104,7 +110,7 @@ def _arm(mine: list[tuple], variant: str, cfg: AbtestConfig) -> tuple[dict, tupl
     }, (mean, var)
 
 
-def _difference(numbers: dict, estimate: dict, cfg: AbtestConfig) -> tuple[float | None, float]:
+def _difference(numbers: dict[str, Any], estimate: dict[str, Any], cfg: AbtestConfig) -> tuple[float | None, float]:
     """The challenger's lead and the mSPRT statistic (written into `numbers` too)."""
     if not (numbers["arms"]["incumbent"]["users"] and numbers["arms"]["challenger"]["users"]):
         numbers.update(difference=None, difference_ci=None, msprt=0.0, p_value=1.0)
@@ -123,12 +129,12 @@ def _difference(numbers: dict, estimate: dict, cfg: AbtestConfig) -> tuple[float
 
 
 def evaluate(
-    con, exp: Experiment, cfg: AbtestConfig, *, tainted: bool = False, now: datetime | None = None
+    con: DuckDBPyConnection, exp: Experiment, cfg: AbtestConfig, *, tainted: bool = False, now: datetime | None = None
 ) -> Evaluation:
     """The decision the numbers support now (nothing is changed here)."""
     now = now or datetime.now(UTC)
     rows = con.execute(RATED, [exp.stage_started_at, exp.experiment_id]).fetchall()
-    numbers: dict = {
+    numbers: dict[str, Any] = {
         "at": now.isoformat(timespec="seconds"),
         "share": exp.share,
         "stage": exp.stage,
@@ -152,7 +158,7 @@ def evaluate(
 def _decide(
     exp: Experiment,
     cfg: AbtestConfig,
-    numbers: dict,
+    numbers: dict[str, Any],
     *,
     tainted: bool,
     diff: float | None,
@@ -207,7 +213,7 @@ def _decide(
     return Evaluation("continue", f"no significant difference yet (mSPRT {lam:.3g} < {1 / cfg.alpha:g})", numbers)
 
 
-def _guardrails(inc: dict, ch: dict, cfg: AbtestConfig) -> list[dict]:
+def _guardrails(inc: dict[str, Any], ch: dict[str, Any], cfg: AbtestConfig) -> list[dict[str, Any]]:
     out = []
     a, b = inc["p95_latency_ms"], ch["p95_latency_ms"]
     if a is not None and b is not None:
@@ -248,11 +254,13 @@ def _guardrails(inc: dict, ch: dict, cfg: AbtestConfig) -> list[dict]:
     return out
 
 
-def _num(x) -> float | None:
+def _num(x: SupportsFloat | None) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(float(x), 6)
 
 
-def apply(con, exp: Experiment, ev: Evaluation, cfg: AbtestConfig, now: datetime | None = None) -> str | None:
+def apply(
+    con: DuckDBPyConnection, exp: Experiment, ev: Evaluation, cfg: AbtestConfig, now: datetime | None = None
+) -> str | None:
     """Record the decision and change the experiment; returns the new live version when it ended."""
     now = now or datetime.now(UTC)
     con.execute(
@@ -275,7 +283,7 @@ def apply(con, exp: Experiment, ev: Evaluation, cfg: AbtestConfig, now: datetime
     return None
 
 
-def decisions(con, experiment_id: str) -> list[dict]:
+def decisions(con: DuckDBPyConnection, experiment_id: str) -> list[dict[str, Any]]:
     rows = con.execute(
         "SELECT strftime(decided_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'), decision, reason, numbers "
         "FROM decisions WHERE experiment_id = ? ORDER BY decided_at",
@@ -284,6 +292,6 @@ def decisions(con, experiment_id: str) -> list[dict]:
     return [{"at": r[0], "decision": r[1], "reason": r[2], "numbers": json.loads(r[3])} for r in rows]
 
 
-def experiments(con) -> list[Experiment]:
+def experiments(con: DuckDBPyConnection) -> list[Experiment]:
     """Every experiment, newest first."""
     return [Experiment(*row) for row in con.execute(EXPERIMENTS.format(where="true")).fetchall()]

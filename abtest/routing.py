@@ -8,6 +8,7 @@ variant but base); `to_json` is what `parse` reads back unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from abtest.assignment import assign
 from ingest.contracts import BASE
@@ -21,9 +22,9 @@ class Routing:
     adapters: dict[str, str] = field(default_factory=dict)  # version -> folder
 
     @classmethod
-    def parse(cls, data: dict) -> Routing:
+    def parse(cls, data: dict[str, Any]) -> Routing:
         """A Routing from `routing.json`'s content; ValueError names what is wrong."""
-        split = tuple((str(v), float(s)) for v, s in data.get("split", [[BASE, 1.0]]))
+        split = tuple[Any, ...]((str(v), float(s)) for v, s in data.get("split", [[BASE, 1.0]]))
         if not split or abs(sum(s for _, s in split) - 1) > 1e-6 or any(s < 0 for _, s in split):
             raise ValueError(f"split shares must be >= 0 and add up to 1: {split}")
         adapters = {str(k): str(v) for k, v in data.get("adapters", {}).items()}
@@ -32,12 +33,12 @@ class Routing:
             raise ValueError(f"no adapter folder for {missing}")
         return cls(data.get("experiment_id"), str(data.get("salt", "flywheel")), split, adapters)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "experiment_id": self.experiment_id,
             "salt": self.salt,
             "split": [[v, s] for v, s in self.split],
-            "adapters": dict(self.adapters),
+            "adapters": dict[str, Any](self.adapters),
         }
 
     def assign(self, user_id: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def user_rates(users: np.ndarray, ups: np.ndarray) -> np.ndarray:
@@ -35,21 +36,23 @@ def mean_var(rates: np.ndarray) -> tuple[float, float]:
     return float(np.mean(rates)), max(var, 1e-4) / n
 
 
-def msprt(diff, var, tau: float):
+def msprt(diff: ArrayLike, var: ArrayLike, tau: float) -> np.ndarray:
     """Mixture likelihood ratio Lambda for H0: difference = 0 after observing `diff` with variance `var`
     (a normal mixture N(0, tau^2) over the alternative). Works on arrays. Reject when Lambda >= 1/alpha;
     the always-valid p-value is min(1, 1/max Lambda so far)."""
     diff, var = np.asarray(diff, dtype=float), np.asarray(var, dtype=float)
     t2 = tau * tau
     log_lambda = 0.5 * np.log(var / (var + t2)) + t2 * diff * diff / (2 * var * (var + t2))
-    return np.exp(np.minimum(log_lambda, 700.0))  # capped below float overflow: far past any threshold
+    out: np.ndarray = np.exp(np.minimum(log_lambda, 700.0))  # capped below float overflow: far past any threshold
+    return out
 
 
-def confidence_radius(var, tau: float, alpha: float):
+def confidence_radius(var: ArrayLike, tau: float, alpha: float) -> np.ndarray:
     """Half-width of the (1 - alpha) normal-mixture confidence sequence around an estimate with `var`."""
     var = np.asarray(var, dtype=float)
     t2 = tau * tau
-    return np.sqrt(var * (var + t2) / t2 * (np.log((var + t2) / var) + 2 * math.log(1 / alpha)))
+    radius: np.ndarray = np.sqrt(var * (var + t2) / t2 * (np.log((var + t2) / var) + 2 * math.log(1 / alpha)))
+    return radius
 
 
 def srm_p(observed: list[int], expected_share: list[float]) -> float:

@@ -17,17 +17,23 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 GENESIS = "0" * 64
 _lock = threading.Lock()  # one appender at a time per process; the primary key guards across processes
 
 
-def _digest(prev: str, seq: int, logged_us: int, actor: str, action: str, subject: str | None, details) -> str:
+def _digest(prev: str, seq: int, logged_us: int, actor: str, action: str, subject: str | None, details: object) -> str:
     body = json.dumps([seq, logged_us, actor, action, subject, details], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(f"{prev}\n{body}".encode()).hexdigest()
 
 
-def append(con, actor: str, action: str, subject: str | None = None, details: dict | None = None) -> int:
+def append(
+    con: DuckDBPyConnection, actor: str, action: str, subject: str | None = None, details: dict[str, Any] | None = None
+) -> int:
     """Add one entry inside the caller's transaction (or its own); returns its sequence number."""
     details = json.loads(json.dumps(details or {}, sort_keys=True))
     with _lock:
@@ -49,7 +55,7 @@ class Anchor:
     hash: str
     mac: str  # HMAC(key, "seq:hash"): only the key holder can write an anchor that verifies
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "hash": self.hash, "mac": self.mac}
 
 
@@ -57,7 +63,7 @@ def _mac(key: bytes, seq: int, digest: str) -> str:
     return hmac.new(key, f"{seq}:{digest}".encode(), hashlib.sha256).hexdigest()
 
 
-def seal(con, key: bytes) -> Anchor | None:
+def seal(con: DuckDBPyConnection, key: bytes) -> Anchor | None:
     """The signed head of the chain (None while the log is empty)."""
     last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
     return None if last is None else Anchor(last[0], last[1], _mac(key, last[0], last[1]))
@@ -74,7 +80,7 @@ class Verdict:
         return self.broken_at is None
 
 
-def verify(con, anchor: Anchor | None = None, key: bytes | None = None) -> Verdict:
+def verify(con: DuckDBPyConnection, anchor: Anchor | None = None, key: bytes | None = None) -> Verdict:
     """Recompute the hash chain from the first entry; with an `anchor`, the chain must hold its entry with its
     hash (a truncated log, or one rewritten and re-chained, does not), and with a `key` the anchor's MAC must
     verify (a forged anchor does not)."""
@@ -101,7 +107,7 @@ def verify(con, anchor: Anchor | None = None, key: bytes | None = None) -> Verdi
     return verdict
 
 
-def _verify_chain(con) -> Verdict:
+def _verify_chain(con: DuckDBPyConnection) -> Verdict:
     rows = con.execute(
         "SELECT seq, epoch_us(logged_at), actor, action, subject, details, prev_hash, hash FROM audit_log ORDER BY seq"
     ).fetchall()
@@ -117,7 +123,7 @@ def _verify_chain(con) -> Verdict:
     return Verdict(len(rows), None, None)
 
 
-def entries(con, limit: int = 50) -> list[dict]:
+def entries(con: DuckDBPyConnection, limit: int = 50) -> list[dict[str, Any]]:
     """The latest entries, newest first."""
     rows = con.execute(
         "SELECT seq, strftime(logged_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'), actor, action, subject, details "

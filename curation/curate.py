@@ -7,6 +7,11 @@ unless the sample itself changed (a user re-rated, a correction arrived).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
+
 import hashlib
 import json
 import logging
@@ -37,9 +42,9 @@ class Sample:
     user_id: str
     label: str
     source: str  # rating | correction | unrated
-    prompt: list[dict]
+    prompt: list[dict[str, Any]]
     answer: str
-    scores: dict = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
 
 
@@ -63,7 +68,7 @@ class Report:
         rated = self.ratings_up + self.ratings_down
         return self.ratings_up / rated if rated else None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "up_share": self.up_share}
 
 
@@ -71,7 +76,7 @@ def sample_id(chat_event_id: str, source: str) -> str:
     return "smp-" + hashlib.sha256(f"{chat_event_id}:{source}".encode()).hexdigest()[:20]
 
 
-def candidates(con, cfg: CurationConfig) -> tuple[list[Sample], Report]:
+def candidates(con: DuckDBPyConnection, cfg: CurationConfig) -> tuple[list[Sample], Report]:
     report = Report()
     rows = con.execute(CANDIDATES.format(join="LEFT" if cfg.include_unrated else "")).fetchall()
     out = []
@@ -97,7 +102,7 @@ def candidates(con, cfg: CurationConfig) -> tuple[list[Sample], Report]:
     return out, report
 
 
-def _last_user(prompt: list[dict]) -> str:
+def _last_user(prompt: list[dict[str, Any]]) -> str:
     return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
 
 
@@ -220,7 +225,7 @@ def _table(samples: list[Sample]) -> pa.Table:
     )
 
 
-def _auto_approve(con, sample_ids: list[str], cfg: CurationConfig) -> None:
+def _auto_approve(con: DuckDBPyConnection, sample_ids: list[str], cfg: CurationConfig) -> None:
     """What the review policy approves without a reviewer, with its reviews and one audit entry."""
     reviewer = f"policy:{cfg.review_policy}"
     con.register("_auto", pa.table({"sample_id": sample_ids}))
@@ -244,7 +249,7 @@ def _auto_approve(con, sample_ids: list[str], cfg: CurationConfig) -> None:
     )
 
 
-def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
+def run(con: DuckDBPyConnection, cfg: CurationConfig, actor: str = "system") -> Report:
     """Recompute candidates and filters, upsert samples, apply the review policy to new ones; one
     transaction, one audit entry."""
     samples, report = candidates(con, cfg)
@@ -278,7 +283,7 @@ def run(con, cfg: CurationConfig, actor: str = "system") -> Report:
         if auto:
             _auto_approve(con, auto, cfg)
         report.auto_approved = len(auto)
-        report.pending = con.execute("SELECT count(*) FROM samples WHERE status = 'pending' AND keep").fetchone()[0]
+        [(report.pending,)] = con.execute("SELECT count(*) FROM samples WHERE status = 'pending' AND keep").fetchall()
         audit.append(con, actor, "curate", None, report.as_dict())
         con.execute("COMMIT")
     except BaseException:

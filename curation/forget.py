@@ -16,9 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from curation import audit
 from ingest.contracts import FORGET_PREFIX
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 
 @dataclass
@@ -28,7 +32,7 @@ class Forgotten:
     snapshots: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "user_hash": self.user_hash,
             "deleted": self.deleted,
@@ -66,7 +70,7 @@ DELETES = {
 }
 
 
-def _snapshots_holding(con, user_id: str) -> list[tuple[str, str]]:
+def _snapshots_holding(con: DuckDBPyConnection, user_id: str) -> list[tuple[str, str]]:
     """(snapshot id, folder) of every snapshot that holds one of the user's samples."""
     sample_ids = {r[0] for r in con.execute("SELECT sample_id FROM samples WHERE user_id = ?", [user_id]).fetchall()}
     out = []
@@ -79,17 +83,22 @@ def _snapshots_holding(con, user_id: str) -> list[tuple[str, str]]:
     return out
 
 
-def _delete_rows(con, user_id: str) -> dict[str, int]:
-    deleted = {table: con.execute(sql, {"u": user_id}).fetchone()[0] for table, sql in DELETES.items()}
+def _delete_rows(con: DuckDBPyConnection, user_id: str) -> dict[str, int]:
+    deleted: dict[str, int] = {}
+    for table, sql in DELETES.items():
+        [(deleted[table],)] = con.execute(sql, {"u": user_id}).fetchall()  # DELETE answers its row count
     # ... or carry it only inside an encoded response id (base64 of [app, user, ...]): match each of the
     # three alignments the id can have in such an encoding.
     for fragment in base64_fragments(user_id):
         sql = "DELETE FROM dead_letters WHERE contains(excerpt, ?)"
-        deleted["dead_letters"] += con.execute(sql, [fragment]).fetchone()[0]
+        [(n,)] = con.execute(sql, [fragment]).fetchall()
+        deleted["dead_letters"] += n
     return deleted
 
 
-def forget(con, user_id: str, actor: str, *, taint: Callable[[object, list[str]], list[str]]) -> Forgotten:
+def forget(
+    con: DuckDBPyConnection, user_id: str, actor: str, *, taint: Callable[[object, list[str]], list[str]]
+) -> Forgotten:
     """Erase `user_id` in one transaction; returns what was deleted and what was trained on it.
 
     `taint(con, snapshot_ids)` flags the adapters trained on those snapshots, inside the same transaction,

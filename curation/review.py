@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from curation import audit
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 # What counts as blank in a reason: Python's whitespace (str.isspace, which includes \x1c-\x1f and \x85) and
 # the BOM: the same reasons are blank under the API schema's pattern (serving.pages, ECMA-262's \s plus those).
@@ -21,7 +25,7 @@ class UnknownSamples(ReviewError):
     """Some of the sample ids do not exist (the API answers 404)."""
 
 
-def pending(con, limit: int = 50, offset: int = 0) -> list[dict]:
+def pending(con: DuckDBPyConnection, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
     """Kept samples waiting for a decision, oldest first, with the PII types found in their chat."""
     rows = con.execute(
         """
@@ -51,17 +55,17 @@ def pending(con, limit: int = 50, offset: int = 0) -> list[dict]:
     ]
 
 
-def pending_ids(con) -> list[str]:
+def pending_ids(con: DuckDBPyConnection) -> list[str]:
     """Every sample waiting for a reviewer (what `--all-pending` acts on)."""
     return [r[0] for r in con.execute("SELECT sample_id FROM samples WHERE status = 'pending' AND keep").fetchall()]
 
 
-def counts(con) -> dict[str, int]:
+def counts(con: DuckDBPyConnection) -> dict[str, int]:
     rows = con.execute("SELECT CASE WHEN keep THEN status ELSE 'filtered' END, count(*) FROM samples GROUP BY 1")
     return {"pending": 0, "approved": 0, "rejected": 0, "filtered": 0, **dict(rows.fetchall())}
 
 
-def filter_stats(con) -> dict[str, int]:
+def filter_stats(con: DuckDBPyConnection) -> dict[str, int]:
     """How many samples each filter dropped (the first that applied), and how many were kept."""
     rows = con.execute(
         "SELECT coalesce(split_part(reason, ':', 1), 'kept'), count(*) FROM samples GROUP BY ALL ORDER BY ALL"
@@ -70,7 +74,12 @@ def filter_stats(con) -> dict[str, int]:
 
 
 def decide(
-    con, sample_ids: list[str], decision: str, reviewer: str, reason: str | None = None, policy: str = "required"
+    con: DuckDBPyConnection,
+    sample_ids: list[str],
+    decision: str,
+    reviewer: str,
+    reason: str | None = None,
+    policy: str = "required",
 ) -> int:
     """Approve or reject samples, one or a batch; one transaction and one audit entry. Returns how many."""
     if decision not in ("approve", "reject"):

@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +22,9 @@ import pyarrow.parquet as pq
 from curation import audit, filters, review
 from curation.config import CurationConfig
 from curation.curate import MESSAGES
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 log = logging.getLogger("flywheel.curation")
 
@@ -49,7 +53,7 @@ class Snapshot:
     snapshot_id: str
     content_hash: str
     path: Path
-    manifest: dict
+    manifest: dict[str, Any]
     created: bool  # False when an identical snapshot already existed
 
     def data_files(self) -> dict[str, str]:
@@ -64,7 +68,7 @@ def in_eval(user_id: str, cfg: CurationConfig) -> bool:
     return filters.unit(f"{cfg.seed}:split:{user_id}") < cfg.eval_share
 
 
-def _table(rows: list[tuple]) -> pa.Table:
+def _table(rows: list[tuple[Any, ...]]) -> pa.Table:
     return pa.Table.from_pylist(
         [
             {
@@ -94,7 +98,7 @@ def _write(table: pa.Table, path: Path) -> None:
     )
 
 
-def _split(rows: list[tuple], cfg: CurationConfig) -> tuple[list[tuple], list[tuple]]:
+def _split(rows: list[tuple[Any, ...]], cfg: CurationConfig) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """(train, eval): whole users go to eval (curation.eval_share), and tiny sets still get one user each side."""
     if cfg.eval_share > 0 and len({r[1] for r in rows}) >= 2:
         eval_rows = [r for r in rows if in_eval(r[1], cfg)]
@@ -107,7 +111,9 @@ def _split(rows: list[tuple], cfg: CurationConfig) -> tuple[list[tuple], list[tu
     return [r for r in rows if r[0] not in eval_ids], eval_rows
 
 
-def _freeze(root: Path, train_rows: list[tuple], eval_rows: list[tuple], facts: dict) -> tuple[Path, bool]:
+def _freeze(
+    root: Path, train_rows: list[tuple[Any, ...]], eval_rows: list[tuple[Any, ...]], facts: dict[str, Any]
+) -> tuple[Path, bool]:
     """Write the Parquet files and the manifest into a staging folder, then rename it to its content's id:
     (the folder, whether it is new). An identical snapshot that exists already is kept as it is."""
     root.mkdir(parents=True, exist_ok=True)
@@ -141,7 +147,7 @@ def _freeze(root: Path, train_rows: list[tuple], eval_rows: list[tuple], facts: 
         raise
 
 
-def _record(con, final: Path, manifest: dict, actor: str) -> None:
+def _record(con: DuckDBPyConnection, final: Path, manifest: dict[str, Any], actor: str) -> None:
     con.execute("BEGIN TRANSACTION")
     try:
         inserted = con.execute(
@@ -163,7 +169,7 @@ def _record(con, final: Path, manifest: dict, actor: str) -> None:
         raise
 
 
-def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapshot | None:
+def build(con: DuckDBPyConnection, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapshot | None:
     """Freeze the approved samples; None when there are none."""
     rows = con.execute(APPROVED).fetchall()
     if not rows:
@@ -207,7 +213,7 @@ def build(con, cfg: CurationConfig, root: Path, actor: str = "system") -> Snapsh
     return Snapshot(manifest["snapshot_id"], manifest["content_hash"], final, manifest, created)
 
 
-def replayable(con, snapshot_ids: list[str | None], current: Path) -> list[str]:
+def replayable(con: DuckDBPyConnection, snapshot_ids: list[str | None], current: Path) -> list[str]:
     """The folders of `snapshot_ids` that still hold their training data (none purged by a forget), in order,
     leaving out `current`: what an incremental run replays."""
     out = []
