@@ -65,7 +65,8 @@ class Api:
         from infra.broker import check_port_free
         from infra.kafka import client_settings
         from serving.app import create_app
-        from serving.outbox import Outbox, OutboxRelay
+        from serving.outbox import Outbox
+        from serving.relay import OutboxRelay
         from serving.routing import ModelHolder, Router
 
         s = cfg.serving

@@ -11,7 +11,8 @@ from infra.config import KafkaConfig
 from infra.kafka import client_settings, ensure_topics
 from serving import ids
 from serving.config import ServingConfig
-from serving.outbox import Outbox, OutboxRelay, OutboxSender
+from serving.outbox import Outbox, OutboxSender
+from serving.relay import OutboxRelay
 from tests.conftest import tiny_generator
 from tests.helpers.api import make_app
 
