@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from infra.config import Config
+from ingest.contracts import BASE
 
 if TYPE_CHECKING:
     from infra.api import Api
@@ -274,7 +275,7 @@ class ReviewStore:
         return {
             "experiments": exps,
             "history": registry.history(cur),
-            "live": live["version"] if live else "base",
+            "live": live["version"] if live else BASE,
             "srm_threshold": self.cfg.abtest.srm_p,
         }
 

@@ -10,7 +10,7 @@ import string
 import uuid
 from datetime import UTC, datetime
 
-from ingest.contracts import ChatLog, Feedback, Message
+from ingest.contracts import BASE, ChatLog, Feedback, Message
 
 FIRST = [
     "Maria",
@@ -104,7 +104,7 @@ def person(rng: random.Random) -> dict:
     }
 
 
-def chat(rng: random.Random, user_id: str, app_id: str = "store-support", variant: str = "base") -> ChatLog:
+def chat(rng: random.Random, user_id: str, app_id: str = "store-support", variant: str = BASE) -> ChatLog:
     who = person(rng)
     question = rng.choice(QUESTIONS).format(**who)
     answer = f"{rng.choice(OPENERS)} {rng.choice(ANSWERS)}".format(first=who["name"].split()[0], order=who["order"])
