@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
 
 from ingest.contracts import MAX_TEXT_COST, ChatLog, Event, Rejected, parse_event, scrub_cost
 from ingest.scrub import Scrubbed, ScrubFailed
@@ -20,6 +22,7 @@ EXCERPT_CHARS = 200
 # ~0.2 s per 16 kB of Presidio on this machine, and their reason, length and hash stay.
 EXCERPT_SCRUB_MAX = 16_384
 ScrubFn = Callable[[list[str]], list[Scrubbed]]
+Row = dict[str, Any]  # one row of a table, by column name
 
 
 @dataclass(frozen=True)
@@ -32,11 +35,11 @@ class Record:
 
 @dataclass
 class Prepared:
-    chats: list[dict] = field(default_factory=list)
-    feedback: list[dict] = field(default_factory=list)
-    findings: list[dict] = field(default_factory=list)
-    dead_letters: list[dict] = field(default_factory=list)
-    quarantine: list[dict] = field(default_factory=list)
+    chats: list[Row] = field(default_factory=list)
+    feedback: list[Row] = field(default_factory=list)
+    findings: list[Row] = field(default_factory=list)
+    dead_letters: list[Row] = field(default_factory=list)
+    quarantine: list[Row] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     duplicates: int = 0
 
@@ -53,7 +56,7 @@ def text_fields(event: Event) -> list[tuple[str, str]]:
     return [(name, text) for name, text in (("comment", event.comment), ("correction", event.correction)) if text]
 
 
-def _row(event: Event, record: Record, scrubbed: dict[str, str]) -> dict:
+def _row(event: Event, record: Record, scrubbed: dict[str, str]) -> Row:
     base = {
         "event_id": str(event.event_id),
         "schema_version": event.schema_version,
@@ -105,11 +108,13 @@ def _scrub_each(scrub: ScrubFn, groups: list[list[str]]) -> list[list[Scrubbed] 
     return out
 
 
-def _parse(records: Sequence[Record], kind_of_topic: dict[str, str], out: Prepared):
+def _parse(
+    records: Sequence[Record], kind_of_topic: dict[str, str], out: Prepared
+) -> tuple[list[tuple[Event, Record]], list[tuple[Record, str]]]:
     """Valid, first-seen events and (record, reason) of the invalid ones; offsets, duplicates and texts too
     costly to scrub are counted into `out`."""
     events: list[tuple[Event, Record]] = []
-    seen: dict = {}  # event_id -> index in `events`
+    seen: dict[UUID, int] = {}  # event_id -> index in `events`
     rejects: list[tuple[Record, str]] = []
     for rec in records:
         key = (rec.topic, rec.partition)
@@ -137,7 +142,7 @@ def _parse(records: Sequence[Record], kind_of_topic: dict[str, str], out: Prepar
     return events, rejects
 
 
-def _findings(event: Event, name: str, scrubbed, version: str) -> list[dict]:
+def _findings(event: Event, name: str, scrubbed: Scrubbed, version: str) -> list[Row]:
     return [
         {
             "event_id": str(event.event_id),
@@ -173,14 +178,14 @@ def prepare(
         (out.chats if isinstance(event, ChatLog) else out.feedback).append(_row(event, rec, scrubbed))
 
     excerpt_results = iter(results[len(events) :])
-    for (rec, reason), scrubbed in zip(rejects, small):
-        result = next(excerpt_results) if scrubbed else "too long to scrub for an excerpt"
+    for (rec, reason), fits in zip(rejects, small):
+        result = next(excerpt_results) if fits else "too long to scrub for an excerpt"
         excerpt = None if isinstance(result, str) else result[0].text[:EXCERPT_CHARS]
         out.dead_letters.append(_meta(rec, reason) | {"excerpt": excerpt})
     return out
 
 
-def _meta(rec: Record, reason: str) -> dict:
+def _meta(rec: Record, reason: str) -> Row:
     return {
         "topic": rec.topic,
         "partition": rec.partition,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 import duckdb
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -39,7 +40,7 @@ class IngestMetrics:
 class IngestConsumer:
     def __init__(
         self,
-        consumer,
+        consumer: Any,  # a kafka-python KafkaConsumer (untyped)
         con: duckdb.DuckDBPyConnection,
         scrubber: ScrubPool,
         *,
@@ -67,11 +68,12 @@ class IngestConsumer:
     # -- rebalance ---------------------------------------------------------------------------------
     def _cluster_id(self) -> str | None:
         try:  # kafka-python keeps the id from the last Metadata response here
-            return self.consumer._client.cluster.cluster_id
+            cluster_id: str | None = self.consumer._client.cluster.cluster_id
+            return cluster_id
         except AttributeError:
             return None
 
-    def on_assigned(self, assigned) -> None:
+    def on_assigned(self, assigned: Collection[TopicPartition]) -> None:
         stored = sink.stored_offsets(self.con, self.group_id)
         cluster = self._cluster_id()
         for tp in assigned:
@@ -92,7 +94,7 @@ class IngestConsumer:
                 self.consumer.seek_to_beginning(tp)
         log.info("assigned %d partitions", len(assigned))
 
-    def on_revoked(self, revoked) -> None:
+    def on_revoked(self, revoked: Collection[TopicPartition]) -> None:
         self.flush()
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -101,11 +103,11 @@ class IngestConsumer:
         end offset and stored (a clean stop leaves no ingest lag behind)."""
         this = self
 
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no types
+            def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
                 this.on_revoked(revoked)
 
-            def on_partitions_assigned(self, assigned):
+            def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
                 this.on_assigned(assigned)
 
         self.consumer.subscribe(list(self.kind_of_topic), listener=Listener())

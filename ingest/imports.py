@@ -5,16 +5,17 @@ worker for nothing we use. Every module that imports presidio does it inside `wi
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 
 @contextmanager
-def without_torch():
+def without_torch() -> Iterator[None]:
     """Hide torch and transformers while presidio imports; they import normally afterwards (serving needs
     them). A module already imported stays as it is."""
     hidden = [m for m in ("torch", "transformers") if m not in sys.modules]
     for m in hidden:
-        sys.modules[m] = None  # makes `import m` raise ImportError, which presidio and thinc handle
+        sys.modules[m] = None  # type: ignore[assignment]  # makes `import m` raise ImportError, which presidio and thinc handle
     try:
         yield
     finally:

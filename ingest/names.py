@@ -187,7 +187,7 @@ def name_spans(text: str) -> tuple[tuple[int, int, float], ...]:
     return tuple(spans)
 
 
-def _cue_before(text: str, words: list, i: int) -> str:
+def _cue_before(text: str, words: list[tuple[int, int, str]], i: int) -> str:
     """ "strong" or "weak" when the word before words[i] is a cue, else ""."""
     if i == 0:
         return ""
@@ -212,7 +212,7 @@ def _unknown(word: str) -> bool:
     return zipf(word) < UNKNOWN_ZIPF and word not in _stop()
 
 
-def _single_name(text: str, words: list, i: int, common: bool, given: bool, cased: bool) -> bool:
+def _single_name(text: str, words: list[tuple[int, int, str]], i: int, common: bool, given: bool, cased: bool) -> bool:
     """One name word alone: a name after a cue (a weak cue will do for a given name that is also a common word:
     "for john", not "your orders page"); else only when rare in English or capitalised in cased text."""
     s, e, w = words[i]

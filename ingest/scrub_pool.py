@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import signal
 import time
+from multiprocessing.connection import Connection
 
 from ingest.config import PiiConfig
 from ingest.contracts import scrub_cost
@@ -18,7 +19,7 @@ from ingest.scrub import Scrubbed, Scrubber, ScrubFailed
 log = logging.getLogger(__name__)
 
 
-def _worker_main(cfg_json: str, conn) -> None:
+def _worker_main(cfg_json: str, conn: Connection) -> None:
     """A scrub worker: texts in, Scrubbed out, over its own pipe, until the pipe closes.
 
     It ignores SIGINT/SIGTERM: Ctrl-C and `kill` of a process group reach the workers too, and a worker that
@@ -135,7 +136,10 @@ class ScrubPool:
         for m, payload in zip(members, results):
             for i, scrubbed in zip(m, payload):
                 ordered[i] = scrubbed
-        return ordered
+        done = [s for s in ordered if s is not None]
+        if len(done) != len(texts):  # the members cover every text: a gap would shift results onto other texts
+            raise ScrubFailed(f"{len(texts) - len(done)} texts came back without a result")
+        return done
 
     def _replace(self, i: int) -> None:
         log.error("scrub worker %d stuck or dead; replacing it", i)

@@ -8,11 +8,12 @@ sent again (same id: up, down, up) only moves its stored time forward, so the la
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from ingest.batch import Prepared
+from ingest.batch import Prepared, Row
 
 CHAT_COLUMNS = (
     "event_id",
@@ -61,19 +62,24 @@ class Written:
     erased: int = 0  # late events of forgotten users, dropped
 
 
-def _insert(con, table: str, columns: tuple[str, ...], rows: list[dict], suffix: str = "") -> list:
+def _insert(
+    con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: list[Row], suffix: str = ""
+) -> list[tuple[Any, ...]]:
     if not rows:
         return []
     arrow = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
     con.register("_batch", arrow)
     try:
         cols = ", ".join(f'"{c}"' for c in columns)
-        return con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch {suffix}").fetchall()
+        inserted: list[tuple[Any, ...]] = con.execute(
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch {suffix}"
+        ).fetchall()
+        return inserted
     finally:
         con.unregister("_batch")
 
 
-def _refresh_feedback_times(con, rows: list[dict]) -> None:
+def _refresh_feedback_times(con: duckdb.DuckDBPyConnection, rows: list[Row]) -> None:
     """A rating's id comes from what it says, so up, down, up again repeats the first id: the stored copy
     takes the later time (never an earlier one: a re-sent old event changes nothing) and the latest rating
     wins in `latest_feedback`."""
@@ -98,7 +104,7 @@ def stored_offsets(con: duckdb.DuckDBPyConnection, group: str) -> dict[tuple[str
     return {(t, p): (o, c) for t, p, o, c in rows}
 
 
-def _forgotten(con, rows: list[dict]) -> set[str]:
+def _forgotten(con: duckdb.DuckDBPyConnection, rows: list[Row]) -> set[str]:
     """Event ids among `rows` of users forgotten after the event was made: late copies of erased data (an
     outbox re-sent to a new broker, a slow producer) must not bring it back."""
     if not rows:

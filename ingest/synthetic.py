@@ -94,7 +94,7 @@ ANSWERS = [
 ]
 
 
-def person(rng: random.Random) -> dict:
+def person(rng: random.Random) -> dict[str, str]:
     first, last = rng.choice(FIRST), rng.choice(LAST)
     return {
         "name": f"{first} {last}",
