@@ -37,7 +37,12 @@ def connect(path: Path, *, read_only: bool = False, threads: int | None = None) 
     if read_only and not path.exists():
         raise FlywheelError(f"no database at {path}: create it with `flywheel db init`")
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {"threads": threads} if threads else {}
+    # Never download an extension (no network at run time). DuckDB's JSON extension is built in, but replaying
+    # a WAL that a crash left behind (migration 0006 binds from_json) tried to install it before loading it,
+    # and with no network the file could not be opened at all.
+    config: dict[str, str | bool | int] = {"autoinstall_known_extensions": False, "autoload_known_extensions": True}
+    if threads:
+        config["threads"] = threads
     try:
         return duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as e:

@@ -109,3 +109,20 @@ def test_migration_0006_turns_stored_json_messages_into_struct_lists(tmp_path):
     assert types == {name: 'STRUCT("role" VARCHAR, "content" VARCHAR)[]' for name in ("messages", "prompt")}
     with pytest.raises(duckdb.ConstraintException):
         con.execute("UPDATE chats SET messages = NULL")
+
+
+def test_a_store_left_by_a_crash_right_after_the_migrations_opens_without_network(tmp_path):
+    """kill -9 before DuckDB checkpointed leaves the migrations in the WAL; replaying 0006's from_json must
+    load the built-in JSON extension, not try to download it (no network at run time: it could not open)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "f.duckdb"
+    crash = f"import os; from infra import db; con = db.connect({str(path)!r}); db.migrate(con); os._exit(0)"
+    subprocess.run([sys.executable, "-c", crash], check=True, timeout=120)
+    assert (tmp_path / "f.duckdb.wal").exists()  # nothing checkpointed: the replay below is the test
+    con = db.connect(path)
+    assert (
+        con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == db.available_migrations()[-1].version
+    )
+    assert con.execute("SELECT current_setting('autoinstall_known_extensions')").fetchone()[0] is False
