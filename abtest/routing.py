@@ -7,7 +7,9 @@ variant but base); `to_json` is what `parse` reads back unchanged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from abtest.assignment import assign
@@ -32,6 +34,11 @@ class Routing:
         if missing:
             raise ValueError(f"no adapter folder for {missing}")
         return cls(data.get("experiment_id"), str(data.get("salt", "flywheel")), split, adapters)
+
+    @classmethod
+    def read(cls, path: Path) -> Routing:
+        """The Routing a `routing.json` holds; ValueError when it is not JSON or breaks the contract."""
+        return cls.parse(json.loads(Path(path).read_text()))
 
     def to_json(self) -> dict[str, Any]:
         return {

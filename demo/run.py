@@ -61,7 +61,7 @@ def prepare_data_dir(cfg: Config, shared_models: Path) -> None:
 def wait_serving(api, cfg: Config, timeout: float = 120) -> None:
     """Block until the API serves the split last published in routing.json (it follows within seconds,
     after loading the adapters), so that no simulated user is routed by the previous split."""
-    want = Routing.parse(json.loads((cfg.data_dir / "routing.json").read_text()))
+    want = Routing.read(cfg.data_dir / "routing.json")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if api.router.current == want:

@@ -5,7 +5,6 @@ registry's; this module applies them together, in one transaction each."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -30,7 +29,7 @@ def publish_routing(cfg: Config, con, exp=None) -> Routing:
         exp if exp is not None else ab.get(con), live["version"] if live else BASE, registry.paths(con)
     )
     current = cfg.data_dir / "routing.json"
-    if not current.exists() or json.loads(current.read_text()) != routing.to_json():
+    if not current.exists() or Routing.read(current) != routing:
         publish(cfg.data_dir, routing)
         log.info("routing: %s", ", ".join(f"{v} {s:.0%}" for v, s in routing.split))
     return routing

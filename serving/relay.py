@@ -57,19 +57,22 @@ class OutboxRelay:
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every row is in Kafka (the relay keeps running); True when none is left unsent."""
-        deadline = time.monotonic() + timeout_s
-        while self.outbox.unsent() and self.process.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return not self.outbox.unsent()
+        return self._wait_for_none(self.outbox.unsent, timeout_s)
 
     def settle(self, timeout_s: float, while_: Callable[[], bool] = lambda: True) -> bool:
         """Wait until the outbox is empty: every row sent, stored by ingest and deleted (for a stop with ingest
         in this process, which `while_` tells is still running). Stronger than `drain`: a row Kafka acknowledged
         just before its broker died counts as sent until the relay sees the new cluster and sends it again."""
+        return self._wait_for_none(self.outbox.size, timeout_s, while_)
+
+    def _wait_for_none(
+        self, count: Callable[[], int], timeout_s: float, while_: Callable[[], bool] = lambda: True
+    ) -> bool:
+        """Poll `count` until it is 0, the relay died, `while_()` is false or the time is up; True at 0."""
         deadline = time.monotonic() + timeout_s
-        while self.outbox.size() and self.process.is_alive() and while_() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return not self.outbox.size()
+        while count() and self.process.is_alive() and while_() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not count()
 
     def close(self, drain_s: float = 5.0, timeout: float = 45.0) -> None:
         """Stop after sending what is left (up to `drain_s`) and deleting what ingest has stored."""

@@ -55,7 +55,7 @@ class Router:
             if mtime == self._mtime:
                 return False
             try:
-                new = Routing.parse(json.loads(self.path.read_text())) if mtime else Routing()
+                new = Routing.read(self.path) if mtime else Routing()
                 # Load first, switch the split, then unload what the new split no longer uses.
                 self.holder.sync_adapters({**self.current.adapters, **new.adapters})
                 self.current = new
