@@ -23,6 +23,8 @@ from serving.metrics import Metrics
 from serving.middleware import body_limit, fast_feedback, host_check, served_hosts
 from serving.outbox import Outbox
 from serving.routes import admin, chat, feedback, health, pages
+from serving.routes.chat import document_unsupported
+from serving.schemas import ChatRequest
 
 __all__ = ["create_app", "prompt_tokens_limit"]
 
@@ -35,6 +37,9 @@ def document_limits(app: FastAPI, cfg: ServingConfig) -> None:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
             models = doc["components"]["schemas"]
+            chat = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            models.update(chat.pop("$defs", {}), ChatRequest=chat)  # the chat route reads its own body
+            document_unsupported(models)
             models["ChatRequest"]["properties"]["messages"]["maxItems"] = cfg.max_messages
             for option in models["ChatMessage"]["properties"]["content"]["anyOf"]:
                 if option.get("type") == "string":

@@ -37,7 +37,10 @@ def busy(message: str = "the model is busy: try again shortly") -> ApiError:
 def first_error(errors: Sequence[Any]) -> str:
     """The first validation error as one line that names the field (FastAPI's 'body' prefix left out)."""
     first = errors[0]
-    return f"{'.'.join(str(p) for p in first['loc'] if p != 'body') or 'body'}: {first['msg']}"
+    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    if first.get("type") == "extra_forbidden":
+        return f"{where}: unknown parameter (not one this API takes; see /openapi.json)"
+    return f"{where}: {first['msg']}"
 
 
 def parse_body(model: type[BaseModel], raw: bytes):

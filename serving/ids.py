@@ -33,6 +33,7 @@ class ResponseClaims:
     variant: str
     experiment_id: str | None
     issued_at: float
+    choices: int = 1  # the answer's n: feedback may rate choice 0 .. choices-1
 
 
 def issue(secret: bytes, claims: ResponseClaims) -> str:
@@ -45,6 +46,7 @@ def issue(secret: bytes, claims: ResponseClaims) -> str:
                 claims.experiment_id,
                 round(claims.issued_at, 3),
                 secrets.token_hex(4),
+                *([claims.choices] if claims.choices > 1 else []),
             ],
             separators=(",", ":"),
         ).encode()
@@ -60,10 +62,16 @@ def verify(secret: bytes, response_id: str) -> ResponseClaims | None:
         expected = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:18])
         if prefix != PREFIX or not hmac.compare_digest(sig, expected):
             return None
-        app, user, variant, experiment, issued, _nonce = json.loads(_unb64(payload))
-        return ResponseClaims(app, user, variant, experiment, float(issued))
+        app, user, variant, experiment, issued, _nonce, *choices = json.loads(_unb64(payload))
+        return ResponseClaims(app, user, variant, experiment, float(issued), int(choices[0]) if choices else 1)
     except (ValueError, TypeError):
         return None
+
+
+def choice_id(response_id: str, choice: int) -> str:
+    """The id a choice's chat log is stored under: the response id itself for choice 0 (and for every answer
+    with n = 1), `<id>:<choice>` for the others; feedback on that choice is stored under the same id."""
+    return response_id if choice == 0 else f"{response_id}:{choice}"
 
 
 def pseudonym(key: bytes, app_id: str, user_id: str) -> str:

@@ -126,3 +126,14 @@ ERRORS_OR_BUSY: dict[int | str, dict[str, Any]] = {
 def json_body(model: type[BaseModel]) -> dict:
     """`openapi_extra` for a route that parses its own body: documents `model` as the required JSON body."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def json_body_ref(name: str) -> dict:
+    """`openapi_extra` for a route that parses its own body into the model `name`, whose schema
+    `serving.app.document_limits` puts into the components (where the limits are written into it)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+        }
+    }

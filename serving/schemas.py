@@ -24,30 +24,70 @@ MAX_STOPS, MAX_STOP_CHARS = 4, 64
 StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
-class ChatMessage(BaseModel):
+class ContentPart(BaseModel):
+    """One part of a message's `content` list (what LangChain and the newer SDKs send). Only `text` parts are
+    read; the handler refuses any other type by name."""
+
     model_config = ConfigDict(extra="ignore", strict=True)
-    role: str = Field(json_schema_extra={"enum": list(ROLES)})  # checked in the handler, with a clearer message
-    content: str | None = ""
+    type: str = Field(json_schema_extra={"enum": ["text"]})
+    text: str | None = None  # /openapi.json says: a string, required (the handler refuses the rest by name)
+
+
+class ChatMessage(BaseModel):
+    # Messages are data, not parameters: an assistant message sent back as the SDK returned it carries
+    # `refusal`, `audio`, `annotations`... as null, and those are taken and dropped.
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: str = Field(json_schema_extra={"enum": [*ROLES, "developer"]})  # checked in the handler
+    content: str | list[ContentPart] | None = ""
+    name: str | None = None
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+MAX_CHOICES = 8
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)  # OpenAI clients send fields we do not use (n=1, ...)
+    """Every parameter of OpenAI's chat completions request that Flywheel knows. An unknown one is refused
+    (400 naming it), and one the serving backend cannot honour is refused by the handler: none is ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Count | None = None
     max_completion_tokens: Count | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES), BeforeValidator(_whole)] = 1
     # OpenAI allows 4; 80,000 were accepted once (1.16 s of the shared model thread per answer to check them).
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
     seed: Int | None = None  # any integer: the generator takes it modulo 2**64
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=contracts.MAX_ID_CHARS)
+    # What the built-in generator does not do (serving.routes.chat.UNSUPPORTED names them in its 400).
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20), BeforeValidator(_whole)] | None = None
+    response_format: dict | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     response_id: str = Field(max_length=contracts.MAX_RESPONSE_ID_CHARS)
+    choice: Annotated[int, Field(ge=0, lt=MAX_CHOICES), BeforeValidator(_whole)] = Field(
+        0, description="Which of the answer's choices (its `index`) is rated, when it was asked with n > 1."
+    )
     rating: str | Int = Field(description="up | down (or 1 | -1)", json_schema_extra={"enum": ["up", "down", 1, -1]})
     comment: str | None = Field(None, max_length=contracts.MAX_FIELD_CHARS)
     correction: str | None = Field(None, max_length=contracts.MAX_FIELD_CHARS)

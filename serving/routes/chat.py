@@ -16,10 +16,10 @@ from ingest import contracts
 from ingest.contracts import ChatLog, Message
 from serving import ids, openapi
 from serving.deps import App, Context, Ctx
-from serving.errors import ApiError, busy
+from serving.errors import ApiError, busy, parse_body
 from serving.generator import AdapterGone, GenRequest, GenResult, QueueFull
 from serving.limits import MAX_CHAT_BYTES
-from serving.schemas import ROLES, ChatRequest
+from serving.schemas import ROLES, ChatMessage, ChatRequest
 
 router = APIRouter(prefix="/v1")
 
@@ -32,21 +32,82 @@ async def models(ctx: Ctx, _app: App):
     }
 
 
+# What this server's generator (serving.generator.BatchGenerator) cannot honour: a request that sets one gets
+# 400 naming it, never an answer that quietly ignored it.
+UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+)
+NEUTRAL: dict[str, object] = {
+    "logprobs": False,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "response_format": {"type": "text"},
+    "tool_choice": "none",
+}
+
+
+def document_unsupported(models: dict) -> None:
+    """/openapi.json states what this server takes: the parameters of UNSUPPORTED only unset (or neutral), no
+    tool turns among the messages."""
+    request = models["ChatRequest"]["properties"]
+    for name in UNSUPPORTED:
+        neutral = NEUTRAL.get(name)
+        request[name] = {"type": "null"} if neutral is None else {"enum": [None, neutral]}
+    message = models["ChatMessage"]["properties"]
+    message["role"]["enum"] = [r for r in message["role"]["enum"] if r != "tool"]
+    message["tool_calls"] = {"type": "null"}
+    part = models["ContentPart"]
+    part["properties"]["text"], part["required"] = {"type": "string"}, ["type", "text"]
+
+
+def unsupported(body: ChatRequest) -> list[str]:
+    """The parameters `body` sets that the generator cannot honour (their neutral values are fine)."""
+    return [
+        name
+        for name in UNSUPPORTED
+        if (value := getattr(body, name)) is not None and value != NEUTRAL.get(name) and value not in ([], {})
+    ]
+
+
+def text_of(m: ChatMessage, i: int) -> str:
+    """A message's text: its string, or its `text` parts joined by newlines (other part types: 400)."""
+    if not isinstance(m.content, list):
+        return m.content or ""
+    for part in m.content:
+        if part.type != "text":
+            raise ApiError(400, f"messages.{i}.content: a {part.type!r} part; this server reads text parts only")
+        if part.text is None:
+            raise ApiError(400, f"messages.{i}.content: a text part without its text")
+    return "\n".join(part.text or "" for part in m.content)
+
+
 def checked_messages(ctx: Context, body: ChatRequest, app_id: str) -> list[dict]:
-    """The request's messages as plain dicts, within serving's limits and the event contract's."""
+    """The request's messages as plain dicts, within serving's limits and the event contract's. `developer`
+    (the newer SDKs' name for the system prompt) is stored and templated as `system`."""
     cfg = ctx.cfg
     if len(body.messages) > cfg.max_messages:
         raise ApiError(400, f"{len(body.messages)} messages: at most {cfg.max_messages} (serving.max_messages)")
-    for m in body.messages:
-        if len(m.content or "") > cfg.max_message_chars:
+    messages = []
+    for i, m in enumerate(body.messages):
+        role = "system" if m.role == "developer" else m.role
+        if role not in ROLES:
+            raise ApiError(400, f"messages.{i}.role: unknown role {m.role!r}")
+        if m.tool_calls or role == "tool":
+            raise ApiError(400, f"messages.{i}: tool calls and tool results need tools, which this server lacks")
+        text = text_of(m, i)
+        if len(text) > cfg.max_message_chars:
             raise ApiError(
-                400,
-                f"a message of {len(m.content or '')} characters: at most {cfg.max_message_chars} "
-                "(serving.max_message_chars)",
+                400, f"a message of {len(text)} characters: at most {cfg.max_message_chars} (serving.max_message_chars)"
             )
-        if m.role not in ROLES:
-            raise ApiError(400, f"unknown role {m.role!r}")
-    messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+        messages.append({"role": role, "content": text})
     size = sum(len(m["content"].encode()) + 32 for m in messages)
     if size > MAX_CHAT_BYTES:
         raise ApiError(
@@ -78,7 +139,7 @@ async def prompt_ids(ctx: Context, messages: list[dict]) -> list[int]:
 
 @dataclass
 class Answer:
-    """One request being answered: what its log event and its chunks need."""
+    """One request being answered (its `n` choices): what its log events and its chunks need."""
 
     ctx: Context
     response_id: str
@@ -90,24 +151,31 @@ class Answer:
     started: float
     created: int
 
-    async def finish(self, result: GenResult) -> None:
+    async def finish(self, results: list[GenResult]) -> None:
+        """Log each choice as its own chat (stored under `ids.choice_id`, which its feedback names too)."""
         latency = (time.perf_counter() - self.started) * 1000
-        await self.ctx.log(
-            ChatLog(
-                response_id=self.response_id,
-                app_id=self.app_id,
-                user_id=self.user_id,
-                variant=self.variant,
-                experiment_id=self.experiment,
-                messages=[Message(**m) for m in self.messages],
-                response=result.text,
-                latency_ms=round(latency, 2),
+        for i, result in enumerate(results):
+            await self.ctx.log(
+                ChatLog(
+                    response_id=ids.choice_id(self.response_id, i),
+                    app_id=self.app_id,
+                    user_id=self.user_id,
+                    variant=self.variant,
+                    experiment_id=self.experiment,
+                    messages=[Message(**m) for m in self.messages],
+                    response=result.text,
+                    latency_ms=round(latency, 2),
+                )
             )
-        )
-        self.ctx.metrics.tokens.labels(self.variant).inc(result.completion_tokens)
+            self.ctx.metrics.tokens.labels(self.variant).inc(result.completion_tokens)
         self.ctx.metrics.latency.labels("chat", self.variant).observe(latency / 1000)
 
-    def completion(self, result: GenResult) -> dict:
+    @staticmethod
+    def usage(results: list[GenResult]) -> dict:
+        prompt, completion = results[0].prompt_tokens, sum(r.completion_tokens for r in results)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def completion(self, results: list[GenResult]) -> dict:
         return {
             "id": self.response_id,
             "object": "chat.completion",
@@ -115,55 +183,73 @@ class Answer:
             "model": self.variant,
             "choices": [
                 {
-                    "index": 0,
+                    "index": i,
                     "message": {"role": "assistant", "content": result.text},
                     "finish_reason": result.finish_reason,
                 }
+                for i, result in enumerate(results)
             ],
-            "usage": {
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens,
-            },
+            "usage": self.usage(results),
         }
 
-    def chunk(self, delta: dict, reason: str | None = None) -> str:
-        return (
-            "data: "
-            + json.dumps(
-                {
-                    "id": self.response_id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": self.variant,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
-                }
-            )
-            + "\n\n"
-        )
+    def chunk(self, choices: list[dict], usage: dict | None = None) -> str:
+        body: dict = {
+            "id": self.response_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.variant,
+            "choices": choices,
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return "data: " + json.dumps(body) + "\n\n"
 
 
-async def chunks(answer: Answer, req: GenRequest, future, pieces: asyncio.Queue):
-    """Server-sent chunks as the text comes; the last one is sent after the chat is logged."""
+def delta(index: int, content: dict, reason: str | None = None) -> dict:
+    return {"index": index, "delta": content, "finish_reason": reason}
+
+
+async def chunks(answer: Answer, reqs: list[GenRequest], futures: list, pieces: asyncio.Queue, include_usage: bool):
+    """Server-sent chunks as the text of each choice comes; the last ones are sent after the chats are logged."""
     try:
-        yield answer.chunk({"role": "assistant", "content": ""})
-        waiter = asyncio.wrap_future(future)
+        for i in range(len(reqs)):
+            yield answer.chunk([delta(i, {"role": "assistant", "content": ""})])
+        waiter = asyncio.ensure_future(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
         while True:
             getter = asyncio.ensure_future(pieces.get())
             done, _ = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
-                yield answer.chunk({"content": getter.result()})
+                index, text = getter.result()
+                yield answer.chunk([delta(index, {"content": text})])
                 continue
             getter.cancel()
             while not pieces.empty():
-                yield answer.chunk({"content": pieces.get_nowait()})
-            result = waiter.result()
-            await answer.finish(result)
-            yield answer.chunk({}, result.finish_reason)
+                index, text = pieces.get_nowait()
+                yield answer.chunk([delta(index, {"content": text})])
+            results = waiter.result()
+            await answer.finish(results)
+            for i, result in enumerate(results):
+                yield answer.chunk([delta(i, {}, result.finish_reason)])
+            if include_usage:  # OpenAI's last chunk: no choices, the usage of the whole answer
+                yield answer.chunk([], Answer.usage(results))
             yield "data: [DONE]\n\n"
             return
-    finally:  # the client left (or the answer is done): a row still decoding stops at its next token
-        req.cancel.set()
+    finally:  # the client left (or the answer is done): rows still decoding stop at their next token
+        for req in reqs:
+            req.cancel.set()
+
+
+def submit_all(ctx: Context, reqs: list[GenRequest]) -> list:
+    """All n rows or none: when the queue takes only some, those are cancelled and the client gets 503."""
+    futures = []
+    try:
+        for req in reqs:
+            futures.append(ctx.model().submit(req))
+    except QueueFull:
+        for req in reqs:
+            req.cancel.set()
+        raise busy() from None
+    return futures
 
 
 @router.post(
@@ -176,40 +262,55 @@ async def chunks(answer: Answer, req: GenRequest, future, pieces: asyncio.Queue)
         },
         **openapi.ERRORS_OR_BUSY,
     },
+    openapi_extra=openapi.json_body_ref("ChatRequest"),
 )
-async def chat_completions(body: ChatRequest, request: Request, ctx: Ctx, app_id: App):
+async def chat_completions(request: Request, ctx: Ctx, app_id: App):
+    # The key is checked (the App dependency) before the body is read: a stranger learns nothing of the schema.
     started = time.perf_counter()
+    body = parse_body(ChatRequest, await request.body())
+    if names := unsupported(body):
+        raise ApiError(400, f"{', '.join(names)}: not supported by this server's built-in generator")
     messages = checked_messages(ctx, body, app_id)
     user_id = ids.pseudonym(ctx.user_key, app_id, body.user or request.headers.get("x-flywheel-user") or "anonymous")
     variant, experiment = ctx.route(user_id)
     prompt = await prompt_ids(ctx, messages)
-    response_id = ids.issue(ctx.secret, ids.ResponseClaims(app_id, user_id, variant, experiment, time.time()))
+    claims = ids.ResponseClaims(app_id, user_id, variant, experiment, time.time(), body.n)
+    response_id = ids.issue(ctx.secret, claims)
     headers = {"X-Flywheel-Variant": variant, "X-Flywheel-Response-Id": response_id}
-    loop, pieces = asyncio.get_running_loop(), asyncio.Queue[str]()
+    loop, pieces = asyncio.get_running_loop(), asyncio.Queue[tuple[int, str]]()
 
-    def on_text(text: str) -> None:  # from the model thread
-        loop.call_soon_threadsafe(pieces.put_nowait, text)
+    def on_text(index: int):
+        def put(text: str) -> None:  # from the model thread
+            loop.call_soon_threadsafe(pieces.put_nowait, (index, text))
 
-    req = GenRequest(
-        prompt,
-        max_tokens=min(body.max_completion_tokens or body.max_tokens or ctx.cfg.max_tokens, ctx.cfg.max_tokens),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
-        seed=body.seed,
-        adapter=variant,
-        on_text=on_text if body.stream else None,
-    )
-    try:
-        future = ctx.model().submit(req)
-    except QueueFull:
-        raise busy() from None
+        return put
+
+    reqs = [
+        GenRequest(
+            prompt,
+            max_tokens=min(body.max_completion_tokens or body.max_tokens or ctx.cfg.max_tokens, ctx.cfg.max_tokens),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
+            seed=None if body.seed is None else body.seed + i,  # n samples, not n copies of one
+            adapter=variant,
+            on_text=on_text(i) if body.stream else None,
+        )
+        for i in range(body.n)
+    ]
+    futures = submit_all(ctx, reqs)
     answer = Answer(ctx, response_id, app_id, user_id, variant, experiment, messages, started, int(time.time()))
     if body.stream:
-        return StreamingResponse(chunks(answer, req, future, pieces), media_type="text/event-stream", headers=headers)
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(
+            chunks(answer, reqs, futures, pieces, include_usage), media_type="text/event-stream", headers=headers
+        )
     try:
-        result = await asyncio.wrap_future(future)
+        results = list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
     except AdapterGone:
         raise busy("the model version changed: try again") from None
-    await answer.finish(result)
-    return JSONResponse(answer.completion(result), headers=headers)
+    finally:
+        for req in reqs:
+            req.cancel.set()  # the client left, or a sibling failed: free the rows
+    await answer.finish(results)
+    return JSONResponse(answer.completion(results), headers=headers)

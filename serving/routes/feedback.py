@@ -44,15 +44,18 @@ async def record(ctx: Context, app_id: str, raw: bytes) -> dict:
             f"this response_id expired: feedback is taken for {ctx.cfg.feedback_window_days:g} "
             "days (serving.feedback_window_days)",
         )
+    if body.choice >= claims.choices:
+        raise ApiError(404, f"unknown choice {body.choice}: this answer has choices 0 to {claims.choices - 1}")
     rating = RATINGS.get(body.rating)
     if rating is None:
         raise ApiError(400, "rating: 'up' or 'down' (or 1 or -1)")
     ctx.scrub.charge(app_id, [body.comment, body.correction])
     # The same rating sent twice is one event: the id is derived from what it says.
-    key = json.dumps([body.response_id, rating, body.comment, body.correction])
+    response_id = ids.choice_id(body.response_id, body.choice)
+    key = json.dumps([response_id, rating, body.comment, body.correction])
     event = Feedback(
         event_id=uuid.uuid5(NAMESPACE, key),
-        response_id=body.response_id,
+        response_id=response_id,
         app_id=app_id,
         user_id=claims.user_id,
         rating=rating,

@@ -234,3 +234,130 @@ def test_a_foreign_host_header_reaches_nothing(server):
         assert r.status_code == 400 and "serving.allowed_hosts" in r.json()["error"]["message"], path
     for host in ("127.0.0.1", "localhost:1234", "[::1]:80"):
         assert httpx.get(url + "/v1/models", headers={**auth, "Host": host}).status_code == 200, host
+
+
+def stored(server, response_ids: set[str]) -> dict[str, list]:
+    """The chat and feedback events in Kafka whose response id is one of `response_ids` (waits for each kind)."""
+    kafka, broker = server["kafka"], server["broker"]
+    consumer = KafkaConsumer(
+        kafka.chats_topic,
+        kafka.feedback_topic,
+        **client_settings(kafka, broker.bootstrap),
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=10_000,
+    )
+    seen: dict[str, list] = {"chat": [], "feedback": []}
+    deadline = time.monotonic() + 30
+    for record in consumer:
+        kind = "chat" if record.topic == kafka.chats_topic else "feedback"
+        event = parse_event(record.value, kind)
+        if event.response_id in response_ids:
+            seen[kind].append(event)
+        if all({e.response_id for e in seen[k]} == response_ids for k in seen) or time.monotonic() > deadline:
+            break
+    consumer.close()
+    return seen
+
+
+def test_what_current_sdks_send_developer_role_and_content_parts(server):
+    c = client(server)
+    plain = c.chat.completions.create(
+        model="x",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Returns?\nShipping?"}],
+        max_tokens=6,
+        temperature=0,
+    )
+    parts = c.chat.completions.create(
+        model="x",
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Returns?"}, {"type": "text", "text": "Shipping?"}]},
+        ],
+        max_completion_tokens=6,
+        temperature=0,
+    )
+    assert parts.choices[0].message.content == plain.choices[0].message.content  # the same prompt, greedy
+    with pytest.raises(openai.BadRequestError, match="'image_url' part"):
+        c.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]
+        )
+
+
+def test_n_choices_each_logged_and_rated(server):
+    c = client(server)
+    reply = c.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, n=3, seed=11, user="n-user"
+    )
+    assert [ch.index for ch in reply.choices] == [0, 1, 2]
+    assert post_feedback(server, KEY_A, reply.id, "up", choice=2).status_code == 202
+    assert post_feedback(server, KEY_A, reply.id, "down").status_code == 202
+    missing = post_feedback(server, KEY_A, reply.id, "up", choice=3)
+    assert missing.status_code == 404 and "choices 0 to 2" in missing.json()["error"]["message"]
+    wanted = {reply.id, f"{reply.id}:1", f"{reply.id}:2"}
+    seen = stored(server, wanted)
+    chats = {e.response_id: e.response for e in seen["chat"]}
+    assert chats == {ids.choice_id(reply.id, ch.index): ch.message.content for ch in reply.choices}
+    assert {(e.response_id, e.rating) for e in seen["feedback"]} == {(f"{reply.id}:2", 1), (reply.id, -1)}
+
+    stream = c.chat.completions.create(
+        model="x",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=5,
+        n=2,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    texts, usage = ["", ""], None
+    for chunk in stream:
+        for ch in chunk.choices:
+            texts[ch.index] += ch.delta.content or ""
+        usage = chunk.usage or usage
+    single = c.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0
+    )
+    assert texts == [single.choices[0].message.content] * 2  # greedy: each choice is the same answer
+    assert usage is not None and usage.completion_tokens == 2 * single.usage.completion_tokens
+    assert usage.prompt_tokens == single.usage.prompt_tokens
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs, top_logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"logit_bias": {"42": 5}}, "logit_bias"),
+    ],
+)
+def test_what_the_generator_cannot_do_is_refused_by_name(server, extra, named):
+    with pytest.raises(openai.BadRequestError, match=f"{named}: not supported"):
+        client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], **extra)
+
+
+def test_neutral_values_and_unknown_parameters(server):
+    c = client(server)
+    reply = c.chat.completions.create(
+        model="x",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=2,
+        logprobs=False,
+        frequency_penalty=0,
+        response_format={"type": "text"},
+        stream_options={"include_usage": True},  # usage is in every unstreamed answer
+    )
+    assert reply.choices[0].message.content is not None and reply.usage.total_tokens > 0
+    with pytest.raises(openai.BadRequestError, match="modalities: unknown parameter"):
+        c.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": "Hi"}], extra_body={"modalities": ["audio"]}
+        )
+
+
+def test_the_key_is_checked_before_the_body(server):
+    url = server["url"] + "/v1/chat/completions"
+    for body in (b"{not json", b'{"messages": 5}', b'{"messages": [], "nonsense": 1}'):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = httpx.post(url, content=body, headers={"Content-Type": "application/json", **headers})
+            assert r.status_code == 401, (body, headers, r.text)
