@@ -133,31 +133,13 @@ def test_feedback_is_checked_idempotent_and_lands_in_kafka(server):
     assert post_feedback(server, KEY_A, forged).status_code == 404
     assert post_feedback(server, KEY_A, "chatcmpl-made-up").status_code == 404
 
-    kafka, broker = server["kafka"], server["broker"]
-    consumer = KafkaConsumer(
-        kafka.chats_topic,
-        kafka.feedback_topic,
-        **client_settings(kafka, broker.bootstrap),
-        auto_offset_reset="earliest",
-        group_id=None,
-        consumer_timeout_ms=10_000,
-    )
-    seen, raw = {"chat": [], "feedback": []}, []
-    deadline = time.monotonic() + 30
-    for record in consumer:
-        kind = "chat" if record.topic == kafka.chats_topic else "feedback"
-        seen[kind].append(parse_event(record.value, kind))
-        if seen[kind][-1].response_id == reply.id:
-            raw.append(record.key + record.value)
-        found = [any(e.response_id == reply.id for e in seen[k]) for k in seen]
-        if all(found) or time.monotonic() > deadline:
-            break
-    consumer.close()
+    seen = stored(server, {reply.id})
     [chat] = [e for e in seen["chat"] if e.response_id == reply.id]
     user = ids.pseudonym(b"u" * 32, "app-a", "user-7")  # the raw id stays at the API
     assert chat.user_id == user and chat.variant == "base" and chat.response == reply.choices[0].message.content
     fb = [e for e in seen["feedback"] if e.response_id == reply.id]
     assert fb and fb[0].rating == -1 and fb[0].user_id == user and fb[0].correction.startswith("Returns")
+    raw = seen["raw"]
     assert len(raw) >= 2 and not any(b"user-7" in r for r in raw)  # not in the Kafka key, the event, the id
     assert b"user-7" not in base64.urlsafe_b64decode(reply.id.split(".")[1] + "==")
 
@@ -237,7 +219,8 @@ def test_a_foreign_host_header_reaches_nothing(server):
 
 
 def stored(server, response_ids: set[str]) -> dict[str, list]:
-    """The chat and feedback events in Kafka whose response id is one of `response_ids` (waits for each kind)."""
+    """The chat and feedback events in Kafka whose response id is one of `response_ids` (waits for each kind),
+    and under "raw" their records' key + value bytes."""
     kafka, broker = server["kafka"], server["broker"]
     consumer = KafkaConsumer(
         kafka.chats_topic,
@@ -247,14 +230,16 @@ def stored(server, response_ids: set[str]) -> dict[str, list]:
         group_id=None,
         consumer_timeout_ms=10_000,
     )
-    seen: dict[str, list] = {"chat": [], "feedback": []}
+    seen: dict[str, list] = {"chat": [], "feedback": [], "raw": []}
     deadline = time.monotonic() + 30
     for record in consumer:
         kind = "chat" if record.topic == kafka.chats_topic else "feedback"
         event = parse_event(record.value, kind)
         if event.response_id in response_ids:
             seen[kind].append(event)
-        if all({e.response_id for e in seen[k]} == response_ids for k in seen) or time.monotonic() > deadline:
+            seen["raw"].append(record.key + record.value)
+        kinds = ("chat", "feedback")
+        if all({e.response_id for e in seen[k]} == response_ids for k in kinds) or time.monotonic() > deadline:
             break
     consumer.close()
     return seen
