@@ -169,3 +169,33 @@ def serve_untainted(cfg: Config, con) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
         said.append(f"{version}: files deleted ({path})")
     return said
+
+
+def adapter_failed(cfg: Config, con, version: str, reason: str) -> list[str]:
+    """Serving could not load `version` right (a vLLM server refused it or answered its probe wrongly): its
+    experiment ends (rolled back), it is marked failed, and routing.json goes back to what serves. The
+    incumbent is untouched. Returns what changed."""
+    from abtest import experiment as ab
+    from curation import audit
+    from retrain import registry
+
+    said = []
+    con.execute("BEGIN TRANSACTION")
+    try:
+        exp = ab.get(con)
+        if exp is not None and exp.challenger == version:
+            ab.apply(con, exp, ab.Evaluation("rollback", f"serving could not load it: {reason}"), cfg.abtest)
+            said.append(f"{exp.experiment_id} ended: {version} could not be loaded")
+        found = registry.get(con, version)
+        if found is not None and found["status"] != "live":
+            registry.set_status(con, version, "failed", f"serving could not load it: {reason}")
+            audit.append(con, "serving", "failed", version, {"reason": reason})
+            said.append(f"{version} failed: {reason}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    publish_routing(cfg, con)
+    for line in said:
+        log.warning("serving: %s", line)
+    return said

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from infra.config import Config
@@ -55,10 +56,38 @@ def load_generator(cfg: Config):
     return generator.start(), tokenizer
 
 
+def start_vllm(cfg: Config):
+    """(the started server or None, the backend): `serving.vllm.urls` as they are, or one server started here
+    from `make vllm`'s virtualenv on the base model."""
+    from infra.models import resolve_base_model
+    from infra.vllm import VllmProcess
+    from serving.upstream import VllmBackend
+
+    v = cfg.serving.vllm
+    process = None
+    urls = list(v.urls)
+    if not urls:
+        model = resolve_base_model(cfg.base_model, cfg.data_dir / "models")
+        process = VllmProcess(v, model, cfg.data_dir).start()
+        urls = [process.url]
+    backend = VllmBackend(urls, v)
+    backend.check()
+    if not any(s.healthy for s in backend.servers):
+        log.warning("no vLLM server answers yet (%s): chats get 503 until one does", ", ".join(urls))
+    return process, backend
+
+
 class Api:
     """The API with everything it needs, started in threads of this process."""
 
-    def __init__(self, cfg: Config, bootstrap: str, registry=None, review: ReviewStore | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        bootstrap: str,
+        registry=None,
+        review: ReviewStore | None = None,
+        on_adapter_failed: Callable[[str, str], object] | None = None,
+    ):
         import uvicorn
 
         from infra import keys
@@ -72,12 +101,17 @@ class Api:
         s = cfg.serving
         if s.port:
             check_port_free(s.host, s.port, "serving.port")
-        self.generator, tokenizer = load_generator(cfg)
+        self.generator, tokenizer, self.vllm, self.upstream = None, None, None, None
+        if s.backend == "vllm":
+            self.vllm, self.upstream = start_vllm(cfg)
+        else:
+            self.generator, tokenizer = load_generator(cfg)
         self.outbox = Outbox(cfg.data_dir / "outbox.sqlite")
         self.sender = OutboxRelay(
             cfg.data_dir / "outbox.sqlite", client_settings(cfg.kafka, bootstrap), cfg.ingest.group_id
         )
-        self.router = Router(cfg.data_dir / "routing.json", ModelHolder(self.generator))
+        holder = self.upstream if self.upstream is not None else ModelHolder(self.generator)
+        self.router = Router(cfg.data_dir / "routing.json", holder, on_failed=on_adapter_failed)
         self.router.refresh()
         app = create_app(
             s,
@@ -94,6 +128,7 @@ class Api:
             registry=registry,
             review=review,
             forgotten=review.forgotten_before if review is not None else None,
+            upstream=self.upstream,
         )
         self.server = uvicorn.Server(
             uvicorn.Config(app, host=s.host, port=s.port, log_level="warning", access_log=False)
@@ -118,6 +153,8 @@ class Api:
     def _follow_routing(self) -> None:
         while not self._stop.wait(2.0):
             try:
+                if self.upstream is not None:
+                    self.upstream.check()  # servers that came back get the split's adapters first
                 self.router.refresh()
             except Exception:
                 log.exception("routing refresh failed; keeping the current split")
@@ -128,7 +165,12 @@ class Api:
         self.server.should_exit = True
         for t in self._threads:
             t.join(10)
-        self.generator.close()
+        if self.generator is not None:
+            self.generator.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.vllm is not None:
+            self.vllm.stop()
 
     def close(self) -> None:
         if not self._stop.is_set():

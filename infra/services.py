@@ -88,9 +88,13 @@ def start_services(
     stack.callback(stop.set)  # on an error during start-up; in a clean stop ingest has ended by now
     echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
     review = ReviewStore(con, cfg)
+    from infra import ab
     from infra.api import Api
 
-    api = Api(cfg, bootstrap, registry, review=review)
+    def adapter_failed(version: str, reason: str) -> None:  # serving could not load it: the incumbent serves on
+        ab.adapter_failed(cfg, con.cursor(), version, reason)
+
+    api = Api(cfg, bootstrap, registry, review=review, on_adapter_failed=adapter_failed)
     stack.callback(shut_down, api, thread, drain, stop, echo)
     echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
     echo(f"review    {api.url}/review  and A/B dashboard {api.url}/ab  (sign in with a key from serving.admin_keys)")

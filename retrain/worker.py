@@ -47,7 +47,7 @@ def run(job: Job) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from retrain import recipe
+    from retrain import probe, recipe
 
     cfg = job.config
     torch.manual_seed(cfg.seed)
@@ -83,6 +83,7 @@ def run(job: Job) -> dict:
         "device": str(next(model.parameters()).device),
     }
     recipe.save(model, Path(job.out_dir), _manifest(job, rows, metrics))
+    probe.write(Path(job.out_dir), probe.greedy(model, tokenizer))  # what vLLM must answer before it serves it
     return metrics
 
 

@@ -25,6 +25,7 @@ from serving.outbox import Outbox
 from serving.routes import admin, chat, feedback, health, pages
 from serving.routes.chat import document_unsupported
 from serving.schemas import ChatRequest
+from serving.upstream import VllmBackend
 
 __all__ = ["create_app", "prompt_tokens_limit"]
 
@@ -70,9 +71,11 @@ def create_app(
     registry: CollectorRegistry | None = None,
     review: ReviewBackend | None = None,
     forgotten: Callable[[str, float], bool] | None = None,
+    upstream: VllmBackend | None = None,
 ) -> FastAPI:
     """`forgotten(user, answered_at)`: whether that user was erased after that answer (then its rating is
-    refused); None where the API has no database (`flywheel serve`: ingest drops such ratings instead)."""
+    refused); None where the API has no database (`flywheel serve`: ingest drops such ratings instead).
+    `upstream`: the vLLM servers that answer chats instead of `generator` (serving.backend = vllm)."""
     for name, key in (("secret", secret), ("user_key", user_key)):
         if len(key) < 32:  # guessable: forged response ids, reviewer cookies, reversible pseudonyms
             raise ValueError(f"create_app: {name} is {len(key)} bytes, at least 32 are needed")
@@ -91,6 +94,7 @@ def create_app(
         forgotten,
         Metrics(registry or CollectorRegistry()),
         prompt_tokens_limit(cfg, getattr(generator, "context_tokens", None)),
+        upstream,
     )
     app = FastAPI(title="Flywheel", version="0.1.0")
     app.state.flywheel = ctx

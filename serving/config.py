@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ingest.contracts import MAX_FIELD_CHARS, MAX_MESSAGES
 
@@ -11,7 +14,66 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class VllmConfig(Section):
+    """`serving.backend = "vllm"`: the vLLM servers that generate behind Flywheel's gateway."""
+
+    urls: list[str] = Field(
+        [],
+        description="Existing vLLM OpenAI servers (http://host:port), each started with --enable-lora and "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, reading adapters from the same paths as Flywheel (shared storage). "
+        "Empty: Flywheel starts and supervises one itself from `make vllm`'s virtualenv.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="The key the servers were started with (`--api-key`); pass it as FLYWHEEL_SERVING__VLLM__API_KEY.",
+    )
+    python: Path | None = Field(
+        None,
+        description="Started server: the Python of the vLLM virtualenv; unset: .venv-vllm/bin/python (`make vllm`).",
+    )
+    host: str = Field("127.0.0.1", description="Started server: the address it listens on.")
+    port: int = Field(0, ge=0, le=65535, description="Started server: its port; 0 picks a free one.")
+    dtype: str = Field(
+        "float32",
+        description="Started server: --dtype. float32 on CPU gives the same greedy tokens as peft's offline "
+        "check; bfloat16 or auto on GPU.",
+    )
+    max_model_len: int = Field(
+        2048, ge=64, description="Started server: --max-model-len (prompt + answer); the KV cache is sized for it."
+    )
+    kv_cache_gib: float = Field(
+        2.0,
+        gt=0,
+        description="Started server on CPU: VLLM_CPU_KVCACHE_SPACE. Unset, vLLM sized it from the 8,192-token "
+        "default context and its worker was killed for memory at 22 GB on a 24 GB machine.",
+    )
+    max_loras: int = Field(4, ge=1, description="Started server: --max-loras, adapters in one batch (live + canary).")
+    max_lora_rank: int = Field(16, ge=1, description="Started server: --max-lora-rank (at least retrain.lora.r).")
+    tool_call_parser: str | None = Field(
+        "hermes",
+        description="Started server: --tool-call-parser with --enable-auto-tool-choice, so `tools` answer with tool "
+        "calls; unset: requests with tools get vLLM's 400.",
+    )
+    extra_args: list[str] = Field(
+        [], description="Started server: more `vllm serve` arguments, e.g. --tensor-parallel-size 2."
+    )
+    start_timeout_s: float = Field(300, gt=0, description="Started server: how long it may take to answer /health.")
+    request_timeout_s: float = Field(300, gt=0, description="Longest wait for a vLLM answer (or its next chunk).")
+    probe_tokens: int = Field(
+        8,
+        ge=0,
+        description="Greedy tokens of the fixed probe prompt that a loaded adapter must give exactly as peft gave "
+        "them offline (its probe.json) before it serves; 0 skips the check.",
+    )
+
+
 class ServingConfig(Section):
+    backend: Literal["torch", "vllm"] = Field(
+        "torch",
+        description="What generates: `torch` (Flywheel's own batched generator, on CPU) or `vllm` "
+        "(vLLM servers behind Flywheel's gateway: serving.vllm).",
+    )
+    vllm: VllmConfig = Field(default_factory=VllmConfig, description="The vLLM servers (serving.backend = vllm).")
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port the API listens on; 0 picks a free one.")
     api_keys: dict[str, str] = Field(
@@ -102,3 +164,20 @@ class ServingConfig(Section):
                 "(python -c 'import secrets; print(secrets.token_hex(32))')"
             )
         return value
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> ServingConfig:
+        # Settings the chosen backend does not read are refused by name, never silently ignored.
+        if self.backend == "vllm":
+            own = sorted(TORCH_ONLY & self.model_fields_set)
+            if own:
+                raise ValueError(
+                    f"{', '.join('serving.' + n for n in own)}: settings of the built-in generator; with "
+                    "serving.backend = vllm, vLLM batches and bounds the context (serving.vllm.max_model_len)"
+                )
+        elif "vllm" in self.model_fields_set:
+            raise ValueError('serving.vllm is set but serving.backend is "torch": set serving.backend = "vllm"')
+        return self
+
+
+TORCH_ONLY = {"max_prompt_tokens", "max_batch_tokens", "queue_depth", "max_batch", "max_wait_ms"}

@@ -25,6 +25,7 @@ from serving.limits import RateLimiter, ScrubBudget
 from serving.metrics import Metrics
 from serving.middleware import client_address
 from serving.outbox import GroupCommit, Outbox
+from serving.upstream import VllmBackend
 
 COOKIE = "flywheel_reviewer"
 SESSION_S = 8 * 3600
@@ -86,6 +87,7 @@ class Context:
     forgotten: Callable[[str, float], bool] | None
     metrics: Metrics
     prompt_limit: int
+    upstream: VllmBackend | None = None  # serving.backend = vllm: the servers that generate
     throttle: ids.GuessThrottle = field(init=False)
     limiter: RateLimiter = field(init=False)
     scrub: ScrubBudget = field(init=False)

@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from abtest.routing import Routing
 from ingest.contracts import BASE
 from serving import lora_batch
+from serving.upstream import AdapterFailed, NoServer
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,10 @@ def publish(data_dir: Path, routing: Routing) -> None:
 class Router:
     """Holds the current Routing and the model's adapters; `route(user)` is lock-free for requests."""
 
-    def __init__(self, path: Path, model_holder):
-        self.path, self.holder = Path(path), model_holder
+    def __init__(self, path: Path, model_holder, on_failed: Callable[[str, str], object] | None = None):
+        """`on_failed(version, reason)`: an adapter the serving engine refused or answered wrongly (vLLM's
+        probe), so the control process marks it failed and publishes a split without it."""
+        self.path, self.holder, self.on_failed = Path(path), model_holder, on_failed
         self.current = Routing()
         self._mtime: int | None = None
         self._lock = threading.Lock()
@@ -60,9 +64,14 @@ class Router:
                 self.holder.sync_adapters({**self.current.adapters, **new.adapters})
                 self.current = new
                 self.holder.sync_adapters(new.adapters)
+            except NoServer as e:  # not the adapter's fault: tried again at the next refresh
+                log.warning("routing.json not applied yet: %s", e)
+                return False
             except (OSError, ValueError) as e:
                 log.error("routing.json not applied, keeping the current split: %s", e)
                 self._mtime = mtime
+                if isinstance(e, AdapterFailed) and self.on_failed is not None:
+                    self.on_failed(e.version, e.reason)
                 return False
             self._mtime = mtime
             log.info("routing: experiment %s, split %s", new.experiment_id, list(new.split))

@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ingest import contracts
 from ingest.contracts import ChatLog, Message
-from serving import ids, openapi
+from serving import forward, ids, openapi
 from serving.deps import App, Context, Ctx
 from serving.errors import ApiError, busy, parse_body
+from serving.forward import logged_text
 from serving.generator import AdapterGone, GenRequest, GenResult, QueueFull
 from serving.limits import MAX_CHAT_BYTES
 from serving.schemas import ROLES, ChatMessage, ChatRequest
@@ -89,9 +90,21 @@ def text_of(m: ChatMessage, i: int) -> str:
     return "\n".join(part.text or "" for part in m.content)
 
 
-def checked_messages(ctx: Context, body: ChatRequest, app_id: str) -> list[dict]:
-    """The request's messages as plain dicts, within serving's limits and the event contract's. `developer`
-    (the newer SDKs' name for the system prompt) is stored and templated as `system`."""
+def tool_calls_of(m: ChatMessage, i: int) -> list[dict]:
+    """An assistant message's tool calls, each with its function's name and arguments (as OpenAI sends them)."""
+    for j, call in enumerate(m.tool_calls or []):
+        function = call.get("function")
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+            raise ApiError(400, f"messages.{i}.tool_calls.{j}.function: a name and arguments are required")
+        if not isinstance(function.get("arguments", ""), str):
+            raise ApiError(400, f"messages.{i}.tool_calls.{j}.function.arguments: a JSON string")
+    return m.tool_calls or []
+
+
+def checked_messages(ctx: Context, body: ChatRequest, app_id: str, tools: bool = False) -> list[dict]:
+    """The request's messages as plain dicts (as the chat log stores them), within serving's limits and the
+    event contract's. `developer` (the newer SDKs' name for the system prompt) is stored and templated as
+    `system`. Tool turns only where the backend takes tools (vLLM); an assistant's calls are logged as JSON."""
     cfg = ctx.cfg
     if len(body.messages) > cfg.max_messages:
         raise ApiError(400, f"{len(body.messages)} messages: at most {cfg.max_messages} (serving.max_messages)")
@@ -100,9 +113,9 @@ def checked_messages(ctx: Context, body: ChatRequest, app_id: str) -> list[dict]
         role = "system" if m.role == "developer" else m.role
         if role not in ROLES:
             raise ApiError(400, f"messages.{i}.role: unknown role {m.role!r}")
-        if m.tool_calls or role == "tool":
+        if not tools and (m.tool_calls or role == "tool"):
             raise ApiError(400, f"messages.{i}: tool calls and tool results need tools, which this server lacks")
-        text = text_of(m, i)
+        text = logged_text(text_of(m, i), tool_calls_of(m, i))
         if len(text) > cfg.max_message_chars:
             raise ApiError(
                 400, f"a message of {len(text)} characters: at most {cfg.max_message_chars} (serving.max_message_chars)"
@@ -252,6 +265,15 @@ def submit_all(ctx: Context, reqs: list[GenRequest]) -> list:
     return futures
 
 
+def new_answer(ctx: Context, body: ChatRequest, app_id, user_id, variant, experiment, messages, started):
+    """The answer's signed response id (it carries n, for feedback on each choice) and its headers."""
+    claims = ids.ResponseClaims(app_id, user_id, variant, experiment, time.time(), body.n)
+    response_id = ids.issue(ctx.secret, claims)
+    headers = {"X-Flywheel-Variant": variant, "X-Flywheel-Response-Id": response_id}
+    answer = Answer(ctx, response_id, app_id, user_id, variant, experiment, messages, started, int(time.time()))
+    return answer, headers
+
+
 @router.post(
     "/chat/completions",
     response_model=openapi.ChatCompletion,
@@ -268,15 +290,20 @@ async def chat_completions(request: Request, ctx: Ctx, app_id: App):
     # The key is checked (the App dependency) before the body is read: a stranger learns nothing of the schema.
     started = time.perf_counter()
     body = parse_body(ChatRequest, await request.body())
-    if names := unsupported(body):
+    upstream = ctx.upstream
+    if upstream is None and (names := unsupported(body)):
         raise ApiError(400, f"{', '.join(names)}: not supported by this server's built-in generator")
-    messages = checked_messages(ctx, body, app_id)
+    messages = checked_messages(ctx, body, app_id, tools=upstream is not None)
     user_id = ids.pseudonym(ctx.user_key, app_id, body.user or request.headers.get("x-flywheel-user") or "anonymous")
     variant, experiment = ctx.route(user_id)
+    max_tokens = min(body.max_completion_tokens or body.max_tokens or ctx.cfg.max_tokens, ctx.cfg.max_tokens)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    if upstream is not None:  # vLLM generates: the request goes through as it came, checked
+        answer, headers = new_answer(ctx, body, app_id, user_id, variant, experiment, messages, started)
+        sent = forward.payload(body, [text_of(m, i) for i, m in enumerate(body.messages)], variant, max_tokens)
+        return await forward.answer(upstream, answer, sent, user_id, include_usage, headers)
     prompt = await prompt_ids(ctx, messages)
-    claims = ids.ResponseClaims(app_id, user_id, variant, experiment, time.time(), body.n)
-    response_id = ids.issue(ctx.secret, claims)
-    headers = {"X-Flywheel-Variant": variant, "X-Flywheel-Response-Id": response_id}
+    answer, headers = new_answer(ctx, body, app_id, user_id, variant, experiment, messages, started)
     loop, pieces = asyncio.get_running_loop(), asyncio.Queue[tuple[int, str]]()
 
     def on_text(index: int):
@@ -288,7 +315,7 @@ async def chat_completions(request: Request, ctx: Ctx, app_id: App):
     reqs = [
         GenRequest(
             prompt,
-            max_tokens=min(body.max_completion_tokens or body.max_tokens or ctx.cfg.max_tokens, ctx.cfg.max_tokens),
+            max_tokens=max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
@@ -299,9 +326,7 @@ async def chat_completions(request: Request, ctx: Ctx, app_id: App):
         for i in range(body.n)
     ]
     futures = submit_all(ctx, reqs)
-    answer = Answer(ctx, response_id, app_id, user_id, variant, experiment, messages, started, int(time.time()))
     if body.stream:
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(
             chunks(answer, reqs, futures, pieces, include_usage), media_type="text/event-stream", headers=headers
         )

@@ -71,3 +71,34 @@ def ingest_until_caught_up(cfg, broker, con, timeout=90):
     finally:
         stop.set()
         thread.join(30)
+
+
+def stored(server, response_ids: set[str], kinds=("chat", "feedback"), wait_s: float = 30) -> dict[str, list]:
+    """The chat and feedback events in Kafka whose response id is one of `response_ids` (waits for each of
+    `kinds`), and under "raw" their records' key + value bytes. `server` holds "kafka" (its KafkaConfig) and
+    "broker"."""
+    from kafka import KafkaConsumer
+
+    from ingest.contracts import parse_event
+
+    kafka, broker = server["kafka"], server["broker"]
+    consumer = KafkaConsumer(
+        kafka.chats_topic,
+        kafka.feedback_topic,
+        **client_settings(kafka, broker.bootstrap),
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=10_000,
+    )
+    seen: dict[str, list] = {"chat": [], "feedback": [], "raw": []}
+    deadline = time.monotonic() + wait_s
+    for record in consumer:
+        kind = "chat" if record.topic == kafka.chats_topic else "feedback"
+        event = parse_event(record.value, kind)
+        if event.response_id in response_ids:
+            seen[kind].append(event)
+            seen["raw"].append(record.key + record.value)
+        if all({e.response_id for e in seen[k]} == response_ids for k in kinds) or time.monotonic() > deadline:
+            break
+    consumer.close()
+    return seen

@@ -1,22 +1,20 @@
 """The API as apps use it: the official openai client against a running server (tiny model)."""
 
 import base64
-import time
 import uuid
 
 import httpx
 import openai
 import pytest
-from kafka import KafkaConsumer
 
 from infra.config import KafkaConfig
 from infra.kafka import client_settings, ensure_topics
-from ingest.contracts import parse_event
 from serving import ids
 from serving.config import ServingConfig
 from serving.outbox import Outbox, OutboxSender
 from tests.conftest import serve_in_thread, tiny_generator
 from tests.helpers.api import make_app
+from tests.helpers.kafka import stored
 
 KEY_A, KEY_B = "key-of-app-a", "key-of-app-b"
 
@@ -216,33 +214,6 @@ def test_a_foreign_host_header_reaches_nothing(server):
         assert r.status_code == 400 and "serving.allowed_hosts" in r.json()["error"]["message"], path
     for host in ("127.0.0.1", "localhost:1234", "[::1]:80"):
         assert httpx.get(url + "/v1/models", headers={**auth, "Host": host}).status_code == 200, host
-
-
-def stored(server, response_ids: set[str]) -> dict[str, list]:
-    """The chat and feedback events in Kafka whose response id is one of `response_ids` (waits for each kind),
-    and under "raw" their records' key + value bytes."""
-    kafka, broker = server["kafka"], server["broker"]
-    consumer = KafkaConsumer(
-        kafka.chats_topic,
-        kafka.feedback_topic,
-        **client_settings(kafka, broker.bootstrap),
-        auto_offset_reset="earliest",
-        group_id=None,
-        consumer_timeout_ms=10_000,
-    )
-    seen: dict[str, list] = {"chat": [], "feedback": [], "raw": []}
-    deadline = time.monotonic() + 30
-    for record in consumer:
-        kind = "chat" if record.topic == kafka.chats_topic else "feedback"
-        event = parse_event(record.value, kind)
-        if event.response_id in response_ids:
-            seen[kind].append(event)
-            seen["raw"].append(record.key + record.value)
-        kinds = ("chat", "feedback")
-        if all({e.response_id for e in seen[k]} == response_ids for k in kinds) or time.monotonic() > deadline:
-            break
-    consumer.close()
-    return seen
 
 
 def test_what_current_sdks_send_developer_role_and_content_parts(server):

@@ -1,0 +1,38 @@
+"""Applying what serving reports: an adapter vLLM could not load right ends its experiment and is marked failed."""
+
+from abtest import experiment
+from abtest.routing import Routing
+from infra import ab
+from infra.config import Config
+from retrain import registry
+
+
+def test_an_adapter_serving_could_not_load_is_failed_and_the_incumbent_serves_alone(db, tmp_path):
+    cfg = Config(data_dir=tmp_path)
+    for version, status in (("v0001", "live"), ("v0002", "candidate")):
+        (tmp_path / version).mkdir()
+        registry.register(
+            db, version, status=status, parent=None, base_model="b", base_hash=None, snapshot_id=None,
+            path=str(tmp_path / version), metrics={},
+        )  # fmt: skip
+    exp = ab.start_experiment(cfg, db, "v0002")
+    assert "v0002" in Routing.read(tmp_path / "routing.json").adapters
+
+    said = ab.adapter_failed(cfg, db, "v0002", "the probe answered [1, 2], peft [3, 4]")
+
+    assert registry.get(db, "v0002")["status"] == "failed"
+    assert "probe" in registry.get(db, "v0002")["reason"]
+    assert experiment.get(db) is None and experiment.get(db, exp.experiment_id).status != "running"
+    assert Routing.read(tmp_path / "routing.json").split == (("v0001", 1.0),)
+    assert registry.live(db)["version"] == "v0001"
+    assert len(said) == 2
+
+
+def test_a_live_adapter_is_never_marked_failed_by_a_reload(db, tmp_path):
+    cfg = Config(data_dir=tmp_path)
+    registry.register(
+        db, "v0001", status="live", parent=None, base_model="b", base_hash=None, snapshot_id=None,
+        path=str(tmp_path), metrics={},
+    )  # fmt: skip
+    ab.adapter_failed(cfg, db, "v0001", "a server restarted and refused it")
+    assert registry.get(db, "v0001")["status"] == "live"
