@@ -1,6 +1,7 @@
 """Serving benchmarks, each against a baseline measured in the same run.
 
     .venv/bin/python bench/serve.py [--part feedback|generation|adapters|all]
+    .venv/bin/python bench/serve.py --backend vllm     # Flywheel in front of vLLM: bench/vllm_serve.py
 
 feedback:   POST /v1/feedback (auth, HMAC check, durable outbox, shipped to the real bundled broker) versus
             a bare FastAPI no-op POST endpoint, both under uvicorn in a process of their own, loaded by wrk
@@ -175,7 +176,7 @@ def static_batch(model, tokenizer, n: int, max_tokens: int) -> float:
     return tokens / elapsed
 
 
-def concurrent_clients(url: str, clients: int, rounds: int, max_tokens: int) -> float:
+def concurrent_clients(url: str, clients: int, rounds: int, max_tokens: int, model: str = "x") -> float:
     """tokens/s of `clients` threads, each sending `rounds` chat requests one after another."""
     import openai
 
@@ -186,7 +187,7 @@ def concurrent_clients(url: str, clients: int, rounds: int, max_tokens: int) -> 
         n = 0
         for r in range(rounds):
             reply = c.chat.completions.create(
-                model="x",
+                model=model,
                 user=f"user-{i}",
                 max_tokens=max_tokens,
                 temperature=0,
@@ -346,7 +347,16 @@ def off_main(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["feedback", "generation", "adapters", "all"], default="all")
+    parser.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="vllm: bench/vllm_serve.py")
     args = parser.parse_args()
+    if args.backend == "vllm":
+        if args.part != "all":
+            parser.error("--part is for the torch backend; --backend vllm measures the gateway and adapters")
+        from bench import vllm_serve
+
+        print(f"cores: {os.cpu_count()}")
+        vllm_serve.bench()
+        return
     parts = {"feedback", "generation", "adapters"} if args.part == "all" else {args.part}
     print(f"cores: {os.cpu_count()}")
     if "feedback" in parts:

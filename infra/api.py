@@ -150,6 +150,17 @@ class Api:
         sock = self.server.servers[0].sockets[0].getsockname()
         return f"http://{sock[0]}:{sock[1]}"
 
+    def vllm_line(self) -> str | None:
+        """What `up` and `serve` print about the vLLM servers (None on the torch backend)."""
+        if self.upstream is None:
+            return None
+        urls = ", ".join(s.url for s in self.upstream.servers)
+        if self.vllm is not None:
+            pid = self.vllm.proc.pid if self.vllm.proc is not None else "-"
+            return f"vllm      {urls}  (started by flywheel, pid {pid}; log {self.vllm.log_path})"
+        up = sum(s.healthy for s in self.upstream.servers)
+        return f"vllm      {urls}  (serving.vllm.urls; {up} of {len(self.upstream.servers)} answering)"
+
     def _follow_routing(self) -> None:
         while not self._stop.wait(2.0):
             try:

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is one line per connection
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job added or run
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request (vLLM health checks every 2 s)
     command = typer.main.get_command(build_app())
     try:
         # standalone mode prints usage errors as click does and exits; our own errors come through.

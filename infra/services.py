@@ -97,6 +97,8 @@ def start_services(
     api = Api(cfg, bootstrap, registry, review=review, on_adapter_failed=adapter_failed)
     stack.callback(shut_down, api, thread, drain, stop, echo)
     echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
+    if line := api.vllm_line():
+        echo(line)
     echo(f"review    {api.url}/review  and A/B dashboard {api.url}/ab  (sign in with a key from serving.admin_keys)")
     return Services(bootstrap, kind, con, ingest, thread, api, review)
 

@@ -66,6 +66,26 @@ class VllmConfig(Section):
         "them offline (its probe.json) before it serves; 0 skips the check.",
     )
 
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: a vLLM server is http://host:port (or https://)")
+        if len({u.rstrip("/") for u in urls}) != len(urls):
+            raise ValueError("a vLLM server is named twice")
+        return urls
+
+    @model_validator(mode="after")
+    def _started_only(self) -> VllmConfig:
+        own = sorted(STARTED_ONLY & self.model_fields_set)
+        if self.urls and own:
+            raise ValueError(
+                f"{', '.join('serving.vllm.' + n for n in own)}: settings of the server Flywheel starts; with "
+                "serving.vllm.urls, start your servers with them"
+            )
+        return self
+
 
 class ServingConfig(Section):
     backend: Literal["torch", "vllm"] = Field(
@@ -180,4 +200,8 @@ class ServingConfig(Section):
         return self
 
 
+STARTED_ONLY = {
+    "python", "host", "port", "dtype", "max_model_len", "kv_cache_gib", "max_loras", "max_lora_rank",
+    "tool_call_parser", "extra_args", "start_timeout_s",
+}  # fmt: skip
 TORCH_ONLY = {"max_prompt_tokens", "max_batch_tokens", "queue_depth", "max_batch", "max_wait_ms"}

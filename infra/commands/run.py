@@ -129,6 +129,8 @@ def serve(
         api = Api(cfg, bootstrap)
         try:
             typer.echo(f"api {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
+            if line := api.vllm_line():
+                typer.echo(line)
             why = stop.wait(duration)
             typer.echo(f"stopping ({why}): HTTP, then the outbox to Kafka")
             api.close_http()

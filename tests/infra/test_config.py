@@ -156,3 +156,23 @@ def test_secrets_shorter_than_32_bytes_are_refused(tmp_path):
     assert len(fresh) == 64 and (tmp_path / "new.secret").stat().st_mode & 0o777 == 0o600
     assert keys.file_secret(tmp_path / "new.secret") == fresh and not list(tmp_path.glob(".*.tmp"))
     assert keys.derive(fresh, "a") != keys.derive(fresh, "b")
+
+
+def test_the_vllm_backend_refuses_settings_only_the_builtin_generator_reads():
+    """Nothing silently ignored: a batching knob of the torch generator set with vLLM behind is an error, and so
+    is a vLLM section with the torch backend."""
+    cfg = load_config(overrides=["serving.backend=vllm", 'serving.vllm.urls=["http://gpu-1:8000"]'], env={})
+    assert cfg.serving.vllm.urls == ["http://gpu-1:8000"]
+    with pytest.raises(ConfigError, match=r"serving\.max_batch, serving\.queue_depth: settings of the built-in"):
+        load_config(overrides=["serving.backend=vllm", "serving.queue_depth=9", "serving.max_batch=4"], env={})
+    with pytest.raises(ConfigError, match='serving.backend is "torch"'):
+        load_config(overrides=["serving.vllm.max_loras=8"], env={})
+    with pytest.raises(ConfigError, match="serving.backend"):
+        load_config(overrides=["serving.backend=tensorrt"], env={})
+    with pytest.raises(ConfigError, match="gpu-1:8000: a vLLM server is http://host:port"):
+        load_config(overrides=["serving.backend=vllm", 'serving.vllm.urls=["gpu-1:8000"]'], env={})
+    with pytest.raises(ConfigError, match="serving.vllm.dtype, serving.vllm.max_loras: settings of the server"):
+        urls = 'serving.vllm.urls=["http://gpu-1:8000"]'
+        load_config(
+            overrides=["serving.backend=vllm", urls, "serving.vllm.dtype=bfloat16", "serving.vllm.max_loras=8"], env={}
+        )
