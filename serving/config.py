@@ -78,7 +78,7 @@ class VllmConfig(Section):
 
     @model_validator(mode="after")
     def _started_only(self) -> VllmConfig:
-        own = sorted(STARTED_ONLY & self.model_fields_set)
+        own = changed(self, STARTED_ONLY)
         if self.urls and own:
             raise ValueError(
                 f"{', '.join('serving.vllm.' + n for n in own)}: settings of the server Flywheel starts; with "
@@ -189,15 +189,22 @@ class ServingConfig(Section):
     def _backend_settings(self) -> ServingConfig:
         # Settings the chosen backend does not read are refused by name, never silently ignored.
         if self.backend == "vllm":
-            own = sorted(TORCH_ONLY & self.model_fields_set)
+            own = changed(self, TORCH_ONLY)
             if own:
                 raise ValueError(
                     f"{', '.join('serving.' + n for n in own)}: settings of the built-in generator; with "
                     "serving.backend = vllm, vLLM batches and bounds the context (serving.vllm.max_model_len)"
                 )
-        elif "vllm" in self.model_fields_set:
+        elif self.vllm != VllmConfig():
             raise ValueError('serving.vllm is set but serving.backend is "torch": set serving.backend = "vllm"')
         return self
+
+
+def changed(section: BaseModel, names: set[str]) -> list[str]:
+    """The settings among `names` that differ from their defaults (a config written out whole by `flywheel
+    config show` names every key, at its default)."""
+    fields = type(section).model_fields
+    return sorted(n for n in names if getattr(section, n) != fields[n].get_default(call_default_factory=True))
 
 
 STARTED_ONLY = {

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import tomli_w
 from pydantic import ValidationError
 
 from infra.config import (
@@ -158,7 +159,7 @@ def test_secrets_shorter_than_32_bytes_are_refused(tmp_path):
     assert keys.derive(fresh, "a") != keys.derive(fresh, "b")
 
 
-def test_the_vllm_backend_refuses_settings_only_the_builtin_generator_reads():
+def test_the_vllm_backend_refuses_settings_only_the_builtin_generator_reads(tmp_path):
     """Nothing silently ignored: a batching knob of the torch generator set with vLLM behind is an error, and so
     is a vLLM section with the torch backend."""
     cfg = load_config(overrides=["serving.backend=vllm", 'serving.vllm.urls=["http://gpu-1:8000"]'], env={})
@@ -169,6 +170,9 @@ def test_the_vllm_backend_refuses_settings_only_the_builtin_generator_reads():
         load_config(overrides=["serving.vllm.max_loras=8"], env={})
     with pytest.raises(ConfigError, match="serving.backend"):
         load_config(overrides=["serving.backend=tensorrt"], env={})
+    for written in (cfg, load_config(env={})):  # a config written out whole (every key, defaults too) loads back
+        path = write(tmp_path, tomli_w.dumps(to_toml_dict(written)))
+        assert load_config(path, env={}).serving == written.serving
     with pytest.raises(ConfigError, match="gpu-1:8000: a vLLM server is http://host:port"):
         load_config(overrides=["serving.backend=vllm", 'serving.vllm.urls=["gpu-1:8000"]'], env={})
     with pytest.raises(ConfigError, match="serving.vllm.dtype, serving.vllm.max_loras: settings of the server"):
