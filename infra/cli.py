@@ -15,7 +15,7 @@ import typer
 
 from infra.commands import build_app
 from infra.config import ConfigError, split_overrides
-from infra.errors import FlywheelError
+from infra.errors import DatabaseHeld, FlywheelError
 
 __all__ = ["build_app", "main", "run"]
 
@@ -35,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         command.main(args=rest, prog_name="flywheel", standalone_mode=True, obj=overrides)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except DatabaseHeld as held:  # `flywheel up` holds it: the read and admin commands go through its API
+        from infra import remote
+
+        try:
+            return remote.forward(held, rest, overrides)
+        except (ConfigError, FlywheelError) as e:
+            typer.echo(f"flywheel: {e}", err=True)
+            return 2
     except (ConfigError, FlywheelError) as e:
         typer.echo(f"flywheel: {e}", err=True)
         return 2

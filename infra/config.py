@@ -23,6 +23,7 @@ from serving.config import ServingConfig
 
 ENV_PREFIX = "FLYWHEEL_"
 ENV_CONFIG_FILE = "FLYWHEEL_CONFIG"
+ENV_NOT_CONFIG = {ENV_CONFIG_FILE, "FLYWHEEL_REVIEWER_KEY"}  # the CLI's key for a running service (infra.remote)
 
 
 class ConfigError(Exception):
@@ -153,7 +154,7 @@ def load_config(
     if path:
         _merge(tree, _read_file(Path(path)), "", f"config file {path}", origins)
     for name, raw in sorted(env.items()):
-        if name.startswith(ENV_PREFIX) and name != ENV_CONFIG_FILE:
+        if name.startswith(ENV_PREFIX) and name not in ENV_NOT_CONFIG:
             keys = name[len(ENV_PREFIX) :].lower().split("__")
             _set(tree, keys, parse_value(raw), f"environment variable {name}", origins)
     for item in overrides:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from infra.errors import FlywheelError
+from infra.errors import DatabaseHeld, FlywheelError
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -49,7 +49,7 @@ def connect(path: Path, *, read_only: bool = False, threads: int | None = None) 
         holder = re.search(r"PID (\d+)", str(e))
         who = f"process {holder.group(1)}" if holder else "another process"
         if "lock" in str(e).lower():
-            raise FlywheelError(
+            raise DatabaseHeld(
                 f"database {path} is in use by {who}: DuckDB allows one writer per file; "
                 "stop it or use its API/CLI instead"
             ) from None

@@ -88,7 +88,7 @@ def start_services(
     stack.callback(stop.set)  # on an error during start-up; in a clean stop ingest has ended by now
     echo(f"ingest    consumer group {cfg.ingest.group_id}, {cfg.ingest.pii.workers} scrub workers")
     review = ReviewStore(con, cfg)
-    from infra import ab
+    from infra import ab, remote
     from infra.api import Api
 
     def adapter_failed(version: str, reason: str) -> None:  # serving could not load it: the incumbent serves on
@@ -99,6 +99,8 @@ def start_services(
     echo(f"api       {api.url}/v1  (OpenAI-compatible; models: {', '.join(api.router.variants())})")
     if line := api.vllm_line():
         echo(line)
+    remote.write_endpoint(cfg.data_dir, api.url)  # where the CLI sends its commands while this holds the database
+    stack.callback(remote.clear_endpoint, cfg.data_dir)
     echo(f"review    {api.url}/review  and A/B dashboard {api.url}/ab  (sign in with a key from serving.admin_keys)")
     return Services(bootstrap, kind, con, ingest, thread, api, review)
 
@@ -284,6 +286,13 @@ class ReviewStore:
             "live": live["version"] if live else BASE,
             "srm_threshold": self.cfg.abtest.srm_p,
         }
+
+    def command(self, argv: list[str], actor: str) -> dict:
+        """A read or admin `flywheel` command run here for a reviewer (`infra.remote`)."""
+        from infra import remote
+        from infra.commands.common import InService
+
+        return remote.run_inside(InService(self.cfg, self.con, self, actor), argv)
 
     def forget(self, app_id: str, user_id: str, actor: str) -> dict:
         """Rows go now; the file is compacted (freed blocks overwritten) when the store is next opened

@@ -72,6 +72,12 @@ class Decided(BaseModel):
     reviewer: str
 
 
+class CommandResult(BaseModel):
+    exit_code: int = Field(description="What the command exits with when run locally (0 ok, 1 failed, 2 usage).")
+    stdout: str
+    stderr: str
+
+
 class Forgotten(BaseModel):
     user_hash: str
     deleted: dict[str, int]

@@ -125,3 +125,15 @@ class ForgetRequest(BaseModel):
     user: str = Field(
         min_length=1, max_length=contracts.MAX_ID_CHARS, description="The user id, exactly as the app sent it."
     )
+
+
+class CommandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    argv: list[Annotated[str, Field(max_length=2_000)]] = Field(
+        min_length=1,
+        max_length=64,
+        description="A `flywheel` command line without the program name and the top-level options, e.g. "
+        '["ab", "report"] or ["review", "approve", "s-1", "--reason", "ok"]. Only the read and admin commands: '
+        "ab status|report|decide, review list|approve|reject, adapters list|history, forget, db info, "
+        "audit show|verify.",
+    )

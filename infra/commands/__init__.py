@@ -36,7 +36,8 @@ def main_options(
         Path | None, typer.Option("--config", "-c", help="TOML config file (else $FLYWHEEL_CONFIG, else defaults).")
     ] = None,
 ) -> None:
-    ctx.obj = State(config, list(ctx.obj or []))
+    if not isinstance(ctx.obj, State):  # a State already: a command run inside the service (infra.remote)
+        ctx.obj = State(config, list(ctx.obj or []))
 
 
 def build_app() -> typer.Typer:

@@ -8,7 +8,9 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -16,12 +18,23 @@ from infra.config import Config, load_config
 from infra.errors import FlywheelError
 
 
+@dataclass
+class InService:
+    """A command run inside `flywheel up` for a reviewer who sent it to the admin API (`infra.remote`): the
+    service's config, its DuckDB connection and review store, and the reviewer it acts as."""
+
+    cfg: Config
+    con: Any  # the service's duckdb connection: each command gets a cursor of its own
+    review: Any  # infra.services.ReviewStore
+    actor: str
+
+
 class State:
     """What the top-level options set; the config is loaded on first use."""
 
-    def __init__(self, config_path: Path | None, overrides: list[str]):
-        self.config_path, self.overrides = config_path, overrides
-        self._config: Config | None = None
+    def __init__(self, config_path: Path | None, overrides: list[str], service: InService | None = None):
+        self.config_path, self.overrides, self.service = config_path, overrides, service
+        self._config: Config | None = service.cfg if service is not None else None
 
     def config(self) -> Config:
         if self._config is None:
@@ -105,6 +118,17 @@ def cli_actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
+def actor_of(ctx: typer.Context, given: str | None) -> str:
+    """Who a command acts as: `given` (--reviewer, --actor) or cli:<login>; through the service, the reviewer
+    whose key was sent, and no one else."""
+    service = state(ctx).service
+    if service is None:
+        return given or cli_actor()
+    if given is not None and given != service.actor:
+        raise FlywheelError(f"through the service you act as {service.actor}, the reviewer whose key you sent")
+    return service.actor
+
+
 def clip(text: str, width: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -115,7 +139,15 @@ def store(ctx: typer.Context, read_only: bool = False):
     """The database, opened for one command (migrated unless read-only)."""
     from infra import db
 
-    cfg = state(ctx).config()
+    st = state(ctx)
+    if st.service is not None:  # inside `flywheel up`: its connection, which also anchors the audit log itself
+        cursor = st.service.con.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+        return
+    cfg = st.config()
     if read_only:
         con = db.connect(cfg.db_path, read_only=True)
     else:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from infra.commands.common import cli_actor, ensure_data_dir, state, store
+from infra.commands.common import actor_of, cli_actor, ensure_data_dir, state, store
 from infra.errors import FlywheelError
 
 
@@ -60,13 +60,22 @@ def forget(
     from infra import db
     from infra.services import forget_user
 
-    cfg = state(ctx).config()
-    with store(ctx) as con:
+    cfg, service = state(ctx).config(), state(ctx).service
+    who = actor_of(ctx, actor)
+    if service is not None:  # inside `flywheel up`: its store also stops late ratings and schedules a retrain
+        from serving.pages import BadDecision
+
         try:
-            done = forget_user(con, cfg, app_id, user, actor or cli_actor())
-        except ValueError as e:
+            done = service.review.forget(app_id, user, who)
+        except BadDecision as e:
             raise FlywheelError(str(e)) from None
-    before, after = db.compact(cfg.db_path)
+    else:
+        with store(ctx) as con:
+            try:
+                done = forget_user(con, cfg, app_id, user, who)
+            except ValueError as e:
+                raise FlywheelError(str(e)) from None
+        before, after = db.compact(cfg.db_path)
     typer.echo("deleted    " + ", ".join(f"{n} {t}" for t, n in done["deleted"].items()))
     snapshots, adapters = ", ".join(done["snapshots"]), ", ".join(done["adapters"])
     typer.echo(
@@ -78,7 +87,10 @@ def forget(
     )
     for line in done.get("routing", []):
         typer.echo(f"routing    {line}")
-    typer.echo(f"database   compacted ({before:,} -> {after:,} bytes); audit entry written")
+    if service is not None:
+        typer.echo("database   compaction pending: runs when the service stops or restarts; audit entry written")
+    else:
+        typer.echo(f"database   compacted ({before:,} -> {after:,} bytes); audit entry written")
 
 
 def curation_summary(report, policy: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from infra.commands.common import ensure_data_dir, state
+from infra.commands.common import ensure_data_dir, state, store
 
 app = typer.Typer(help="The DuckDB store.", no_args_is_help=True)
 
@@ -32,11 +32,8 @@ def db_info(ctx: typer.Context) -> None:
     from infra import db
 
     cfg = state(ctx).config()
-    con = db.connect(cfg.db_path, read_only=True)
-    try:
+    with store(ctx, read_only=True) as con:
         info = db.describe(con)
-    finally:
-        con.close()
     typer.echo(f"{cfg.db_path}: schema v{info['schema_version']}")
     for table, count in info["tables"].items():
         typer.echo(f"  {table:<16} {count:>10,}")

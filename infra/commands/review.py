@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from infra.commands.common import cli_actor, clip, store
+from infra.commands.common import actor_of, clip, store
 from infra.errors import FlywheelError
 
 app = typer.Typer(help="The review queue: approve or reject samples before training.", no_args_is_help=True)
@@ -57,6 +57,7 @@ def review_reject(
 def _decide(ctx, decision, sample_ids, all_pending, reason, reviewer) -> None:
     from curation import review
 
+    actor = actor_of(ctx, reviewer)
     with store(ctx) as con:
         ids = list(sample_ids or [])
         if all_pending:
@@ -64,7 +65,7 @@ def _decide(ctx, decision, sample_ids, all_pending, reason, reviewer) -> None:
         if not ids:
             raise FlywheelError("name sample ids, or --all-pending")
         try:
-            n = review.decide(con, ids, decision, reviewer or cli_actor(), reason)
+            n = review.decide(con, ids, decision, actor, reason)
         except review.ReviewError as e:
             raise FlywheelError(str(e)) from None
-    typer.echo(f"{decision}d {n} sample{'s' * (n != 1)} as {reviewer or cli_actor()}")
+    typer.echo(f"{decision}d {n} sample{'s' * (n != 1)} as {actor}")

@@ -1,5 +1,5 @@
-"""`POST /v1/admin/reviews` and `/v1/admin/forget`, for a reviewer's admin key. The key is checked before
-the body is read, so a caller without one learns nothing about the schema."""
+"""`POST /v1/admin/reviews`, `/v1/admin/forget` and `/v1/admin/command`, for a reviewer's admin key. The key
+is checked before the body is read, so a caller without one learns nothing about the schema."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from serving import openapi
 from serving.deps import Admin, Ctx
 from serving.errors import ApiError, parse_body
 from serving.pages import BadDecision
-from serving.schemas import DecisionRequest, ForgetRequest
+from serving.schemas import CommandRequest, DecisionRequest, ForgetRequest
 
 router = APIRouter(prefix="/v1/admin")
 
@@ -45,3 +45,19 @@ async def admin_forget(request: Request, ctx: Ctx, actor: Admin):
         return JSONResponse(await run_in_threadpool(ctx.backend().forget, body.app, body.user, actor))
     except BadDecision as e:
         raise ApiError(e.status, str(e)) from None
+
+
+@router.post(
+    "/command",
+    response_model=openapi.CommandResult,
+    responses=openapi.ERRORS_OR_BUSY,
+    openapi_extra=openapi.json_body(CommandRequest),
+)
+async def admin_command(request: Request, ctx: Ctx, actor: Admin):
+    """Run a read or admin `flywheel` command in the service, on its database, as the reviewer whose key is
+    sent: what the CLI does while `flywheel up` holds the database. Answers what it printed and its exit code."""
+    body = parse_body(CommandRequest, await request.body())
+    try:
+        return await run_in_threadpool(ctx.backend().command, body.argv, actor)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
