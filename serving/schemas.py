@@ -4,7 +4,7 @@ also holds come from `ingest.contracts`, so an accepted request always makes a s
 
 from __future__ import annotations
 
-from typing import Annotated, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -127,13 +127,21 @@ class ForgetRequest(BaseModel):
     )
 
 
+# The `flywheel` commands a reviewer may run in the service (`infra.remote`): reads, reviews, A/B decisions, erasure.
+REMOTE_COMMANDS = (
+    "ab status", "ab report", "ab decide", "review list", "review approve", "review reject", "adapters list",
+    "adapters history", "forget", "db info", "audit show", "audit verify",
+)  # fmt: skip
+
+
 class CommandRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    argv: list[Annotated[str, Field(max_length=2_000)]] = Field(
-        min_length=1,
+    command: Literal[REMOTE_COMMANDS] = Field(  # type: ignore[valid-type]
+        description="The `flywheel` command, as typed after `flywheel`."
+    )
+    args: list[Annotated[str, Field(max_length=2_000)]] = Field(
+        [],
         max_length=64,
-        description="A `flywheel` command line without the program name and the top-level options, e.g. "
-        '["ab", "report"] or ["review", "approve", "s-1", "--reason", "ok"]. Only the read and admin commands: '
-        "ab status|report|decide, review list|approve|reject, adapters list|history, forget, db info, "
-        "audit show|verify.",
+        description='Its arguments and options, e.g. ["s-1", "--reason", "ok"]; ones it does not take are its '
+        "usage error (exit_code 2), as on the command line.",
     )

@@ -57,7 +57,4 @@ async def admin_command(request: Request, ctx: Ctx, actor: Admin):
     """Run a read or admin `flywheel` command in the service, on its database, as the reviewer whose key is
     sent: what the CLI does while `flywheel up` holds the database. Answers what it printed and its exit code."""
     body = parse_body(CommandRequest, await request.body())
-    try:
-        return await run_in_threadpool(ctx.backend().command, body.argv, actor)
-    except ValueError as e:
-        raise ApiError(400, str(e)) from None
+    return await run_in_threadpool(ctx.backend().command, [*body.command.split(), *body.args], actor)

@@ -81,6 +81,7 @@ def test_every_operation_keeps_its_contract(live, mode):
         "GET /v1/models",
         "POST /v1/admin/reviews",
         "POST /v1/admin/forget",
+        "POST /v1/admin/command",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",
@@ -116,7 +117,8 @@ def test_the_schema_documents_errors_and_the_key():
     app = make_app(ServingConfig())
     doc = TestClient(app, base_url="http://127.0.0.1").get("/openapi.json").json()
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    for path in ("/v1/chat/completions", "/v1/feedback", "/v1/models", "/v1/admin/forget", "/v1/admin/reviews"):
+    paths = ("/v1/chat/completions", "/v1/feedback", "/v1/models", "/v1/admin/forget", "/v1/admin/reviews")
+    for path in (*paths, "/v1/admin/command"):
         [operation] = doc["paths"][path].values()
         assert operation["security"] == [{"HTTPBearer": []}], path
         assert operation["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
