@@ -70,6 +70,8 @@ def test_commands_go_through_the_running_service_with_the_same_output(seeded):
         assert approved.returncode == 0 and approved.stdout == "approved 1 sample as demo-reviewer\n"
         unknown = flywheel("review", "reject", "no-such-sample", "--reason", "x", env=keyed)
         assert unknown.returncode == 2 and "no-such-sample" in unknown.stderr
+        decided = flywheel("ab", "decide", env=keyed)  # the service's own A/B step, run now
+        assert decided.returncode == 0 and "no experiment running" in decided.stdout, decided.stderr
         forgot = flywheel("forget", "--app", "store", "--user", "user-001", env=keyed)
         assert forgot.returncode == 0 and "compaction pending" in forgot.stdout
         after = flywheel("review", "list", env=keyed).stdout
