@@ -207,14 +207,9 @@ def concurrent_clients(url: str, clients: int, rounds: int, max_tokens: int, mod
 
 def start_api(tmp: Path, tokenizer, model, routing: dict | None, loaded: bool = False):
     """An API in threads of this process; `loaded`: `model` already holds `routing`'s adapters."""
-    import uvicorn
 
     from abtest.routing import Routing
-    from serving import ids
-    from serving.app import create_app
-    from serving.config import ServingConfig
     from serving.generator import BatchGenerator
-    from serving.outbox import Outbox
     from serving.routing import ModelHolder, Router, publish
 
     gen = BatchGenerator(model, tokenizer, max_batch=16, max_wait_ms=20).start()
@@ -225,24 +220,34 @@ def start_api(tmp: Path, tokenizer, model, routing: dict | None, loaded: bool = 
     if routing:
         publish(tmp, Routing.parse(routing))
     router.refresh()
-    app = create_app(
-        ServingConfig(api_keys={"bench": ids.hash_key(KEY)}, max_tokens=512, rate_limit_per_s=1e6, rate_burst=10**6),
-        generator=gen,
-        tokenizer=tokenizer,
-        outbox=Outbox(tmp / "outbox.sqlite"),
-        chats_topic="c",
-        feedback_topic="f",
-        secret=b"s" * 32,
-        user_key=b"u" * 32,
-        route=router.route,
-        variants=router.variants,
+    server, url = serve_app(tmp, router, generator=gen, tokenizer=tokenizer)
+    return server, gen, url
+
+
+def serve_app(tmp: Path, router, **parts):
+    """The API on `router` with bench keys and limits, under uvicorn in a thread: (server, base url)."""
+    import uvicorn
+
+    from serving import ids
+    from serving.app import create_app
+    from serving.config import ServingConfig
+    from serving.outbox import Outbox
+
+    backend = "vllm" if parts.get("upstream") is not None else "torch"
+    cfg = ServingConfig(
+        backend=backend, api_keys={"bench": ids.hash_key(KEY)}, max_tokens=512, rate_limit_per_s=1e6, rate_burst=10**6
     )
+    parts = {"generator": None, "tokenizer": None, **parts}
+    app = create_app(
+        cfg, outbox=Outbox(tmp / "outbox.sqlite"), chats_topic="c", feedback_topic="f", secret=b"s" * 32,
+        user_key=b"u" * 32, route=router.route, variants=router.variants, **parts,
+    )  # fmt: skip
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    return server, gen, f"http://127.0.0.1:{port}/v1"
+    return server, f"http://127.0.0.1:{port}/v1"
 
 
 def make_adapters(tmp: Path, model) -> dict:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.serve import KEY, ROOT, concurrent_clients, free_port
+from bench.serve import ROOT, concurrent_clients, serve_app
 
 
 def adapters(base: Path, tmp: Path) -> dict[str, str]:
@@ -31,31 +31,11 @@ def adapters(base: Path, tmp: Path) -> dict[str, str]:
 
 def gateway(tmp: Path, backend):
     """Flywheel's API on `backend` in threads of this process, and its Router (publish, then refresh)."""
-    import threading
-
-    import uvicorn
-
-    from serving import ids
-    from serving.app import create_app
-    from serving.config import ServingConfig
-    from serving.outbox import Outbox
     from serving.routing import Router
 
     router = Router(tmp / "routing.json", backend)
-    cfg = ServingConfig(
-        backend="vllm", api_keys={"bench": ids.hash_key(KEY)}, max_tokens=512, rate_limit_per_s=1e6, rate_burst=10**6
-    )
-    app = create_app(
-        cfg, generator=None, tokenizer=None, outbox=Outbox(tmp / "outbox.sqlite"), chats_topic="c",
-        feedback_topic="f", secret=b"s" * 32, user_key=b"u" * 32, route=router.route, variants=router.variants,
-        upstream=backend,
-    )  # fmt: skip
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, router, f"http://127.0.0.1:{port}/v1"
+    server, url = serve_app(tmp, router, upstream=backend)
+    return server, router, url
 
 
 def bench(max_tokens: int = 48, rounds: int = 2, repeat: int = 4) -> None:
