@@ -88,8 +88,11 @@ def start(
     return started
 
 
-def _arm(mine: list[tuple[Any, ...]], variant: str, cfg: AbtestConfig) -> tuple[dict[str, Any], tuple[float, float]]:
-    """One arm's numbers from its rows of RATED, and (mean of per-user up-rates, its variance)."""
+def _arm(
+    mine: list[tuple[Any, ...]], variant: str, cfg: AbtestConfig
+) -> tuple[dict[str, Any], tuple[float, int, float]]:
+    """One arm's numbers from its rows of RATED, and (mean of per-user up-rates, users, their sum of squared
+    deviations)."""
     rated = [r for r in mine if r[4] is not None]
     ups = np.array([1.0 if r[4] == 1 else 0.0 for r in rated])
     rates = stats.user_rates(np.array([r[1] for r in rated], dtype=str), ups)
@@ -107,7 +110,7 @@ def _arm(mine: list[tuple[Any, ...]], variant: str, cfg: AbtestConfig) -> tuple[
         "rating_rate": _num(len(rated) / len(mine)) if mine else None,
         "p95_latency_ms": _num(stats.p95(np.array([r[2] for r in mine if r[2] is not None]))),
         "empty_rate": _num(sum(1 for r in mine if r[3]) / len(mine)) if mine else None,
-    }, (mean, var)
+    }, (mean, len(rates), float(np.sum((rates - mean) ** 2)) if len(rates) else 0.0)
 
 
 def _difference(numbers: dict[str, Any], estimate: dict[str, Any], cfg: AbtestConfig) -> tuple[float | None, float]:
@@ -115,8 +118,8 @@ def _difference(numbers: dict[str, Any], estimate: dict[str, Any], cfg: AbtestCo
     if not (numbers["arms"]["incumbent"]["users"] and numbers["arms"]["challenger"]["users"]):
         numbers.update(difference=None, difference_ci=None, msprt=0.0, p_value=1.0)
         return None, 0.0
-    diff = estimate["challenger"][0] - estimate["incumbent"][0]
-    var = estimate["challenger"][1] + estimate["incumbent"][1]
+    (m_i, n_i, ss_i), (m_c, n_c, ss_c) = estimate["incumbent"], estimate["challenger"]
+    diff, var = m_c - m_i, float(stats.pooled_var(n_i, ss_i, n_c, ss_c))
     lam = float(stats.msprt(diff, var, cfg.tau))
     radius = float(stats.confidence_radius(var, cfg.tau, cfg.alpha))
     numbers.update(
@@ -142,7 +145,7 @@ def evaluate(
         "threshold": 1 / cfg.alpha,
         "arms": {},
     }
-    estimate: dict[str, tuple[float, float]] = {}
+    estimate: dict[str, tuple[float, int, float]] = {}
     for variant, role in {exp.incumbent: "incumbent", exp.challenger: "challenger"}.items():
         numbers["arms"][role], estimate[role] = _arm([r for r in rows if r[0] == variant], variant, cfg)
     inc, ch = numbers["arms"]["incumbent"], numbers["arms"]["challenger"]

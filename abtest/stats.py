@@ -36,6 +36,20 @@ def mean_var(rates: np.ndarray) -> tuple[float, float]:
     return float(np.mean(rates)), max(var, 1e-4) / n
 
 
+def pooled_var(n_a: ArrayLike, ss_a: ArrayLike, n_b: ArrayLike, ss_b: ArrayLike) -> np.ndarray:
+    """Variance of the difference of two arms' means of per-user rates, from each arm's user count and sum of
+    squared deviations, with one per-user variance pooled over both arms (what the null hypothesis says).
+
+    Each arm's own sample variance failed at a 10% canary: a small arm whose few users all rated 100% has
+    variance ~0, and the test rejected at once: in A/A simulation, 12% to 36% false decisions with minimum
+    arm sizes from 20 down to 2. Pooled, 4.1% from 8 users on (`tests/abtest/test_stats.py`)."""
+    n_a, n_b = np.asarray(n_a, dtype=float), np.asarray(n_b, dtype=float)
+    dof = n_a + n_b - 2
+    pooled = np.where(dof > 0, (np.asarray(ss_a) + np.asarray(ss_b)) / np.maximum(dof, 1), 0.25)
+    out: np.ndarray = np.maximum(pooled, 1e-4) * (1 / np.maximum(n_a, 1) + 1 / np.maximum(n_b, 1))
+    return out
+
+
 def msprt(diff: ArrayLike, var: ArrayLike, tau: float) -> np.ndarray:
     """Mixture likelihood ratio Lambda for H0: difference = 0 after observing `diff` with variance `var`
     (a normal mixture N(0, tau^2) over the alternative). Works on arrays. Reject when Lambda >= 1/alpha;

@@ -75,3 +75,58 @@ def test_confidence_sequence_covers_the_truth_at_every_look():
     radius = stats.confidence_radius(var, 0.05, ALPHA)
     missed = (np.abs(mean - 0.3) > radius).any(axis=1).mean()
     assert missed <= ALPHA
+
+
+def false_decisions(n_exp: int, users: int, share: float, p: float, kappa: float, seed: int) -> np.ndarray:
+    """A/A: for each simulated experiment, the largest size of the smaller arm at which the test decided
+    (promote or roll back), or -1 when it never did: a minimum arm size of m lets a false decision through
+    exactly when this is >= m. Users arrive one at a time, go to the challenger with
+    probability `share`, have their own up-rate ~ Beta(p * kappa, (1 - p) * kappa) and rate 1 to 6 answers;
+    the test looks after every new user, with the variance the service uses (`stats.pooled_var`)."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(1, 7, size=(n_exp, users))
+    rate = rng.binomial(k, rng.beta(p * kappa, (1 - p) * kappa, size=(n_exp, users))) / k
+    challenger = rng.random((n_exp, users)) < share
+
+    def running(mask):
+        n = np.cumsum(mask, axis=1)
+        x = np.where(mask, rate, 0.0)
+        mean = np.cumsum(x, axis=1) / np.maximum(n, 1)
+        return n, mean, np.cumsum(x * x, axis=1) - n * mean * mean
+
+    (n_i, m_i, ss_i), (n_c, m_c, ss_c) = running(~challenger), running(challenger)
+    lam = stats.msprt(m_c - m_i, stats.pooled_var(n_i, ss_i, n_c, ss_c), TAU)
+    smallest = np.minimum(n_i, n_c)
+    return np.where(lam >= 1 / ALPHA, smallest, -1).max(axis=1)
+
+
+def test_the_smallest_arm_the_config_accepts_keeps_a_a_false_decisions_under_alpha():
+    """Heterogeneous users at a 10% canary and at 50/50, up-rates from 3% to 97%, a look after every user:
+    MIN_USERS_PER_ARM is the smallest arm size from which the false-decision rate (plus two Monte Carlo errors)
+    stays under alpha in every scenario; with 2 it does not, and the config refuses what is below it."""
+    import pydantic
+    import pytest
+
+    from abtest.config import MIN_USERS_PER_ARM, AbtestConfig
+
+    n_exp, sizes, worst = 4000, range(2, 21), {}
+    for i, (share, p, kappa) in enumerate(
+        [(s, p, k) for s in (0.1, 0.5) for p in (0.03, 0.5, 0.97) for k in (1.0, 8.0)]
+    ):
+        last = false_decisions(n_exp, 500 if share == 0.1 else 200, share, p, kappa, seed=10 + i)
+        rates = {m: float((last >= m).mean()) for m in sizes}
+        print(
+            f"share {share:.0%} up-rate {p:.0%} kappa {kappa:g}: "
+            + ", ".join(f"{m}: {r:.3f}" for m, r in rates.items())
+        )
+        for m, r in rates.items():
+            worst[m] = max(worst.get(m, 0.0), r)
+    mc = math.sqrt(ALPHA * (1 - ALPHA) / n_exp)
+    print(f"worst false-decision rate per minimum arm size: {worst} (Monte Carlo error ~{mc:.4f})")
+    smallest = min(m for m in sizes if all(worst[k] + 2 * mc <= ALPHA for k in sizes if k >= m))
+    print(f"smallest arm size that keeps false decisions + 2 Monte Carlo errors under alpha: {smallest}")
+    assert smallest == MIN_USERS_PER_ARM and worst[MIN_USERS_PER_ARM] + 2 * mc <= ALPHA
+    assert worst[2] > ALPHA + 2 * mc  # the minimum is needed: 2 users per arm decide falsely too often
+    with pytest.raises(pydantic.ValidationError, match=f"use {MIN_USERS_PER_ARM} or more"):
+        AbtestConfig(min_users_per_arm=MIN_USERS_PER_ARM - 1)
+    assert AbtestConfig(min_users_per_arm=MIN_USERS_PER_ARM).min_users_per_arm == MIN_USERS_PER_ARM
