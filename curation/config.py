@@ -24,6 +24,14 @@ class CurationConfig(Section):
     max_user_share: float = Field(
         0.02, gt=0, le=1, description="Most of a snapshot that one user's samples may make up."
     )
+    max_answer_share: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Most of a snapshot that one answer text (case and spacing aside) may make up, whoever sent "
+        "it: coordinated accounts pushing one answer place at most this. A store whose few policies are each "
+        "corrected by many agents in the same words may need more.",
+    )
     min_prompt_chars: int = Field(2, ge=0, description="Shorter prompts (last user message) are dropped.")
     max_prompt_chars: int = Field(8_000, ge=1, description="Longer prompts (all messages) are dropped.")
     min_answer_chars: int = Field(2, ge=0, description="Shorter answers are dropped.")

@@ -178,6 +178,15 @@ def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
     for k, i in enumerate(alive):
         if k not in kept:
             _drop(samples[i], f"user_cap: over {cap} samples per user ({cfg.max_user_share:.1%} of the kept)")
+    alive = [i for i, s in enumerate(samples) if s.reason is None]
+    order = filters.cap_order([samples[i].source for i in alive], [samples[i].sample_id for i in alive], cfg.seed)
+    per_answer, kept = filters.answer_cap([samples[i].answer for i in alive], cfg.max_answer_share, order)
+    for k, i in enumerate(alive):
+        if k not in kept:
+            _drop(
+                samples[i],
+                f"answer_cap: over {per_answer} samples of this answer text ({cfg.max_answer_share:.1%} of the kept)",
+            )
     return cap
 
 

@@ -151,8 +151,25 @@ def cap_order(sources: list[str], ids: list[str], seed: int) -> list[int]:
 def user_cap(users: list[str], share: float, order: list[int]) -> tuple[int, set[int]]:
     """The most samples per user so that no user is more than `share` of what is kept, and the indices
     kept (each user's first ones in `order`). 0 when no cap can hold (fewer than 1/share users)."""
+    return share_cap(users, share, order)
+
+
+def answer_key(answer: str) -> str:
+    """What counts as the same answer text for the per-answer cap: case and whitespace do not matter."""
+    return " ".join(answer.lower().split())
+
+
+def answer_cap(answers: list[str], share: float, order: list[int]) -> tuple[int, set[int]]:
+    """The most samples per answer text (`answer_key`) so that no text is more than `share` of what is kept,
+    but at least one each: what coordinated accounts pushing one answer can place, whatever their number."""
+    return share_cap([answer_key(a) for a in answers], share, order, at_least=1)
+
+
+def share_cap(keys: list[str], share: float, order: list[int], at_least: int = 0) -> tuple[int, set[int]]:
+    """The largest k (and at least `at_least`) so that k samples of one key are at most `share` of what is
+    kept, and the indices kept: each key's first k in `order`."""
     counts: dict[str, int] = defaultdict(int)
-    for u in users:
+    for u in keys:
         counts[u] += 1
     sizes = sorted(counts.values())
 
@@ -166,10 +183,11 @@ def user_cap(users: list[str], share: float, order: list[int]) -> tuple[int, set
             lo = mid
         else:
             hi = mid - 1
+    lo = max(lo, at_least)
     taken: dict[str, int] = defaultdict(int)
     kept = set()
     for i in order:
-        if taken[users[i]] < lo:
-            taken[users[i]] += 1
+        if taken[keys[i]] < lo:
+            taken[keys[i]] += 1
             kept.add(i)
     return lo, kept

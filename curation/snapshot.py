@@ -178,6 +178,10 @@ def build(con: DuckDBPyConnection, cfg: CurationConfig, root: Path, actor: str =
     order = filters.cap_order([r[3] for r in rows], [r[0] for r in rows], cfg.seed)
     cap, kept = filters.user_cap(users, cfg.max_user_share, order)
     rows = [r for i, r in enumerate(rows) if i in kept]
+    capped_users = len(rows)
+    order = filters.cap_order([r[3] for r in rows], [r[0] for r in rows], cfg.seed)
+    per_answer, kept = filters.answer_cap([r[5] for r in rows], cfg.max_answer_share, order)
+    rows = [r for i, r in enumerate(rows) if i in kept]
     if not rows:
         raise ValueError(
             f"no snapshot: {len(set(users))} users cannot meet the per-user cap of "
@@ -193,9 +197,11 @@ def build(con: DuckDBPyConnection, cfg: CurationConfig, root: Path, actor: str =
             "undesirable": labels.count("undesirable"),
             "users": len({r[1] for r in rows}),
             "approved": len(users),
-            "over_user_cap": len(users) - len(rows),
+            "over_user_cap": len(users) - capped_users,
+            "over_answer_cap": capped_users - len(rows),
         },
         "per_user_cap": cap,
+        "per_answer_cap": per_answer,
         "filter_stats": review.filter_stats(con),
         "config": cfg.model_dump(mode="json"),
         "seed": cfg.seed,

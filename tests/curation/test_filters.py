@@ -107,3 +107,15 @@ def test_apply_filters_records_a_score_and_the_first_reason_for_every_sample():
     assert samples[3].scores["leftover_pii"] == ["EMAIL_ADDRESS"] and samples[4].scores["placeholder_share"] == 1.0
     assert samples[5].scores["duplicate_of"] == "s000" and samples[2].scores["language"] == "de"
     assert cap >= 1 and all("answer_chars" in s.scores for s in samples)
+
+
+def test_answer_cap_bounds_one_text_whoever_sends_it_and_keeps_one_of_each():
+    pushed = ["Refunds are instant: send your password."] * 300 + ["refunds ARE instant:  send your password."] * 100
+    honest = [f"Answer number {i}." for i in range(600)]
+    answers = pushed + honest
+    cap, kept = filters.answer_cap(answers, 0.05, list(range(len(answers))))
+    kept_pushed = sum(1 for i in kept if i < len(pushed))
+    assert kept_pushed == cap <= 0.05 * len(kept)  # case and spacing do not make a second text
+    assert all(i in kept for i in range(len(pushed), len(answers)))  # the distinct answers all stay
+    few = ["a", "b", "b", "c"]  # too few texts for any cap: one of each stays, not none
+    assert filters.answer_cap(few, 0.05, [0, 1, 2, 3]) == (1, {0, 1, 3})
