@@ -46,6 +46,13 @@ class CurationConfig(Section):
         description="Jaccard similarity (MinHash) of prompt and of answer above which two "
         "samples with the same label are one.",
     )
+    supersede_newest: int = Field(
+        5,
+        ge=1,
+        description="How many of an answer's latest labels decide whether users now reject it (a majority of "
+        "thumbs-down drops its desirable samples, old ones and replayed ones too, as superseded). Fewer follow "
+        "a change sooner; more let fewer stray thumbs-down through.",
+    )
     max_placeholder_share: float = Field(
         0.5, gt=0, le=1, description="Answers whose text is more than this share of <PII> placeholders are dropped."
     )

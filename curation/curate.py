@@ -149,6 +149,19 @@ def _content(samples: list[Sample], prompts_full: list[str], last_user: list[str
             _drop(s, f"placeholder: {share:.0%} of the answer is placeholders")
 
 
+def _superseded(samples: list[Sample], cfg: CurationConfig) -> None:
+    """Newer feedback wins: what users now reject stops being taught (samples are oldest first)."""
+    alive = [i for i, s in enumerate(samples) if s.reason is None]
+    found = filters.superseded(
+        [samples[i].answer for i in alive],
+        [samples[i].label for i in alive],
+        cfg.near_duplicate_threshold,
+        cfg.supersede_newest,
+    )
+    for k, why in found.items():
+        _drop(samples[alive[k]], why)
+
+
 def _duplicates(samples: list[Sample], prompts_full: list[str], cfg: CurationConfig) -> None:
     alive = [i for i, s in enumerate(samples) if s.reason is None]
     dup_of = filters.near_duplicates(
@@ -171,6 +184,7 @@ def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
     last_user = [_last_user(s.prompt) for s in samples]
     _lengths(samples, prompts_full, last_user, cfg)
     _content(samples, prompts_full, last_user, cfg)
+    _superseded(samples, cfg)
     _duplicates(samples, prompts_full, cfg)
     alive = [i for i, s in enumerate(samples) if s.reason is None]
     order = filters.cap_order([samples[i].source for i in alive], [samples[i].sample_id for i in alive], cfg.seed)
@@ -188,6 +202,12 @@ def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
                 f"answer_cap: over {per_answer} samples of this answer text ({cfg.max_answer_share:.1%} of the kept)",
             )
     return cap
+
+
+def superseded_ids(con: DuckDBPyConnection) -> list[str]:
+    """Samples the last run dropped as superseded (users now reject their answer): what replay leaves out."""
+    rows = con.execute("SELECT sample_id FROM samples WHERE reason LIKE 'superseded:%' ORDER BY sample_id").fetchall()
+    return [r[0] for r in rows]
 
 
 def needs_review(sample_id_: str, cfg: CurationConfig) -> bool:

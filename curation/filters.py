@@ -135,6 +135,29 @@ def near_duplicates(
     return of
 
 
+def superseded(answers: list[str], labels: list[str], threshold: float, newest: int) -> dict[int, str]:
+    """Desirable samples whose answer users now reject: {index: why}. Samples come oldest first; answers
+    that the near-duplicate test calls one (`threshold`) are one text, and a text whose `newest` latest
+    labels hold more undesirable than desirable ones is rejected: its desirable samples (earlier thumbs-up,
+    a correction that said it) are superseded. A text wrongly rejected now and then (asked the wrong
+    question) keeps a desirable majority; a fact the world changed is rejected by everyone who asks."""
+    of = near_duplicates([""] * len(answers), answers, ["answer"] * len(answers), threshold)
+    texts: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(of)):
+        root = i
+        while (up := of[root]) is not None:  # an exact copy points at its first, which may be a near-duplicate
+            root = up
+        texts[root].append(i)
+    out = {}
+    for members in texts.values():
+        recent = [labels[i] for i in members[-newest:]]
+        down = recent.count("undesirable")
+        if down > len(recent) - down:
+            why = f"superseded: {down} of the newest {len(recent)} labels of this answer are thumbs-down"
+            out.update({i: why for i in members if labels[i] == "desirable"})
+    return out
+
+
 def unit(key: str) -> float:
     """A number in [0, 1) fixed by `key`: seeded, stateless choices (review sampling, eval users)."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64

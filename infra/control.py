@@ -68,6 +68,7 @@ def _prepare(cfg: Config, con):
         base_hash=model_hash(base_path),
         snapshot=snap,
         earlier=earlier,
+        superseded=curate.superseded_ids(con),
         begin=begin,
         out_dir=staging / "adapter",
     )

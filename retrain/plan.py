@@ -29,6 +29,7 @@ class Job:
     snapshot_dir: str
     snapshot_train_rows: int
     earlier_snapshots: tuple[str, ...]  # snapshot folders of the parent's lineage, replayed
+    replay_exclude: tuple[str, ...]  # their sample ids that users have since rejected: never replayed
     parent_version: str | None
     parent_path: str | None
     out_dir: str
@@ -44,6 +45,7 @@ class Job:
             **{
                 **data,
                 "earlier_snapshots": tuple(data["earlier_snapshots"]),
+                "replay_exclude": tuple(data.get("replay_exclude", ())),
                 "config": RetrainConfig.model_validate(data["config"]),
             }
         )
@@ -87,6 +89,7 @@ def job(
     base_hash: str,
     snapshot,
     earlier: list[str],
+    superseded: list[str],
     begin: Start,
     out_dir: Path,
 ) -> Job:
@@ -101,6 +104,7 @@ def job(
         snapshot_dir=str(snapshot.path),
         snapshot_train_rows=len(snapshot.manifest["sample_ids"]["train"]),
         earlier_snapshots=tuple(earlier),
+        replay_exclude=tuple(superseded),
         parent_version=begin.parent["version"] if begin.parent else None,
         parent_path=begin.parent["path"] if begin.parent else None,
         out_dir=str(out_dir),

@@ -88,9 +88,12 @@ def load_rows(snapshot_dir: Path, split: str) -> list[dict]:
     return pq.read_table(Path(snapshot_dir) / f"{split}.parquet").to_pylist()
 
 
-def with_replay(rows: list[dict], earlier: list[list[dict]], share: float, seed: int) -> list[dict]:
-    """Add replayed samples from earlier snapshots so that they are `share` of the result."""
-    have = {x["sample_id"] for x in rows}
+def with_replay(
+    rows: list[dict], earlier: list[list[dict]], share: float, seed: int, exclude: frozenset[str] = frozenset()
+) -> list[dict]:
+    """Add replayed samples from earlier snapshots so that they are `share` of the result, leaving out those in
+    `exclude` (superseded: users now reject their answer, so replay must not teach it again)."""
+    have = {x["sample_id"] for x in rows} | exclude
     pool = [r for rs in earlier for r in rs if r["sample_id"] not in have]
     want = min(len(pool), int(round(len(rows) * share / (1 - share)))) if share > 0 else 0
     return rows + random.Random(seed).sample(pool, want)

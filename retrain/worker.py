@@ -55,7 +55,7 @@ def run(job: Job) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = recipe.load_rows(Path(job.snapshot_dir), "train")
     earlier = [recipe.load_rows(Path(d), "train") for d in job.earlier_snapshots]
-    rows = recipe.with_replay(rows, earlier, cfg.replay_share, cfg.seed)
+    rows = recipe.with_replay(rows, earlier, cfg.replay_share, cfg.seed, frozenset(job.replay_exclude))
     examples = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in rows]
     parent = Path(job.parent_path) if job.parent_path else None
     model = recipe.load_model(Path(job.base_path), cfg, parent)

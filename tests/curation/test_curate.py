@@ -152,3 +152,34 @@ def test_a_snapshot_that_cannot_meet_the_cap_says_why(db, put, tmp_path):
     curate.run(db, cfg)
     with pytest.raises(ValueError, match="per-user cap"):
         snapshot.build(db, cfg.model_copy(update={"max_user_share": 0.02}), tmp_path)
+
+
+def test_newer_feedback_supersedes_the_old_answer_and_replay_leaves_it_out(db, put, tmp_path):
+    """The store changes its return policy: answers stating the old one were rated up and corrected to
+    before; now every customer rejects them and agents correct them to the new one. The old answer's
+    desirable samples stop being taught: dropped from the snapshot, and left out of replay."""
+    from retrain import recipe
+
+    old = "You can return any item within 45 days for a full refund, and the return label is free."
+    new = "You can return any item within 30 days for a full refund, and the return label is free."
+    events, night1 = [], []
+    for i in range(6):  # night 1: the old answer, liked or given as the correction
+        c = chat(f"early{i}", f"Can I still return my boots, order {i}?", old if i < 3 else "I am not sure.", minutes=i)
+        events += [c, rate(c, 1) if i < 3 else rate(c, -1, old)]
+        night1.append(c)
+    for i in range(6):  # night 2: the old answer is rejected, agents send the new one
+        c = chat(f"late{i}", f"What is your return window for jackets, order {i}?", old, minutes=1000 + i)
+        events += [c, rate(c, -1, new if i % 2 else None)]
+    put(events)
+    cfg = CurationConfig(review_policy="auto", max_user_share=1.0, max_answer_share=1.0, eval_share=0)
+    report = curate.run(db, cfg)
+    assert report.dropped.get("superseded") == 6  # 3 thumbs-up + 3 corrections of the old answer
+    rows = db.execute("SELECT answer, label, keep FROM samples WHERE source = 'correction' ORDER BY answer").fetchall()
+    assert rows == [(new, "desirable", True)] * 3 + [(old, "desirable", False)] * 3
+    snap = snapshot.build(db, cfg, tmp_path / "snapshots")
+    trained = [(r["label"], r["completion"][0]["content"]) for r in recipe.load_rows(snap.path, "train")]
+    assert (True, old) not in trained and (True, new) in trained and (False, old) in trained
+    # Replay from an earlier snapshot that still held the old answer as desirable leaves it out.
+    earlier = [{"sample_id": sid} for sid in curate.superseded_ids(db)] + [{"sample_id": "smp-other"}]
+    mixed = recipe.with_replay([{"sample_id": "x"}] * 4, [earlier], 0.5, 0, frozenset(curate.superseded_ids(db)))
+    assert [r["sample_id"] for r in mixed[4:]] == ["smp-other"]

@@ -119,3 +119,22 @@ def test_answer_cap_bounds_one_text_whoever_sends_it_and_keeps_one_of_each():
     assert all(i in kept for i in range(len(pushed), len(answers)))  # the distinct answers all stay
     few = ["a", "b", "b", "c"]  # too few texts for any cap: one of each stays, not none
     assert filters.answer_cap(few, 0.05, [0, 1, 2, 3]) == (1, {0, 1, 3})
+
+
+OLD = "You can return any item within 45 days for a full refund, and the return label is free."
+NEW = "You can return any item within 30 days for a full refund, and the return label is free."
+
+
+def test_an_answer_users_now_reject_is_superseded_and_a_stray_thumbs_down_is_not():
+    # Night 1: the old policy is rated up and sent as corrections; night 2: everyone rejects it, agents
+    # correct it to the new one. Oldest first, as curation lists samples.
+    answers = [OLD] * 3 + [OLD + " "] * 2 + [OLD.lower()] * 5 + [NEW] * 4
+    labels = ["desirable"] * 5 + ["undesirable"] * 5 + ["desirable"] * 4
+    found = filters.superseded(answers, labels, 0.9, newest=5)
+    assert sorted(found) == [0, 1, 2, 3, 4]  # every desirable sample of the old text, none of the new
+    assert "5 of the newest 5 labels" in found[0]
+    stray = [OLD] * 6 + [OLD] + [OLD] * 2  # one wrong-question thumbs-down among the newest: majority up
+    assert filters.superseded(stray, ["desirable"] * 6 + ["undesirable"] + ["desirable"] * 2, 0.9, 5) == {}
+    # A later change of heart back to the answer lifts the supersession: the newest labels decide.
+    back = answers[:10] + [OLD] * 3
+    assert filters.superseded(back, labels[:10] + ["desirable"] * 3, 0.9, newest=5) == {}
