@@ -190,3 +190,46 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
         browser.get(url + "/ab")
         assert "operator note <script>document.title" in browser.find_element(By.ID, "history").text
         assert browser.title == "Flywheel A/B"
+
+
+def test_the_history_across_nights_marks_promotions_and_skips_in_chromium(db, two_adapters, scrub_pool, browser):
+    """Day 1 on v0001, a night that makes v0002 a candidate, day 2 an A/B test that promotes it, a night that
+    skips, day 3 on v0002: the page draws three days and marks the promotion and the skip."""
+    from selenium.webdriver.common.by import By
+
+    from abtest import experiment as ab
+    from curation import audit
+    from infra.services import ReviewStore
+    from serving import ids
+    from tests.conftest import pages_app, serve_in_thread
+    from tests.helpers.browser import click
+
+    cfg = two_adapters
+    exp_cfg = two_adapters.model_copy(update={"abtest": CFG.model_copy(update={"auto_start": False})})
+    live_only = ab.Experiment("none", "v0001", "v0001", "salt", 0.0, 0, "none", datetime.now(UTC), datetime.now(UTC))
+    traffic(db, scrub_pool.scrub, live_only, range(0, 40), {"v0001": 0.3}, force="v0001", seed=7)
+    audit.append(db, "retrain", "candidate", "v0002", {"snapshot_id": "snap-1"})
+    ab_.tick(cfg, db)
+    for k in range(2):
+        traffic(db, scrub_pool.scrub, ab.get(db), range(k * 200, (k + 1) * 200), {"v0001": 0.3, "v0002": 0.9}, seed=k)
+        ab_.tick(exp_cfg, db)
+    assert registry.live(db)["version"] == "v0002"
+    audit.append(db, "retrain", "skipped", None, {"reason": "3 new approved samples, fewer than 20"})
+    live_only = ab.Experiment("none", "v0002", "v0002", "salt", 0.0, 0, "none", datetime.now(UTC), datetime.now(UTC))
+    traffic(db, scrub_pool.scrub, live_only, range(500, 540), {"v0002": 0.9}, force="v0002", seed=8)
+    app = pages_app(ReviewStore(db, cfg), {"lead": ids.hash_key("lead-key")})
+    with serve_in_thread(app) as url:
+        browser.get(url + "/ab")
+        browser.find_element(By.ID, "key").send_keys("lead-key")
+        click(browser, browser.find_element(By.ID, "sign-in"))
+        line = browser.find_element(By.CSS_SELECTOR, "svg.days polyline.series")
+        assert len(line.get_attribute("points").split()) == 3 and line.size["width"] > 100
+        marks = [m.get_attribute("class") for m in browser.find_elements(By.CSS_SELECTOR, "svg.days g.mark")]
+        assert marks == ["mark promote", "mark skipped"]
+        rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "table.days tr")][1:]
+        assert len(rows) == 3 and rows[0].startswith("1 v0001") and "candidate v0002" in rows[0]
+        assert "promote exp-0001-v0002" in rows[1] and "skipped: 3 new approved samples" in rows[1]
+        assert rows[2].startswith("3 v0002")
+        lineage = browser.find_element(By.CSS_SELECTOR, "table.lineage").text
+        assert "v0002 base" in lineage and "live" in lineage
+        browser.save_screenshot(str(cfg.data_dir / "nights.png"))

@@ -77,7 +77,9 @@ def test_confidence_sequence_covers_the_truth_at_every_look():
     assert missed <= ALPHA
 
 
-def false_decisions(n_exp: int, users: int, share: float, p: float, kappa: float, seed: int) -> np.ndarray:
+def false_decisions(
+    n_exp: int, users: int, share: float, p: float, kappa: float, seed: int, tau: float = TAU
+) -> np.ndarray:
     """A/A: for each simulated experiment, the largest size of the smaller arm at which the test decided
     (promote or roll back), or -1 when it never did: a minimum arm size of m lets a false decision through
     exactly when this is >= m. Users arrive one at a time, go to the challenger with
@@ -95,13 +97,14 @@ def false_decisions(n_exp: int, users: int, share: float, p: float, kappa: float
         return n, mean, np.cumsum(x * x, axis=1) - n * mean * mean
 
     (n_i, m_i, ss_i), (n_c, m_c, ss_c) = running(~challenger), running(challenger)
-    lam = stats.msprt(m_c - m_i, stats.pooled_var(n_i, ss_i, n_c, ss_c), TAU)
+    lam = stats.msprt(m_c - m_i, stats.pooled_var(n_i, ss_i, n_c, ss_c), tau)
     smallest = np.minimum(n_i, n_c)
     return np.where(lam >= 1 / ALPHA, smallest, -1).max(axis=1)
 
 
 def test_the_smallest_arm_the_config_accepts_keeps_a_a_false_decisions_under_alpha():
-    """Heterogeneous users at a 10% canary and at 50/50, up-rates from 3% to 97%, a look after every user:
+    """Heterogeneous users at a 10% canary and at 50/50, up-rates from 3% to 97%, abtest.tau from 0.05 to 0.3,
+    a look after every user:
     MIN_USERS_PER_ARM is the smallest arm size from which the false-decision rate (plus two Monte Carlo errors)
     stays under alpha in every scenario; with 2 it does not, and the config refuses what is below it."""
     import pydantic
@@ -110,17 +113,14 @@ def test_the_smallest_arm_the_config_accepts_keeps_a_a_false_decisions_under_alp
     from abtest.config import MIN_USERS_PER_ARM, AbtestConfig
 
     n_exp, sizes, worst = 4000, range(2, 21), {}
-    for i, (share, p, kappa) in enumerate(
-        [(s, p, k) for s in (0.1, 0.5) for p in (0.03, 0.5, 0.97) for k in (1.0, 8.0)]
-    ):
-        last = false_decisions(n_exp, 500 if share == 0.1 else 200, share, p, kappa, seed=10 + i)
-        rates = {m: float((last >= m).mean()) for m in sizes}
-        print(
-            f"share {share:.0%} up-rate {p:.0%} kappa {kappa:g}: "
-            + ", ".join(f"{m}: {r:.3f}" for m, r in rates.items())
-        )
-        for m, r in rates.items():
-            worst[m] = max(worst.get(m, 0.0), r)
+    scenarios = [(s, p, k) for s in (0.1, 0.5) for p in (0.03, 0.5, 0.97) for k in (1.0, 8.0)]
+    for tau in (0.05, 0.1, 0.2, 0.3):  # the mixture's scale: the lift the test is tuned to
+        for i, (share, p, kappa) in enumerate(scenarios):
+            last = false_decisions(n_exp, 500 if share == 0.1 else 200, share, p, kappa, seed=10 + i, tau=tau)
+            rates = {m: float((last >= m).mean()) for m in sizes}
+            for m, r in rates.items():
+                worst[m] = max(worst.get(m, 0.0), r)
+        print(f"tau {tau:g}: worst false-decision rate per minimum arm size so far: {worst}")
     mc = math.sqrt(ALPHA * (1 - ALPHA) / n_exp)
     print(f"worst false-decision rate per minimum arm size: {worst} (Monte Carlo error ~{mc:.4f})")
     smallest = min(m for m in sizes if all(worst[k] + 2 * mc <= ALPHA for k in sizes if k >= m))

@@ -21,7 +21,7 @@ SHORT = [
     # one user, whose rows may hold no desirable answer, and the offline gate rightly rejects. A quarter: ~1e-5.
     "curation.eval_share=0.25",
     "abtest.ramp=[0.5]",
-    "abtest.min_users_per_arm=8",  # the smallest the config accepts (abtest.config.MIN_USERS_PER_ARM)
+    "abtest.min_users_per_arm=11",  # the smallest the config accepts (abtest.config.MIN_USERS_PER_ARM)
     "log_level=INFO",
 ]
 
