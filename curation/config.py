@@ -53,6 +53,14 @@ class CurationConfig(Section):
         "thumbs-down drops its desirable samples, old ones and replayed ones too, as superseded). Fewer follow "
         "a change sooner; more let fewer stray thumbs-down through.",
     )
+    revision_similarity: float = Field(
+        0.4,
+        gt=0,
+        le=1,
+        description="A correction this similar to an earlier desirable answer (word 3-grams, Jaccard), but "
+        "below the near-duplicate threshold, rewrites it (a policy whose number changed): the earlier answer is "
+        "superseded. Lower catches bigger rewrites and risks unrelated answers.",
+    )
     max_placeholder_share: float = Field(
         0.5, gt=0, le=1, description="Answers whose text is more than this share of <PII> placeholders are dropped."
     )

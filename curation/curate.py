@@ -155,8 +155,10 @@ def _superseded(samples: list[Sample], cfg: CurationConfig) -> None:
     found = filters.superseded(
         [samples[i].answer for i in alive],
         [samples[i].label for i in alive],
+        [samples[i].source for i in alive],
         cfg.near_duplicate_threshold,
         cfg.supersede_newest,
+        cfg.revision_similarity,
     )
     for k, why in found.items():
         _drop(samples[alive[k]], why)

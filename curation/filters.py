@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]{1,40}>")
 
@@ -135,12 +136,17 @@ def near_duplicates(
     return of
 
 
-def superseded(answers: list[str], labels: list[str], threshold: float, newest: int) -> dict[int, str]:
-    """Desirable samples whose answer users now reject: {index: why}. Samples come oldest first; answers
-    that the near-duplicate test calls one (`threshold`) are one text, and a text whose `newest` latest
-    labels hold more undesirable than desirable ones is rejected: its desirable samples (earlier thumbs-up,
-    a correction that said it) are superseded. A text wrongly rejected now and then (asked the wrong
-    question) keeps a desirable majority; a fact the world changed is rejected by everyone who asks."""
+def superseded(
+    answers: list[str], labels: list[str], sources: list[str], threshold: float, newest: int, revision: float
+) -> dict[int, str]:
+    """Desirable samples that newer feedback contradicts: {index: why}. Samples come oldest first.
+
+    - Rejected: answers that the near-duplicate test calls one (`threshold`) are one text; a text whose
+      `newest` latest labels hold more undesirable than desirable ones is rejected, and its desirable
+      samples (earlier thumbs-up, a correction that said it) are superseded. A text wrongly rejected now
+      and then (asked the wrong question) keeps a desirable majority.
+    - Revised: a correction that rewrites an earlier desirable answer (similar at `revision` or more, but
+      not the same text: a policy whose number changed) supersedes it, even if nobody was served it since."""
     of = near_duplicates([""] * len(answers), answers, ["answer"] * len(answers), threshold)
     texts: dict[int, list[int]] = defaultdict(list)
     for i in range(len(of)):
@@ -155,7 +161,38 @@ def superseded(answers: list[str], labels: list[str], threshold: float, newest: 
         if down > len(recent) - down:
             why = f"superseded: {down} of the newest {len(recent)} labels of this answer are thumbs-down"
             out.update({i: why for i in members if labels[i] == "desirable"})
+    last_correction = {}  # text -> the index of its latest correction
+    for r, members in texts.items():
+        if found := [i for i in members if sources[i] == "correction"]:
+            last_correction[r] = found[-1]
+    for r, c, similar in _revisions(answers, list(texts), set(last_correction), threshold, revision):
+        why = f"superseded: revised by a later correction ({similar:.0%} alike)"
+        later = last_correction[c]
+        out.update({i: why for i in texts[r] if labels[i] == "desirable" and i < later and i not in out})
     return out
+
+
+def _revisions(
+    answers: list[str], texts: list[int], corrections: set[int], threshold: float, revision: float
+) -> Iterator[tuple[int, int, float]]:
+    """(text, correction text, similarity) for each pair of distinct texts similar at `revision` or more and
+    below `threshold` (MinHash over word 3-grams, LSH to find the candidates)."""
+    from datasketch import MinHash, MinHashLSH
+
+    proto = MinHash(num_perm=64, seed=1)
+    signature = {}
+    lsh = MinHashLSH(threshold=revision, num_perm=64)
+    for r in texts:
+        m = MinHash(num_perm=64, seed=1, permutations=proto.permutations, scheme=proto.scheme)
+        m.update_batch(_shingles(answers[r], "a:"))
+        signature[r] = m
+        if r in corrections:
+            lsh.insert(r, m, check_duplication=False)
+    for r in texts:
+        for c in lsh.query(signature[r]):
+            similar = float((signature[c].hashvalues == signature[r].hashvalues).mean())
+            if c != r and revision <= similar < threshold:
+                yield r, c, similar
 
 
 def unit(key: str) -> float:

@@ -130,11 +130,29 @@ def test_an_answer_users_now_reject_is_superseded_and_a_stray_thumbs_down_is_not
     # correct it to the new one. Oldest first, as curation lists samples.
     answers = [OLD] * 3 + [OLD + " "] * 2 + [OLD.lower()] * 5 + [NEW] * 4
     labels = ["desirable"] * 5 + ["undesirable"] * 5 + ["desirable"] * 4
-    found = filters.superseded(answers, labels, 0.9, newest=5)
+    sources = ["rating"] * 3 + ["correction"] * 2 + ["rating"] * 5 + ["correction"] * 4
+    found = filters.superseded(answers, labels, sources, 0.9, newest=5, revision=0.4)
     assert sorted(found) == [0, 1, 2, 3, 4]  # every desirable sample of the old text, none of the new
     assert "5 of the newest 5 labels" in found[0]
-    stray = [OLD] * 6 + [OLD] + [OLD] * 2  # one wrong-question thumbs-down among the newest: majority up
-    assert filters.superseded(stray, ["desirable"] * 6 + ["undesirable"] + ["desirable"] * 2, 0.9, 5) == {}
+    # One wrong-question thumbs-down among the newest: the majority is still up.
+    stray = [OLD] * 9
+    assert (
+        filters.superseded(stray, ["desirable"] * 6 + ["undesirable"] + ["desirable"] * 2, ["rating"] * 9, 0.9, 5, 0.4)
+        == {}
+    )
     # A later change of heart back to the answer lifts the supersession: the newest labels decide.
     back = answers[:10] + [OLD] * 3
-    assert filters.superseded(back, labels[:10] + ["desirable"] * 3, 0.9, newest=5) == {}
+    assert filters.superseded(back, labels[:10] + ["desirable"] * 3, ["rating"] * 13, 0.9, 5, 0.4) == {}
+
+
+def test_a_correction_that_rewrites_an_earlier_answer_supersedes_it_and_unrelated_ones_stay():
+    """Nobody was served the old policy since it changed (no thumbs-down on it), but agents now send the
+    rewritten one: the old corrections and thumbs-up go; another topic's policy and later answers stay."""
+    other = "All our gear carries a 2-year warranty against defects; we repair or replace it."
+    answers = [OLD, OLD, other, NEW, NEW, OLD]
+    labels = ["desirable"] * 6
+    sources = ["correction", "rating", "correction", "correction", "correction", "rating"]
+    found = filters.superseded(answers, labels, sources, 0.9, newest=5, revision=0.4)
+    assert sorted(found) == [0, 1] and "revised by a later correction" in found[0]
+    # (index 5 states the old policy after the revision: a later thumbs-up, not contradicted by newer feedback)
+    assert filters.superseded(answers, labels, sources, 0.9, newest=5, revision=0.95) == {}  # rewrites need 95%
