@@ -173,6 +173,10 @@ def retrain(
     try:
         prepared = _prepare(cfg, con)
         if isinstance(prepared, Outcome):
+            from curation import audit
+
+            # A night without a run is a night of the history too (the A/B dashboard marks it).
+            audit.append(con, "retrain", "skipped", prepared.snapshot_id, {"reason": prepared.reason})
             return _done(prepared, started)
         job, begin = prepared
         return _done(Run(cfg, con, job, begin, children or Children())(on_worker, echo), started)

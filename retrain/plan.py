@@ -30,6 +30,7 @@ class Job:
     snapshot_train_rows: int
     earlier_snapshots: tuple[str, ...]  # snapshot folders of the parent's lineage, replayed
     replay_exclude: tuple[str, ...]  # their sample ids that users have since rejected: never replayed
+    learned: tuple[str, ...]  # what the parent's lineage trained on: the run trains on the rest plus replay
     parent_version: str | None
     parent_path: str | None
     out_dir: str
@@ -46,6 +47,7 @@ class Job:
                 **data,
                 "earlier_snapshots": tuple(data["earlier_snapshots"]),
                 "replay_exclude": tuple(data.get("replay_exclude", ())),
+                "learned": tuple(data.get("learned", ())),
                 "config": RetrainConfig.model_validate(data["config"]),
             }
         )
@@ -105,6 +107,7 @@ def job(
         snapshot_train_rows=len(snapshot.manifest["sample_ids"]["train"]),
         earlier_snapshots=tuple(earlier),
         replay_exclude=tuple(superseded),
+        learned=tuple(sorted(registry.learned_sample_ids(begin.lineage))),
         parent_version=begin.parent["version"] if begin.parent else None,
         parent_path=begin.parent["path"] if begin.parent else None,
         out_dir=str(out_dir),

@@ -109,6 +109,29 @@ def history(con) -> list[tuple]:
     ).fetchall()
 
 
+def lineage_rows(con) -> list[dict]:
+    """Every version with its parent, snapshot, status and what the gates said, newest first."""
+    rows = con.execute(
+        "SELECT version, parent, snapshot_id, status, tainted, reason, metrics->'offline', "
+        "strftime(created_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S') FROM adapters ORDER BY version DESC"
+    ).fetchall()
+    out = []
+    for version, parent, snapshot_id, status, tainted, reason, offline, created in rows:
+        offline = json.loads(offline) if offline else {}
+        out.append(
+            {
+                "version": version,
+                "parent": parent or BASE,
+                "snapshot_id": snapshot_id,
+                "status": status,
+                "tainted": tainted,
+                "created": created,
+                "gates": reason or offline.get("reason") or ("passed" if offline.get("ok") else "-"),
+            }
+        )
+    return out
+
+
 def live_at(con, when: datetime) -> str:
     """The version that served at `when`: the last one made live at or before it and not since replaced
     (BASE when none was)."""
@@ -190,6 +213,16 @@ def trained_sample_ids(con) -> set[str]:
     for path in paths(con).values():
         manifest = Path(path, MANIFEST)
         if manifest.exists():
+            seen |= set(json.loads(manifest.read_text()).get("sample_ids", []))
+    return seen
+
+
+def learned_sample_ids(lineage: list[dict]) -> set[str]:
+    """What these versions (a parent and its ancestors) trained on, from their manifests."""
+    seen: set[str] = set()
+    for version in lineage:
+        manifest = Path(version["path"] or "", MANIFEST)
+        if version["path"] and manifest.exists():
             seen |= set(json.loads(manifest.read_text()).get("sample_ids", []))
     return seen
 

@@ -55,7 +55,12 @@ def run(job: Job) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = recipe.load_rows(Path(job.snapshot_dir), "train")
     earlier = [recipe.load_rows(Path(d), "train") for d in job.earlier_snapshots]
-    rows = recipe.with_replay(rows, earlier, cfg.replay_share, cfg.seed, frozenset(job.replay_exclude))
+    # Incremental: from a parent, train on what its lineage has not learned, plus the replay share of what
+    # it has (this snapshot's older samples and earlier snapshots'), so a night costs what is new.
+    learned = frozenset(job.learned)
+    rows, before = [r for r in rows if r["sample_id"] not in learned], [r for r in rows if r["sample_id"] in learned]
+    fresh = len(rows)
+    rows = recipe.with_replay(rows, [before, *earlier], cfg.replay_share, cfg.seed, frozenset(job.replay_exclude))
     examples = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in rows]
     parent = Path(job.parent_path) if job.parent_path else None
     model = recipe.load_model(Path(job.base_path), cfg, parent)
@@ -78,7 +83,7 @@ def run(job: Job) -> dict:
         "loss_last": result.losses[-1],
         "loss_last10": sum(result.losses[-10:]) / len(result.losses[-10:]),
         "samples": len(examples),
-        "replayed": len(rows) - job.snapshot_train_rows,
+        "replayed": len(rows) - fresh,
         "quantization": "nf4" if recipe.use_nf4(cfg) else "none",
         "device": str(next(model.parameters()).device),
     }

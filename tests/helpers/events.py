@@ -99,6 +99,7 @@ def population(users: int = 60, per_user: int = 3):
 def more_ratings(users: range):
     events = []
     for u in users:
-        c = chat(f"user-{u:03d}", f"Is order {u:06d} on its way?", "It left the warehouse today.")
+        # Answers differ (a tracking reference each): identical ones would meet the per-answer cap.
+        c = chat(f"user-{u:03d}", f"Is order {u:06d} on its way?", f"It left the warehouse today, tracking {u:06d}.")
         events += [c, rate(c, 1)]
     return events

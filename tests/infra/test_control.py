@@ -81,6 +81,16 @@ def test_failed_runs_leave_the_incumbent_and_the_registry_alone(tiny_lm, populat
         assert registry.get(con, after.version)["parent"] == "v0001"
         assert registry.live(con)["version"] == "v0001"
         assert after.version == "v0004"  # versions are never reused
+        # Incremental: v0004 trained on what v0001 had not learned, plus the replay share (20%) of what it had.
+        import json
+
+        def trained(version):
+            return json.loads((populated / "adapters" / version / "flywheel-adapter.json").read_text())
+
+        learned, now = set(trained("v0001")["sample_ids"]), trained("v0004")
+        new, replayed = set(now["sample_ids"]) - learned, set(now["sample_ids"]) & learned
+        assert len(new) >= 10 and len(replayed) == now["metrics"]["replayed"] == round(len(new) * 0.2 / 0.8)
+        assert len(now["sample_ids"]) < len(learned) + len(new)  # not everything again
     finally:
         con.close()
 
