@@ -166,6 +166,7 @@ class IngestConsumer:
             if outcome != "findings":
                 self.metrics.events.labels(outcome).inc(getattr(written, outcome))
         self.metrics.findings.inc(written.findings)
+        log.info("stored a batch of %d events in %.2f s", len(records), time.perf_counter() - started)
         self._commit_informative(batch.next_offsets)
 
     def _rewind(self, records: list[Record]) -> None:
