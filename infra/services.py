@@ -285,7 +285,29 @@ class ReviewStore:
             "history": registry.history(cur),
             "live": live["version"] if live else BASE,
             "srm_threshold": self.cfg.abtest.srm_p,
+            "days": self.days(cur),
+            "lineage": registry.lineage_rows(cur),
         }
+
+    def days(self, cur) -> list[dict]:
+        """The history across nights (`abtest.history.days`) from the audit log, chats and decisions."""
+        from abtest import history
+
+        runs = cur.execute(
+            "SELECT epoch(logged_at), action, subject, details->>'reason' FROM audit_log "
+            "WHERE actor = 'retrain' AND action IN ('candidate', 'rejected', 'failed', 'skipped') ORDER BY seq"
+        ).fetchall()
+        rated = cur.execute(
+            "SELECT epoch(c.created_at), c.user_id, c.variant, (l.rating = 1)::INT FROM chats c "
+            "JOIN latest_feedback l ON l.response_id = c.response_id AND l.user_id = c.user_id "
+            "LEFT JOIN experiments e ON e.experiment_id = c.experiment_id "
+            "WHERE e.challenger IS NULL OR c.variant <> e.challenger"
+        ).fetchall()
+        decisions = cur.execute(
+            "SELECT epoch(decided_at), decision, experiment_id, reason FROM decisions "
+            "WHERE decision IN ('promote', 'rollback') ORDER BY decided_at"
+        ).fetchall()
+        return history.days(runs, rated, decisions, tau=self.cfg.abtest.tau, alpha=self.cfg.abtest.alpha)
 
     def command(self, argv: list[str], actor: str) -> dict:
         """A read or admin `flywheel` command run here for a reviewer (`infra.remote`)."""

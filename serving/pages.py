@@ -98,3 +98,53 @@ def chart(decisions: list[dict]) -> dict:
         "threshold_y": ys(threshold),
         "yticks": [(y(v), f"{v:.0%}") for v in (0, 0.25, 0.5, 0.75, 1.0)],
     }
+
+
+MARKS = {"promote": "#2a7", "rollback": "#c33", "skipped": "#999", "rejected": "#e90", "failed": "#c33"}
+
+
+def days_chart(days: list[dict]) -> dict:
+    """Coordinates for the history chart: the live thumbs-up rate per day with its interval, and a mark per
+    promotion, rollback (during the day) and per night that skipped or rejected (at the day's end)."""
+    n = max(1, len(days) - 1)
+
+    def x(i: float) -> float:
+        return round(40 + (W - 60) * (i / n if len(days) > 1 else 0.5), 1)
+
+    def y(rate: float) -> float:
+        return round(10 + (H - 20) * (1 - rate), 1)
+
+    known = [(i, d) for i, d in enumerate(days) if d["up_rate"] is not None]
+    marks = []
+    for i, d in enumerate(days):
+        for k, e in enumerate(d["decisions"]):
+            marks.append(
+                {
+                    "x": x(i),
+                    "y": 22 + 12 * k,
+                    "kind": e["decision"],
+                    "color": MARKS[e["decision"]],
+                    "label": f"{e['decision']} {e['experiment']}",
+                }
+            )
+        night = d["night"]
+        if night and night["status"] != "candidate":
+            marks.append(
+                {
+                    "x": x(i + 0.5),
+                    "y": H - 16,
+                    "kind": night["status"],
+                    "color": MARKS[night["status"]],
+                    "label": f"night {d['day']}: {night['status']}",
+                }
+            )
+    return {
+        "line": " ".join(f"{x(i)},{y(d['up_rate'])}" for i, d in known),
+        "dots": [(x(i), y(d["up_rate"]), d["day"]) for i, d in known],
+        "band": " ".join(
+            [f"{x(i)},{y(d['ci'][1])}" for i, d in known if d["ci"]]
+            + [f"{x(i)},{y(d['ci'][0])}" for i, d in reversed(known) if d["ci"]]
+        ),
+        "marks": marks,
+        "yticks": [(y(v), f"{v:.0%}") for v in (0, 0.25, 0.5, 0.75, 1.0)],
+    }

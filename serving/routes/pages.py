@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from serving import ids
 from serving.deps import COOKIE, SESSION_S, Ctx, Reviewer
 from serving.middleware import client_address
-from serving.pages import BadDecision, H, W, chart, page, pct, redirect, summary
+from serving.pages import BadDecision, H, W, chart, days_chart, page, pct, redirect, summary
 
 router = APIRouter(include_in_schema=False)
 TARGETS = ("/review", "/ab")  # where signing in may lead (never an address a link chose)
@@ -55,7 +55,7 @@ def ab_page(ctx: Ctx, reviewer: Reviewer):
     for e in view["experiments"]:
         e["chart"] = chart(e["decisions"])
         e["latest"] = e["decisions"][-1] if e["decisions"] else None
-    return page("ab.html", reviewer=reviewer, pct=pct, W=W, H=H, **view)
+    return page("ab.html", reviewer=reviewer, pct=pct, W=W, H=H, days_chart=days_chart(view["days"]), **view)
 
 
 @router.post("/review/login")

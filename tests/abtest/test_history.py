@@ -1,0 +1,31 @@
+"""The history across nights: days end at the nightly runs; live answers only; marks where they happened."""
+
+from abtest import history
+
+
+def test_days_end_at_nightly_runs_and_carry_their_marks():
+    runs = [(100.0, "candidate", "v0001", None), (200.0, "skipped", None, "3 new approved samples, fewer than 20")]
+    rated = [(10.0 + i, f"u{i}", "base", int(i % 4 == 0)) for i in range(8)]  # day 1: base, 25% up
+    rated += [(150.0 + i, f"u{i}", "v0001", int(i % 4 != 0)) for i in range(8)]  # day 2: v0001, 75% up
+    rated += [(250.0, "u1", "v0001", 1)]  # day 3, after the skipped night
+    decisions = [(160.0, "promote", "exp-0001-v0001", "better")]
+    days = history.days(runs, rated, decisions, tau=0.05, alpha=0.05)
+    assert [d["day"] for d in days] == [1, 2, 3]
+    assert [d["up_rate"] for d in days] == [0.25, 0.75, 1.0] and [d["users"] for d in days] == [8, 8, 1]
+    assert days[0]["variants"] == ["base"] and days[1]["variants"] == ["v0001"]
+    assert days[0]["ci"][0] <= 0.25 <= days[0]["ci"][1]
+    assert days[0]["night"] == {"status": "candidate", "version": "v0001", "reason": None}
+    assert days[1]["decisions"] == [{"decision": "promote", "experiment": "exp-0001-v0001", "reason": "better"}]
+    assert days[1]["night"]["status"] == "skipped" and days[2]["night"] is None
+    assert history.days([], [], [], tau=0.05, alpha=0.05) == [
+        {
+            "day": 1,
+            "variants": [],
+            "users": 0,
+            "ratings": 0,
+            "up_rate": None,
+            "ci": None,
+            "decisions": [],
+            "night": None,
+        }
+    ]
