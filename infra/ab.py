@@ -103,6 +103,26 @@ def tick(cfg: Config, con, now=None) -> list[str]:
     return said
 
 
+def stop_experiment(cfg: Config, con, reason: str, now=None) -> str:
+    """End the running experiment by hand without a decision from the numbers: the challenger is rolled back
+    and the incumbent keeps serving (an ML lead's call, or the demo's night ending undecided). The numbers at
+    the moment it stopped are kept with the decision. Returns what happened."""
+    from abtest import experiment as ab
+
+    reason = reason.strip()
+    if not reason:
+        raise FlywheelError("say why the experiment is stopped (--reason): it goes into the audit log")
+    exp = ab.get(con)
+    if exp is None:
+        raise FlywheelError("no experiment is running")
+    numbers = ab.evaluate(con, exp, cfg.abtest, now=now).numbers
+    _apply(cfg, con, exp, ab.Evaluation("rollback", f"stopped: {reason}", numbers), now)
+    publish_routing(cfg, con)
+    said = f"{exp.experiment_id}: stopped ({reason}): {exp.challenger} rolled back, {exp.incumbent} serves"
+    log.info("abtest %s", said)
+    return said
+
+
 def _end_tainted_experiment(cfg: Config, con) -> list[str]:
     from abtest import experiment as ab
     from curation import audit

@@ -34,6 +34,19 @@ def ab_decide(ctx: typer.Context) -> None:
     typer.echo("\n".join(said) or "no experiment running and no candidate to start one with")
 
 
+@app.command("stop")
+def ab_stop(
+    ctx: typer.Context,
+    reason: Annotated[str, typer.Option("--reason", help="Why it is stopped (kept in the audit log).")],
+) -> None:
+    """End the running experiment now and keep the incumbent: the challenger is rolled back."""
+    from infra import ab
+
+    cfg = state(ctx).config()
+    with store(ctx) as con:
+        typer.echo(ab.stop_experiment(cfg, con, reason))
+
+
 @app.command("status")
 def ab_status(ctx: typer.Context) -> None:
     """The running experiment and what the numbers say now (nothing is changed)."""
