@@ -11,6 +11,7 @@ the base model's converted copy is shared with DATA_DIR/models.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -24,11 +25,14 @@ from pathlib import Path
 
 from abtest.routing import Routing
 from demo import store
-from demo.traffic import drive
+from demo.traffic import Traffic, drive
 from infra.config import Config, load_config
 from infra.control import Outcome
 
 log = logging.getLogger(__name__)
+
+# What each night of `flywheel demo --nights N` plays out (the first N of them).
+SCENARIOS = ("learn", "change")
 
 # The demo's settings on top of the embedded defaults; KEY=VALUE overrides on the command line win.
 DEMO_SETTINGS = [
@@ -95,6 +99,16 @@ def pii_leaks(folder: Path, people: list[store.Customer]) -> dict[str, int]:
 
 
 @dataclass
+class AbResult:
+    """How one night's A/B test ended, and the traffic of its rounds (ratings per variant and topic)."""
+
+    decision: str
+    reason: str
+    numbers: dict
+    traffic: Traffic
+
+
+@dataclass
 class Result:
     stages: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -107,6 +121,7 @@ class Result:
     leaks: dict[str, int] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    nights: list[dict] = field(default_factory=list)  # one record per night (Loop.record)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)  # the retrain Outcome is a dataclass too
@@ -121,14 +136,24 @@ class Loop:
         self.result, self.rng, self.clock = Result(), random.Random(seed), time.monotonic()
         self.reader = svc.con.cursor()
         self.traffic = None
+        self.world = store.TOPICS  # the store's policies; a night of the scenario may change them
+        self.night = 1
+        self.snap = None  # the latest snapshot
 
     def stage(self, name: str) -> None:
         now = time.monotonic()
-        self.result.stages[name] = round(now - self.clock, 1)
+        self.result.stages[name if self.night == 1 else f"night {self.night} {name}"] = round(now - self.clock, 1)
         self.clock = now
 
     def drive(self, tasks, seed: int):
-        return drive(self.svc.api.url, tasks, seed=seed, control=self.control, max_tokens=self.cfg.serving.max_tokens)
+        return drive(
+            self.svc.api.url,
+            tasks,
+            seed=seed,
+            control=self.control,
+            max_tokens=self.cfg.serving.max_tokens,
+            world=self.world,
+        )
 
     def wait_ingested(self):
         return wait_ingested(self.reader, self.traffic.answered, self.traffic.accepted)
@@ -136,7 +161,7 @@ class Loop:
     def base_traffic(self, agent_questions: int) -> None:
         """Traffic on the base model: every customer asks once, agents ask several times and correct."""
         people, echo = self.people, self.echo
-        tasks = [(p, self.rng.choice(store.TOPICS)) for p in people for _ in range(agent_questions if p.agent else 1)]
+        tasks = [(p, self.rng.choice(self.world)) for p in people for _ in range(agent_questions if p.agent else 1)]
         self.rng.shuffle(tasks)
         echo(
             f"traffic   {len(people)} simulated customers ({sum(p.agent for p in people)} support agents) ask "
@@ -171,6 +196,7 @@ class Loop:
                 f"snapshot  {snap.snapshot_id}: {snap.manifest['counts']['train']} train, "
                 f"{snap.manifest['counts']['eval']} eval rows"
             )
+        self.snap = snap
         return snap
 
     def retrain(self) -> Outcome:
@@ -187,12 +213,13 @@ class Loop:
         )
         return outcome
 
-    def ab_test(self, outcome: Outcome, rounds: int, stop) -> None:
+    def ab_test(self, outcome: Outcome, rounds: int, stop) -> AbResult:
         """Canary, then the live A/B test on the same population, evaluated after every round."""
         from abtest import experiment as ab
         from infra import ab as infra_ab
 
-        cfg, result, echo, api = self.cfg, self.result, self.echo, self.svc.api
+        cfg, echo, api = self.cfg, self.echo, self.svc.api
+        result = AbResult("not started", "no evaluation yet", {}, Traffic())
         echo(f"gates     artifact ok; offline: {_offline_line(outcome.metrics.get('offline', {}))}")
         exp = infra_ab.start_experiment(cfg, self.reader, outcome.version)
         wait_serving(api, cfg)
@@ -200,9 +227,11 @@ class Loop:
         for round_ in range(1, rounds + 1):
             if stop.is_set():
                 break
-            tasks = [(p, self.rng.choice(store.TOPICS)) for p in self.people]
+            tasks = [(p, self.rng.choice(self.world)) for p in self.people]
             self.rng.shuffle(tasks)
-            self.traffic.add(self.drive(tasks, self.seed * 1000 + round_))
+            mine = self.drive(tasks, self.seed * 1000 + self.night * 100 + round_)
+            result.traffic.add(mine)
+            self.traffic.add(mine)
             self.wait_ingested()
             said = infra_ab.tick(cfg, self.reader)
             last = ab.decisions(self.reader, exp.experiment_id)[-1]
@@ -216,6 +245,79 @@ class Loop:
             if result.decision in ("promote", "rollback"):
                 break
         self.stage("a/b")
+        return result
+
+    def live(self) -> str:
+        from retrain import registry
+
+        found = registry.live(self.reader)
+        return found["version"] if found else "base"
+
+    def record(self, scenario: str, live_before: str, day: Traffic, outcome: Outcome, ab: AbResult | None) -> dict:
+        """One night's figures for demo-summary.json: who served, how it was rated, what decided."""
+        if ab is None:
+            decision, reason = "skipped" if outcome.status == "skipped" else "rejected", outcome.reason
+        else:
+            decision, reason = ab.decision, ab.reason
+        night = {
+            "night": self.night,
+            "scenario": scenario,
+            "world": "changed" if self.world is store.CHANGED else "original",
+            "live_before": live_before,
+            "day": dict(zip(("ups", "ratings"), day.rate(live_before))),
+            "retrain": {k: getattr(outcome, k) for k in ("status", "version", "reason", "seconds")},
+            "decision": decision,
+            "decided_by": decided_by(outcome, decision, reason),
+            "reason": reason,
+            "arms": ab.numbers.get("arms") if ab else None,
+            "live_after": self.live(),
+            "topics": _topic_rates(ab.traffic if ab else day, store.CHANGED_NAMES),
+            "stages": {
+                k: v for k, v in self.result.stages.items() if k.startswith(f"night {self.night} ") or self.night == 1
+            },
+        }
+        self.result.nights.append(night)
+        return night
+
+    def next_night(self, scenario: str, agent_questions: int, rounds: int, stop) -> dict:
+        """A day of traffic on what serves, the nightly job, and an A/B test on the next day's traffic."""
+        from abtest import experiment as ab
+        from infra import ab as infra_ab
+
+        if ab.get(self.reader) is not None:  # the last night's A/B test ran out of rounds undecided
+            said = infra_ab.stop_experiment(
+                self.cfg, self.reader, f"night {self.night} ended undecided: the incumbent keeps serving"
+            )
+            self.echo(f"a/b       {said}")
+            wait_serving(self.svc.api, self.cfg)
+        self.night += 1
+        echo, live_before = self.echo, self.live()
+        if scenario == "change":
+            self.world = store.CHANGED
+            echo(
+                "world     the store changes its policies: returns 45 -> 30 days, shipping 3-5 -> 2-4 business "
+                "days, and price matching is new"
+            )
+        tasks = [
+            (p, self.rng.choice(self.world)) for p in self.people for _ in range(agent_questions if p.agent else 1)
+        ]
+        self.rng.shuffle(tasks)
+        day = self.drive(tasks, self.seed * 1000 + self.night * 100)
+        self.traffic.add(day)
+        self.wait_ingested()
+        self.stage("traffic")
+        changed = day.rate(live_before, store.CHANGED_NAMES)
+        echo(
+            f"night {self.night}   day traffic on {live_before}: {day.answered} answered, "
+            f"{_rate(*day.rate(live_before))} thumbs-up ({_rate(*changed)} on the changed topics), "
+            f"{day.corrections} corrections"
+        )
+        self.curate()
+        outcome = self.retrain()
+        ab = self.ab_test(outcome, rounds, stop) if outcome.status == "candidate" else None
+        night = self.record(scenario, live_before, day, outcome, ab)
+        echo(f"night {self.night}   {night['decision']} by {night['decided_by']}: {night['live_after']} serves")
+        return night
 
     def count(self, snap) -> None:
         """Counts at every hop."""
@@ -258,6 +360,7 @@ def run(
     users: int = 240,
     agent_questions: int = 4,
     ab_rounds: int = 4,
+    nights: int = 1,
     seed: int = 0,
     control: bool = False,
     keep_running: bool = False,
@@ -281,12 +384,21 @@ def run(
             f"started   {svc.kafka} at {svc.bootstrap}; DuckDB {cfg.db_path}; API {svc.api.url}/v1 on {cfg.base_model}"
         )
         loop.base_traffic(agent_questions)
-        snap = loop.curate()
+        day = copy.deepcopy(loop.traffic)
+        loop.curate()
         outcome = loop.retrain()
-        if outcome.status == "candidate":
-            loop.ab_test(outcome, ab_rounds, stop)
+        ab = loop.ab_test(outcome, ab_rounds, stop) if outcome.status == "candidate" else None
+        if ab is not None:
+            result.decision, result.reason, result.numbers = ab.decision, ab.reason, ab.numbers
         else:
             result.decision, result.reason = "not started", f"no candidate: {outcome.status} ({outcome.reason})"
+        if nights > 1:
+            loop.record(SCENARIOS[0], "base", day, outcome, ab)
+        for scenario in SCENARIOS[1:nights]:
+            if stop.is_set():
+                break
+            loop.next_night(scenario, agent_questions, ab_rounds, stop)
+        snap = loop.snap
         loop.count(snap)
         live = registry.live(loop.reader)
         if live:
@@ -298,6 +410,32 @@ def run(
     result.leaks = pii_leaks(cfg.data_dir, people)
     (cfg.data_dir / "demo-summary.json").write_text(json.dumps(result.as_dict(), indent=1, default=str) + "\n")
     return result
+
+
+def decided_by(outcome: Outcome, decision: str, reason: str | None) -> str:
+    """Which part of the loop made a night's decision."""
+    if outcome.status == "skipped":
+        return "skip"
+    if outcome.status != "candidate":
+        return "offline gate" if "offline" in (reason or "") else f"retrain ({outcome.status})"
+    if decision == "rollback" and (reason or "").startswith("guardrail"):
+        return "guardrail"
+    if decision == "rollback" and "tainted" in (reason or ""):
+        return "forget"
+    return "A/B" if decision in ("promote", "rollback") else "undecided"
+
+
+def _topic_rates(traffic: Traffic, changed: tuple[str, ...]) -> dict[str, dict]:
+    """Per variant: thumbs-up rate on the topics the world change touched and on the others."""
+    out = {}
+    for variant in sorted({v for v, _ in traffic.rated}):
+        on = traffic.rate(variant, changed)
+        off = [a - b for a, b in zip(traffic.rate(variant), on)]
+        out[variant] = {
+            "changed": {"ups": on[0], "ratings": on[1], "rate": round(on[0] / on[1], 4) if on[1] else None},
+            "unchanged": {"ups": off[0], "ratings": off[1], "rate": round(off[0] / off[1], 4) if off[1] else None},
+        }
+    return out
 
 
 def _rate(ups: int, n: int) -> str:
@@ -320,6 +458,38 @@ def _offline_line(off: dict) -> str:
     return ", ".join(parts) or "passed"
 
 
+def night_lines(nights: list[dict]) -> list[str]:
+    """Per night: who served, the arms with their intervals, the decision and who made it, the time; on the
+    night the world changed, both variants on the changed topics and the new one on the others."""
+    lines = []
+    for n in nights:
+        arms = n["arms"] or {}
+        ab = f"{_arm(arms['incumbent'])} | {_arm(arms['challenger'])}; " if arms else ""
+        minutes = sum(n["stages"].values()) / 60
+        lines.append(
+            f"night {n['night']} ({n['scenario']}): {ab}{n['decision']} by {n['decided_by']} -> {n['live_after']} "
+            f"serves ({minutes:.1f} min)"
+        )
+        if n["scenario"] == "change" and n["topics"]:
+            parts = [
+                f"{v} {_rate(t['changed']['ups'], t['changed']['ratings'])} of {t['changed']['ratings']}"
+                for v, t in n["topics"].items()
+            ]
+            lines.append("  on the changed topics: " + ", ".join(parts))
+            parts = [
+                f"{v} {_rate(t['unchanged']['ups'], t['unchanged']['ratings'])} of {t['unchanged']['ratings']}"
+                for v, t in n["topics"].items()
+            ]
+            first = nights[0]
+            before = first["topics"].get(first["live_after"], {}).get("unchanged", {})
+            who = "promoted adapter" if first["decision"] == "promote" else "live variant"
+            lines.append(
+                "  on the others: " + ", ".join(parts) + f" (night 1's {who} {first['live_after']}: "
+                f"{_rate(before.get('ups', 0), before.get('ratings', 0))})"
+            )
+    return lines
+
+
 def summary(result: Result, cfg: Config, control: bool) -> list[str]:
     """The closing report, one line each."""
     n = result.numbers.get("arms", {})
@@ -338,6 +508,7 @@ def summary(result: Result, cfg: Config, control: bool) -> list[str]:
                 f"[{lo:+.1%}, {hi:+.1%}]), mSPRT {result.numbers['msprt']:.3g} vs {result.numbers['threshold']:g}"
             )
     lines.append(f"decision: {result.decision}: {result.reason}")
+    lines += night_lines(result.nights)
     lines.append(
         "time: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())

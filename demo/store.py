@@ -12,6 +12,9 @@ every rating (the hidden preference):
 Support agents rate like strict customers and send the policy as a correction when an answer misses it.
 In the control world the agents' corrections are shuffled across topics: the loop must not promote what
 it learns from them.
+
+The world can change (`CHANGED`, the demo's second night): two policies change and a topic is added. An
+answer that still states a policy's old fact is then as wrong as another topic's policy.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Topic:
     policy: str  # what an agent writes as the correct answer
     fact: re.Pattern  # the policy's key fact, as it may be phrased in an answer
     questions: tuple[str, ...]  # {item} is filled in
+    stale: re.Pattern | None = None  # the fact this policy replaced: stating it is wrong
 
 
 TOPICS = (
@@ -138,6 +142,43 @@ TOPICS = (
         ),
     ),
 )
+
+
+def _changed() -> tuple[Topic, ...]:
+    """The store after its policy change: returns 45 -> 30 days, shipping 3-5 -> 2-4 business days, and a new
+    topic (price match)."""
+    new = {
+        "shipping": (
+            "Standard shipping takes 2 to 4 business days and is free on orders over $50.",
+            re.compile(r"\b2\s*(-|–|to)\s*4 business days", re.I),
+        ),
+        "returns": (
+            "You can return any item within 30 days for a full refund, and the return label is free.",
+            re.compile(r"\b30[\s-]*days?\b|thirty days", re.I),
+        ),
+    }
+    topics = [Topic(t.name, *new[t.name], t.questions, stale=t.fact) if t.name in new else t for t in TOPICS]
+    topics.append(
+        Topic(
+            "price_match",
+            "We match any lower price you find for the same item within 14 days of your purchase.",
+            re.compile(r"\b(14|fourteen) days\b", re.I),
+            (
+                "Do you price match?",
+                "I found {item} cheaper elsewhere, can you match it?",
+                "Will you refund the difference if {item} goes on sale?",
+                "Another shop sells {item} for less, what can you do?",
+                "Is there a price guarantee on {item}?",
+                "Can I get the lower price I saw for {item}?",
+            ),
+        )
+    )
+    return tuple(topics)
+
+
+CHANGED = _changed()
+CHANGED_NAMES = ("shipping", "returns", "price_match")  # what the change touched: policies changed or new
+
 ITEMS = (
     "a rain jacket",
     "hiking boots",
@@ -243,10 +284,12 @@ def question(rng: random.Random, who: Customer, topic: Topic) -> str:
     return q
 
 
-def judge(topic: Topic, answer: str, who: Customer) -> int:
-    """The hidden preference: +1 (thumbs-up) or -1."""
+def judge(topic: Topic, answer: str, who: Customer, world: tuple[Topic, ...] = TOPICS) -> int:
+    """The hidden preference in `world`: +1 (thumbs-up) or -1."""
     right = bool(topic.fact.search(answer))
-    wrong = any(t.fact.search(answer) for t in TOPICS if t is not topic)
+    wrong = any(t.fact.search(answer) for t in world if t.name != topic.name) or any(
+        t.stale.search(answer) for t in world if t.stale is not None
+    )
     if right and not wrong:
         return 1
     if right or wrong:
@@ -254,8 +297,8 @@ def judge(topic: Topic, answer: str, who: Customer) -> int:
     return 1 if who.lenient and not who.agent else -1
 
 
-def correction(topic: Topic, rng: random.Random, control: bool) -> str:
+def correction(topic: Topic, rng: random.Random, control: bool, world: tuple[Topic, ...] = TOPICS) -> str:
     """What an agent writes: the store's policy, or in the control world another topic's."""
     if control:
-        return rng.choice([t for t in TOPICS if t is not topic]).policy
+        return rng.choice([t for t in world if t.name != topic.name]).policy
     return topic.policy

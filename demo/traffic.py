@@ -26,11 +26,20 @@ class Traffic:
     accepted: int = 0
     corrections: int = 0
     errors: list[str] = field(default_factory=list)
+    rated: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (variant, topic) -> [ups, ratings]
 
     def add(self, other: Traffic) -> None:
         for name in ("sent", "answered", "failed", "ratings", "ups", "accepted", "corrections"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors += other.errors
+        for key, (ups, n) in other.rated.items():
+            mine = self.rated.setdefault(key, [0, 0])
+            mine[0], mine[1] = mine[0] + ups, mine[1] + n
+
+    def rate(self, variant: str, topics: tuple[str, ...] | None = None) -> tuple[int, int]:
+        """(ups, ratings) of `variant`'s answers, on `topics` only when given."""
+        pairs = [v for (var, t), v in self.rated.items() if var == variant and (topics is None or t in topics)]
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
 
 
 def send_feedback(http, body: dict, mine: Traffic) -> None:
@@ -57,6 +66,7 @@ def drive(
     max_tokens: int,
     workers: int = 24,
     rate_share: float = 0.85,
+    world: tuple[store.Topic, ...] = store.TOPICS,
 ) -> Traffic:
     """Each task: one customer asks one question through the openai client, then (usually) rates it; agents
     always rate and correct a missed answer. Tasks run `workers` at a time, like many app sessions."""
@@ -92,12 +102,13 @@ def drive(
         else:
             mine.answered = 1
             answer = reply.choices[0].message.content or ""
-            rating = store.judge(topic, answer, who) if who.agent or rng.random() < rate_share else None
+            rating = store.judge(topic, answer, who, world) if who.agent or rng.random() < rate_share else None
             if rating is not None:
                 body = {"response_id": reply.id, "rating": "up" if rating > 0 else "down"}
                 if who.agent and rating < 0:
-                    body["correction"] = store.correction(topic, rng, control)
+                    body["correction"] = store.correction(topic, rng, control, world)
                 mine.ratings, mine.ups = 1, int(rating > 0)
+                mine.rated[(reply.model, topic.name)] = [mine.ups, 1]
                 send_feedback(local.http, body, mine)
         with lock:
             total.add(mine)

@@ -73,10 +73,26 @@ def demo(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the simulated population and its questions.")] = 0,
+    nights: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Nights to play, each a day of traffic, the nightly job and an A/B test: 1 learns the store's "
+            "policies; 2 then changes two of them and adds a topic (the promoted adapter must follow).",
+        ),
+    ] = 1,
 ) -> None:
     """The whole loop on the real base model: simulated customers chat and rate through the API, then
     ingest, curation (policy auto), retraining, gates, a canary and a live A/B test decide."""
     from demo import run as demo_run
+
+    if nights > len(demo_run.SCENARIOS):
+        raise FlywheelError(
+            f"--nights {nights}: the scenario has {len(demo_run.SCENARIOS)} nights so far "
+            f"({', '.join(demo_run.SCENARIOS)}); poisoning and erasure nights are not built yet"
+        )
+    if nights > 1 and control:
+        raise FlywheelError("--control plays one night: its corrections are noise, so there is nothing to change")
 
     st = state(ctx)
     base = st.config()
@@ -95,10 +111,18 @@ def demo(
             f"{math.ceil(1 / cfg.curation.max_user_share)} users"
         )
     demo_run.prepare_data_dir(cfg, ensure_data_dir(base.data_dir) / "models")
-    typer.echo(f"demo      data in {cfg.data_dir} (emptied first); settings: {' '.join(demo_run.DEMO_SETTINGS)}")
+    settings = " ".join([*demo_run.DEMO_SETTINGS, *st.overrides])
+    typer.echo(f"demo      data in {cfg.data_dir} (emptied first); settings: {settings}")
     with StopSignal() as stop:
         result = demo_run.run(
-            cfg, users=users, control=control, keep_running=keep_running, seed=seed, echo=typer.echo, stop=stop.event
+            cfg,
+            users=users,
+            nights=nights,
+            control=control,
+            keep_running=keep_running,
+            seed=seed,
+            echo=typer.echo,
+            stop=stop.event,
         )
     for line in demo_run.summary(result, cfg, control):
         typer.echo(line)
@@ -108,6 +132,9 @@ def demo(
         raise typer.Exit(1)
     if not control and not promoted:
         typer.echo("flywheel: the loop did not promote a better adapter this time (see the decision above)", err=True)
+        raise typer.Exit(1)
+    if missed := [n["night"] for n in result.nights[1:] if n["decision"] != "promote"]:
+        typer.echo(f"flywheel: night {missed[0]} did not promote an adapter that follows the change", err=True)
         raise typer.Exit(1)
 
 

@@ -53,3 +53,22 @@ def test_the_canary_scan_finds_a_leaked_value_and_skips_the_model_copy(tmp_path)
     (tmp_path / "snapshots").mkdir()
     (tmp_path / "snapshots" / "train.parquet").write_bytes(b"x" + people[1].email.encode() + people[2].phone.encode())
     assert run.pii_leaks(tmp_path, people) == {"email": 1, "phone": 1}
+
+
+def test_after_the_change_the_old_facts_are_wrong_and_the_new_ones_right():
+    people = store.population(40, 0)
+    lenient = next(p for p in people if p.lenient and not p.agent)
+    old = {t.name: t for t in store.TOPICS}
+    new = {t.name: t for t in store.CHANGED}
+    assert set(new) - set(old) == {"price_match"} and set(store.CHANGED_NAMES) <= set(new)
+    for name in ("returns", "shipping"):
+        # Even a lenient customer rejects the old fact now, and everyone likes the new policy.
+        assert store.judge(new[name], old[name].policy, lenient, store.CHANGED) == -1
+        assert store.judge(old[name], old[name].policy, lenient) == 1  # before the change it was right
+    for t in store.CHANGED:
+        assert store.judge(t, t.policy, lenient, store.CHANGED) == 1, t.name
+        assert store.correction(t, random.Random(0), False, store.CHANGED) == t.policy
+    # An unchanged topic's answer that mentions the old returns window is wrong too.
+    assert (
+        store.judge(new["warranty"], new["warranty"].policy + " " + old["returns"].policy, lenient, store.CHANGED) == -1
+    )
