@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+import pytest
+
 from curation import filters
 from curation.config import CurationConfig
 from curation.curate import Sample, apply_filters
@@ -156,3 +158,18 @@ def test_a_correction_that_rewrites_an_earlier_answer_supersedes_it_and_unrelate
     assert sorted(found) == [0, 1] and "revised by a later correction" in found[0]
     # (index 5 states the old policy after the revision: a later thumbs-up, not contradicted by newer feedback)
     assert filters.superseded(answers, labels, sources, 0.9, newest=5, revision=0.95) == {}  # rewrites need 95%
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_rewrite_just_above_the_revision_similarity_is_always_found(seed):
+    """3-5 -> 2-4 business days leaves 8 of 18 word 3-grams shared (0.44): a MinHash estimate of that falls
+    below 0.4 now and then; the exact similarity of the candidates decides, whatever the texts' order."""
+    old = "Standard shipping takes 3 to 5 business days and is free on orders over $50."
+    new = "Standard shipping takes 2 to 4 business days and is free on orders over $50."
+    fillers = [f"Answer number {i} about topic {seed} and something else entirely {i * seed}." for i in range(seed)]
+    answers = [*fillers, old, new]
+    found = filters.superseded(
+        answers, ["desirable"] * len(answers), ["correction"] * len(answers), 0.9, newest=5, revision=0.4
+    )
+    assert list(found) == [seed] and "44% alike" in found[seed]
+    assert filters.superseded([old, new], ["desirable"] * 2, ["correction"] * 2, 0.9, newest=5, revision=0.45) == {}
