@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]{1,40}>")
@@ -86,7 +86,7 @@ def languages(texts: list[str], allowed: list[str]) -> list[tuple[str | None, fl
 
 
 def _shingles(text: str, tag: str) -> list[bytes]:
-    words = re.findall(r"\w+|<[A-Z_]+>", text.lower())
+    words = _words(text)
     if len(words) < 3:
         return [f"{tag}{' '.join(words)}".encode()]
     return [f"{tag}{words[i]} {words[i + 1]} {words[i + 2]}".encode() for i in range(len(words) - 2)]
@@ -165,11 +165,37 @@ def superseded(
     for r, members in texts.items():
         if found := [i for i in members if sources[i] == "correction"]:
             last_correction[r] = found[-1]
+    holding: dict[bytes, set[int]] = defaultdict(set)  # word 3-gram -> the texts that state it
+    for r in texts:
+        for g in set(_shingles(answers[r], "a:")):
+            holding[g].add(r)
     for r, c, similar in _revisions(answers, list(texts), set(last_correction), threshold, revision):
-        why = f"superseded: revised by a later correction ({similar:.0%} alike)"
         later = last_correction[c]
+        why = f"superseded: revised by a later correction ({similar:.0%} alike)"
         out.update({i: why for i in texts[r] if labels[i] == "desirable" and i < later and i not in out})
+        # What the revision took out ("within 45 days" when 45 became 30) is wrong in any wording: earlier
+        # desirable texts that state at least two of its removed 3-grams go too.
+        gone = set(_words(answers[r])) - set(_words(answers[c]))
+        stale = [g for g in set(_shingles(answers[r], "a:")) - set(_shingles(answers[c], "a:")) if _has(g, gone)]
+        hits: Counter[int] = Counter(t for g in stale for t in holding[g] if t not in (r, c))
+        why = f"superseded: states what a later correction revised ({_quote(answers[r], gone)})"
+        for t, n in hits.items():
+            if n >= min(2, len(stale)):
+                out.update({i: why for i in texts[t] if labels[i] == "desirable" and i < later and i not in out})
     return out
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+|<[A-Z_]+>", text.lower())
+
+
+def _has(shingle: bytes, words: set[str]) -> bool:
+    return any(w in words for w in shingle.decode()[2:].split())
+
+
+def _quote(text: str, gone: set[str]) -> str:
+    """The revised text's removed words, for the reason."""
+    return "removed: " + " ".join(w for w in dict.fromkeys(_words(text)) if w in gone)
 
 
 def _revisions(

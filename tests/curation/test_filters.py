@@ -173,3 +173,19 @@ def test_a_rewrite_just_above_the_revision_similarity_is_always_found(seed):
     )
     assert list(found) == [seed] and "44% alike" in found[seed]
     assert filters.superseded([old, new], ["desirable"] * 2, ["correction"] * 2, 0.9, newest=5, revision=0.45) == {}
+
+
+def test_an_earlier_answer_that_states_what_a_revision_removed_is_superseded_in_any_wording():
+    """Returns went from 45 to 30 days: a thumbs-up answer that said "within 45 days" in its own words is
+    as stale as the old policy text; one that shares only generic words with it stays, and so does a
+    thumbs-up that comes after the revision."""
+    paraphrase = "We take returns within 45 days for a full refund, and we can exchange it free of charge."
+    generic = "You can return any item for a full refund if it is unused."
+    other = "All our gear carries a 2-year warranty against defects; we repair or replace it."
+    answers = [paraphrase, generic, other, OLD, NEW, paraphrase]
+    labels = ["desirable"] * 6
+    sources = ["rating", "rating", "rating", "correction", "correction", "rating"]
+    found = filters.superseded(answers, labels, sources, 0.9, newest=5, revision=0.4)
+    assert sorted(found) == [0, 3]
+    assert "states what a later correction revised (removed: 45)" in found[0]
+    assert "revised by a later correction" in found[3]
