@@ -286,7 +286,7 @@ class Loop:
 
         if ab.get(self.reader) is not None:  # the last night's A/B test ran out of rounds undecided
             said = infra_ab.stop_experiment(
-                self.cfg, self.reader, f"night {self.night} ended undecided: the incumbent keeps serving"
+                self.cfg, self.reader, f"night {self.night} ended undecided: the incumbent keeps serving", "demo"
             )
             self.echo(f"a/b       {said}")
             wait_serving(self.svc.api, self.cfg)

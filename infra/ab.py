@@ -54,7 +54,7 @@ def start_experiment(cfg: Config, con, challenger: str, now=None):
     return exp
 
 
-def _apply(cfg: Config, con, exp, ev, now=None) -> None:
+def _apply(cfg: Config, con, exp, ev, now=None, actor: str = "abtest") -> None:
     """The decision and the registry's status changes, in one transaction."""
     from abtest import experiment as ab
     from curation import audit
@@ -70,7 +70,7 @@ def _apply(cfg: Config, con, exp, ev, now=None) -> None:
         elif ev.decision == "rollback":
             registry.set_status(con, exp.challenger, "rolled_back", ev.reason)
         if ev.decision != "continue":
-            audit.append(con, "abtest", ev.decision, exp.experiment_id, {"reason": ev.reason})
+            audit.append(con, actor, ev.decision, exp.experiment_id, {"reason": ev.reason})
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -103,10 +103,10 @@ def tick(cfg: Config, con, now=None) -> list[str]:
     return said
 
 
-def stop_experiment(cfg: Config, con, reason: str, now=None) -> str:
+def stop_experiment(cfg: Config, con, reason: str, actor: str, now=None) -> str:
     """End the running experiment by hand without a decision from the numbers: the challenger is rolled back
     and the incumbent keeps serving (an ML lead's call, or the demo's night ending undecided). The numbers at
-    the moment it stopped are kept with the decision. Returns what happened."""
+    the moment it stopped are kept with the decision, and `actor` in the audit log. Returns what happened."""
     from abtest import experiment as ab
 
     reason = reason.strip()
@@ -116,7 +116,7 @@ def stop_experiment(cfg: Config, con, reason: str, now=None) -> str:
     if exp is None:
         raise FlywheelError("no experiment is running")
     numbers = ab.evaluate(con, exp, cfg.abtest, now=now).numbers
-    _apply(cfg, con, exp, ab.Evaluation("rollback", f"stopped: {reason}", numbers), now)
+    _apply(cfg, con, exp, ab.Evaluation("rollback", f"stopped by {actor}: {reason}", numbers), now, actor)
     publish_routing(cfg, con)
     said = f"{exp.experiment_id}: stopped ({reason}): {exp.challenger} rolled back, {exp.incumbent} serves"
     log.info("abtest %s", said)

@@ -129,7 +129,7 @@ class ForgetRequest(BaseModel):
 
 # The `flywheel` commands a reviewer may run in the service (`infra.remote`): reads, reviews, A/B decisions, erasure.
 REMOTE_COMMANDS = (
-    "ab status", "ab report", "ab decide", "review list", "review approve", "review reject", "adapters list",
+    "ab status", "ab report", "ab decide", "ab stop", "review list", "review approve", "review reject", "adapters list",
     "adapters history", "forget", "db info", "audit show", "audit verify",
 )  # fmt: skip
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from infra.commands.common import state, store
+from infra.commands.common import actor_of, state, store
 
 app = typer.Typer(help="Live A/B experiments: a candidate adapter against the live one.", no_args_is_help=True)
 
@@ -38,13 +38,15 @@ def ab_decide(ctx: typer.Context) -> None:
 def ab_stop(
     ctx: typer.Context,
     reason: Annotated[str, typer.Option("--reason", help="Why it is stopped (kept in the audit log).")],
+    actor: Annotated[str | None, typer.Option(help="Your identity (default: cli:<login>).")] = None,
 ) -> None:
     """End the running experiment now and keep the incumbent: the challenger is rolled back."""
     from infra import ab
 
     cfg = state(ctx).config()
+    who = actor_of(ctx, actor)
     with store(ctx) as con:
-        typer.echo(ab.stop_experiment(cfg, con, reason))
+        typer.echo(ab.stop_experiment(cfg, con, reason, who))
 
 
 @app.command("status")

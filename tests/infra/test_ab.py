@@ -51,21 +51,21 @@ def test_stopping_an_experiment_rolls_the_challenger_back_and_keeps_the_incumben
             path=str(tmp_path / version), metrics={},
         )  # fmt: skip
     with pytest.raises(FlywheelError, match="no experiment is running"):
-        ab.stop_experiment(cfg, db, "nothing to stop")
+        ab.stop_experiment(cfg, db, "nothing to stop", "lead")
     exp = ab.start_experiment(cfg, db, "v0002")
     with pytest.raises(FlywheelError, match="--reason"):
-        ab.stop_experiment(cfg, db, "  ")
+        ab.stop_experiment(cfg, db, "  ", "lead")
     assert experiment.get(db) is not None  # a refused stop changes nothing
 
-    said = ab.stop_experiment(cfg, db, "the night ended undecided")
+    said = ab.stop_experiment(cfg, db, "the night ended undecided", "cli:lead")
 
     assert "v0002 rolled back" in said
     assert experiment.get(db) is None and experiment.get(db, exp.experiment_id).status == "rolled_back"
     last = experiment.decisions(db, exp.experiment_id)[-1]
-    assert last["decision"] == "rollback" and last["reason"] == "stopped: the night ended undecided"
+    assert last["decision"] == "rollback" and last["reason"] == "stopped by cli:lead: the night ended undecided"
     assert "arms" in last["numbers"]
     assert registry.get(db, "v0002")["status"] == "rolled_back" and registry.live(db)["version"] == "v0001"
     assert Routing.read(tmp_path / "routing.json").split == (("v0001", 1.0),)
     newest = audit.entries(db, limit=1)[0]
-    assert (newest["action"], newest["subject"]) == ("rollback", exp.experiment_id)
+    assert (newest["actor"], newest["action"], newest["subject"]) == ("cli:lead", "rollback", exp.experiment_id)
     assert "the night ended undecided" in newest["details"]["reason"]

@@ -72,6 +72,8 @@ def test_commands_go_through_the_running_service_with_the_same_output(seeded):
         assert unknown.returncode == 2 and "no-such-sample" in unknown.stderr
         decided = flywheel("ab", "decide", env=keyed)  # the service's own A/B step, run now
         assert decided.returncode == 0 and "no experiment running" in decided.stdout, decided.stderr
+        stopped = flywheel("ab", "stop", "--reason", "enough", env=keyed)  # reaches the service, which says why not
+        assert stopped.returncode == 2 and "no experiment is running" in stopped.stderr, stopped.stderr
         forgot = flywheel("forget", "--app", "store", "--user", "user-001", env=keyed)
         assert forgot.returncode == 0 and "compaction pending" in forgot.stdout
         after = flywheel("review", "list", env=keyed).stdout
