@@ -11,14 +11,19 @@ from infra.errors import FlywheelError
 from retrain import registry
 
 
-def test_an_adapter_serving_could_not_load_is_failed_and_the_incumbent_serves_alone(db, tmp_path):
-    cfg = Config(data_dir=tmp_path)
+def live_and_candidate(db, tmp_path) -> Config:
+    """v0001 live, v0002 a candidate, both with a folder; the config of that data dir."""
     for version, status in (("v0001", "live"), ("v0002", "candidate")):
         (tmp_path / version).mkdir()
         registry.register(
             db, version, status=status, parent=None, base_model="b", base_hash=None, snapshot_id=None,
             path=str(tmp_path / version), metrics={},
         )  # fmt: skip
+    return Config(data_dir=tmp_path)
+
+
+def test_an_adapter_serving_could_not_load_is_failed_and_the_incumbent_serves_alone(db, tmp_path):
+    cfg = live_and_candidate(db, tmp_path)
     exp = ab.start_experiment(cfg, db, "v0002")
     assert "v0002" in Routing.read(tmp_path / "routing.json").adapters
 
@@ -43,13 +48,7 @@ def test_a_live_adapter_is_never_marked_failed_by_a_reload(db, tmp_path):
 
 
 def test_stopping_an_experiment_rolls_the_challenger_back_and_keeps_the_incumbent(db, tmp_path):
-    cfg = Config(data_dir=tmp_path)
-    for version, status in (("v0001", "live"), ("v0002", "candidate")):
-        (tmp_path / version).mkdir()
-        registry.register(
-            db, version, status=status, parent=None, base_model="b", base_hash=None, snapshot_id=None,
-            path=str(tmp_path / version), metrics={},
-        )  # fmt: skip
+    cfg = live_and_candidate(db, tmp_path)
     with pytest.raises(FlywheelError, match="no experiment is running"):
         ab.stop_experiment(cfg, db, "nothing to stop", "lead")
     exp = ab.start_experiment(cfg, db, "v0002")
