@@ -33,7 +33,13 @@ class AbtestConfig(Section):
     min_duration_s: float = Field(3600, ge=0, description="No decision before the experiment ran this long.")
     max_duration_s: float = Field(14 * 86400, gt=0, description="Inconclusive after this long: keep the incumbent.")
     latency_margin: float = Field(
-        0.25, ge=0, description="Guardrail: challenger p95 latency at most this much above the incumbent's (relative)."
+        0.25,
+        ge=0,
+        description="Guardrail: challenger latency at most this much above the incumbent's p95 of the same window "
+        "(relative); a breach is more than 5% of challenger answers over it, significant at alpha.",
+    )
+    latency_window_s: float = Field(
+        60, gt=0, description="The latency guardrail compares the arms within windows this long (load moves both arms)."
     )
     rating_rate_margin: float = Field(
         0.10, ge=0, description="Guardrail: share of answers rated at most this much below the incumbent's (absolute)."

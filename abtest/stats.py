@@ -83,5 +83,14 @@ def srm_p(observed: list[int], expected_share: list[float]) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) >= k)."""
+    if k <= 0:
+        return 1.0
+    i = np.arange(k, n + 1)
+    log_comb = math.lgamma(n + 1) - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
+    return float(np.exp(log_comb + i * math.log(p) + (n - i) * math.log1p(-p)).sum())
+
+
 def p95(values: np.ndarray) -> float:
     return float(np.percentile(values, 95)) if len(values) else float("nan")

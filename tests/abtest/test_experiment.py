@@ -233,3 +233,44 @@ def test_the_history_across_nights_marks_promotions_and_skips_in_chromium(db, tw
         lineage = browser.find_element(By.CSS_SELECTOR, "table.lineage").text
         assert "v0002 base" in lineage and "live" in lineage
         browser.save_screenshot(str(cfg.data_dir / "nights.png"))
+
+
+@pytest.mark.parametrize(("challenger_busy", "breached"), [((18_000, 22_000), False), ((30_000, 34_000), True)])
+def test_latency_is_compared_within_the_same_minute(db, two_adapters, scrub_pool, challenger_busy, breached):
+    """A busy minute slows both arms (they share the server's batches). A small challenger arm with more of
+    its answers in that minute has the larger overall p95 (21 s against 12 s, over the 25% margin): that is
+    not the challenger's doing. Slower than the incumbent within the same minute is."""
+    from abtest import experiment as ab
+
+    cfg = two_adapters
+    ab_.tick(cfg, db)
+    exp, rng, now = ab.get(db), random.Random(2), datetime.now(UTC)
+    quiet, busy = now - timedelta(seconds=70), now - timedelta(seconds=5)  # two different minutes
+    plan = [
+        (exp.incumbent, quiet, (8_000, 12_000), 380),
+        (exp.incumbent, busy, (18_000, 22_000), 20),
+        (exp.challenger, quiet, (8_000, 12_000), 10),
+        (exp.challenger, busy, challenger_busy, 20),
+    ]
+    events, u = [], 0
+    for variant, at, (lo, hi), n in plan:
+        for _ in range(n):
+            c = chat(f"user-{u:04d}", f"Question {u}?", f"Answer from {variant}.").model_copy(
+                update={
+                    "variant": variant,
+                    "experiment_id": exp.experiment_id,
+                    "latency_ms": rng.uniform(lo, hi),
+                    "created_at": at,
+                }
+            )
+            events += [c, rate(c, 1)]
+            u += 1
+    store(db, events, scrub_pool.scrub)
+
+    numbers = ab.evaluate(db, exp, cfg.abtest).numbers
+    arms = numbers["arms"]
+    assert arms["challenger"]["p95_latency_ms"] > 1.25 * arms["incumbent"]["p95_latency_ms"]  # the bare p95s
+    latency = next(g for g in numbers["guardrails"] if g["name"] == "p95 latency")
+    assert latency["ok"] is not breached, latency["why"]
+    if breached:
+        assert latency["why"].startswith("p95 latency: 20 of 30 challenger answers took over 1.25x")

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from abtest import stats
 
@@ -130,3 +131,10 @@ def test_the_smallest_arm_the_config_accepts_keeps_a_a_false_decisions_under_alp
     with pytest.raises(pydantic.ValidationError, match=f"use {MIN_USERS_PER_ARM} or more"):
         AbtestConfig(min_users_per_arm=MIN_USERS_PER_ARM - 1)
     assert AbtestConfig(min_users_per_arm=MIN_USERS_PER_ARM).min_users_per_arm == MIN_USERS_PER_ARM
+
+
+def test_binomial_tail_matches_the_sum_of_exact_terms_and_stays_finite_for_large_n():
+    for n, k, p in [(27, 5, 0.05), (10, 0, 0.05), (10, 11, 0.05), (60, 3, 0.05), (1, 1, 0.5)]:
+        exact = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+        assert stats.binomial_sf(k, n, p) == pytest.approx(exact, rel=1e-9, abs=1e-15)
+    assert 0 < stats.binomial_sf(600, 10_000, 0.05) < 1e-3 < stats.binomial_sf(500, 10_000, 0.05)
