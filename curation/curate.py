@@ -281,8 +281,8 @@ def _auto_approve(con: DuckDBPyConnection, sample_ids: list[str], cfg: CurationC
 
 
 def run(con: DuckDBPyConnection, cfg: CurationConfig, actor: str = "system") -> Report:
-    """Recompute candidates and filters, upsert samples, apply the review policy to new ones; one
-    transaction, one audit entry."""
+    """Recompute candidates and filters, upsert samples, apply the review policy to the kept ones that wait;
+    one transaction, one audit entry."""
     samples, report = candidates(con, cfg)
     report.per_user_cap = apply_filters(samples, cfg) if samples else 0
     report.samples = len(samples)
@@ -308,9 +308,11 @@ def run(con: DuckDBPyConnection, cfg: CurationConfig, actor: str = "system") -> 
                 scores = excluded.scores, keep = excluded.keep, reason = excluded.reason
         """)
         con.unregister("_samples")
-        new = [s for s in samples if s.sample_id not in existing]
-        report.new = len(new)
-        auto = sorted(s.sample_id for s in new if s.reason is None and not needs_review(s.sample_id, cfg))
+        report.new = sum(1 for s in samples if s.sample_id not in existing)
+        # The policy decides every kept sample that waits: new ones, ones that changed (re-rated), and ones a
+        # filter dropped before and keeps now (a cap that grew, a supersession undone by newer thumbs-up).
+        waiting = con.execute("SELECT sample_id FROM samples WHERE keep AND status = 'pending'").fetchall()
+        auto = sorted(sid for (sid,) in waiting if not needs_review(sid, cfg))
         if auto:
             _auto_approve(con, auto, cfg)
         report.auto_approved = len(auto)

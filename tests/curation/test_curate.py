@@ -44,6 +44,21 @@ def test_review_policies_and_decisions_are_audited_with_the_reviewer(db, put):
     entry = [e for e in audit.entries(db) if e["action"] == "approve"][0]
     assert entry["actor"] == "policy:auto" and entry["details"]["policy"] == "auto"
 
+    # A kept sample that waits again (its user re-rated it) or for the first time (a filter dropped it before)
+    # is the policy's to decide too: under auto nothing is left pending.
+    first = db.execute(
+        "SELECT sample_id, chat_event_id FROM samples WHERE keep AND source = 'rating' LIMIT 1"
+    ).fetchone()
+    db.execute("UPDATE samples SET answer = 'an older answer' WHERE sample_id = ?", [first[0]])  # re-rated
+    db.execute(
+        "UPDATE samples SET keep = false, reason = 'cap', status = 'pending' WHERE sample_id IN "
+        "(SELECT sample_id FROM samples WHERE keep AND sample_id <> ? ORDER BY sample_id LIMIT 3)",
+        [first[0]],
+    )
+    again = curate.run(db, CurationConfig(review_policy="auto"))
+    assert again.new == 0 and again.auto_approved >= 4 and again.pending == 0
+    assert db.execute("SELECT count(*) FROM samples WHERE keep AND status <> 'approved'").fetchone() == (0,)
+
     db.execute("DELETE FROM reviews; DELETE FROM samples")
     sampled = curate.run(db, CurationConfig(review_policy="sample", review_sample_share=0.3))
     assert 0 < sampled.pending < sampled.kept and sampled.auto_approved + sampled.pending == sampled.kept
