@@ -325,7 +325,8 @@ class Loop:
         self.wait_ingested()
         row = self.reader.execute(
             "SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM feedback), "
-            "(SELECT count(*) FROM samples WHERE keep), (SELECT count(*) FROM samples WHERE status = 'approved'), "
+            "(SELECT count(*) FROM samples WHERE keep), "
+            "(SELECT count(*) FROM samples WHERE keep AND status = 'approved'), "  # not ones superseded since
             "(SELECT count(*) FROM pii_findings)"
         ).fetchone()
         counts = snap.manifest["counts"] if snap else {}

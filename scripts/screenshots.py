@@ -1,4 +1,5 @@
-"""PNG screenshots of the review page and the A/B dashboard of a running Flywheel, in headless Chromium.
+"""PNG screenshots of the review page and the A/B dashboard of a running Flywheel, in headless Chromium,
+and of the dashboard's history across nights alone (ab-history.png).
 
     flywheel demo --keep-running &        # wait for its "running" line, then:
     .venv/bin/python scripts/screenshots.py http://127.0.0.1:8000 docs/
@@ -16,7 +17,7 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", help="Base URL of the API, e.g. http://127.0.0.1:8000")
-    parser.add_argument("out", type=Path, help="Folder for review.png and ab-dashboard.png")
+    parser.add_argument("out", type=Path, help="Folder for review.png, ab-dashboard.png and ab-history.png")
     parser.add_argument("--key", default="flywheel-review-key", help="A reviewer key from serving.admin_keys")
     args = parser.parse_args()
 
@@ -53,6 +54,8 @@ def main() -> None:
             driver.set_window_size(1280, min(max(height + 40, 800), 4000))
             driver.save_screenshot(str(args.out / name))
             print(args.out / name)
+        driver.find_element(By.ID, "nights").screenshot(str(args.out / "ab-history.png"))
+        print(args.out / "ab-history.png")
     finally:
         driver.quit()
 

@@ -1,6 +1,7 @@
-"""`flywheel demo`, shortened (fewer customers, a few training steps), on the real SmolLM2-135M: every stage
-runs, the counts agree from the API through Kafka and DuckDB to the snapshot, no canary PII value reaches
-any file or log, and the A/B test records a decision."""
+"""`flywheel demo --nights 2`, shortened (40 customers), on the real SmolLM2-135M: every stage runs, the
+counts agree from the API through Kafka and DuckDB to the snapshot, no canary PII value reaches any file or
+log, the A/B tests record decisions, and after the store changes its policies the second night's adapter
+states the new ones."""
 
 import json
 import os
@@ -27,10 +28,10 @@ SHORT = [
 
 
 @pytest.mark.slow
-def test_a_short_demo_closes_the_loop(tmp_path):
+def test_a_short_two_night_demo_closes_the_loop_and_follows_a_change(tmp_path):
     env = {**os.environ, "FLYWHEEL_DATA_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "demo", "--users", "40", *SHORT],
+        [sys.executable, "-m", "infra.cli", "demo", "--users", "40", "--nights", "2", *SHORT],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -40,11 +41,17 @@ def test_a_short_demo_closes_the_loop(tmp_path):
     out = proc.stdout + proc.stderr
     data = tmp_path / "demo"
     summary = json.loads((data / "demo-summary.json").read_text())
-    # `flywheel demo` exits 0 when it promoted a better adapter and 1 when it did not (so short a run often
-    # ends with "continue"): the exit code must say what the summary says, and a crash is neither.
-    assert proc.returncode == (0 if summary["decision"] == "promote" else 1), out
+    # `flywheel demo` exits 0 when every night promoted a better adapter and 1 when one did not (so short a
+    # run often ends with "continue"): the exit code must say what the summary says, and a crash is neither.
+    night1, night2 = summary["nights"]
+    promoted = summary["decision"] == "promote" and night2["decision"] == "promote"
+    assert proc.returncode == (0 if promoted else 1), out
+    assert night1["decision"] == summary["decision"]
 
-    assert list(summary["stages"]) == ["start", "traffic", "ingest", "curate", "retrain", "a/b"], out
+    night = ["traffic", "curate", "retrain", "a/b"]
+    assert list(summary["stages"]) == ["start", "traffic", "ingest", "curate", "retrain", "a/b"] + [
+        f"night 2 {stage}" for stage in night
+    ], out
     c = summary["counts"]
     # A chat that failed got an error, not an answer: nothing was promised for it. Every answer is stored.
     assert c["requests"] == c["answered"] + c["failed"] and c["failed"] <= c["requests"] * 0.05, summary["errors"]
@@ -64,6 +71,7 @@ def test_a_short_demo_closes_the_loop(tmp_path):
         decisions = con.execute("SELECT count(*) FROM decisions").fetchone()[0]
         last = con.execute("SELECT decision FROM decisions ORDER BY decided_at DESC, rowid DESC LIMIT 1").fetchone()[0]
         live = con.execute("SELECT version FROM adapters WHERE status = 'live'").fetchall()
+        parents = dict(con.execute("SELECT version, parent FROM adapters").fetchall())
         approvals = con.execute(
             "SELECT count(*) FROM audit_log WHERE actor = 'policy:auto' AND action = 'approve'"
         ).fetchone()[0]
@@ -72,10 +80,26 @@ def test_a_short_demo_closes_the_loop(tmp_path):
         ).fetchone()[0]
     finally:
         con.close()
-    assert decisions >= 1 and approvals >= 1 and last == summary["decision"]
-    # What the decision did: a promotion makes the challenger live; anything else leaves base serving.
-    assert live == ([(summary["retrain"]["version"],)] if summary["decision"] == "promote" else [])
+    assert decisions >= 2 and approvals >= 1 and last == night2["decision"]
+    # What the decisions did: a promotion makes the challenger live; anything else leaves the incumbent.
+    first = summary["retrain"]["version"]
+    assert night1["live_after"] == (first if summary["decision"] == "promote" else "base")
+    assert night2["live_before"] == night1["live_after"]
+    second = night2["retrain"]["version"]
+    assert night2["retrain"]["status"] == "candidate", night2
+    assert parents[second] == (None if night1["live_after"] == "base" else night1["live_after"])  # incremental
+    assert night2["live_after"] == (second if night2["decision"] == "promote" else night1["live_after"])
+    assert live == ([] if night2["live_after"] == "base" else [(night2["live_after"],)])
+    assert night2["world"] == "changed" and night2["day"]["ratings"] > 40
     assert snap_rows == c["snapshot_train"] + c["snapshot_eval"]
+
+    # What each night taught, asked every wording of the changed topics' questions: night 1's adapter would
+    # rather state the old policies, night 2's the new ones (the base model leans either way: 6 of 12).
+    learned, relearned = (
+        preference(tmp_path, data / "adapters" / first),
+        preference(tmp_path, data / "adapters" / second),
+    )
+    assert sum(learned) < 0 and all(m > 0 for m in relearned), (learned, relearned)
 
     # The canaries: every customer's email and phone number went into chats; none may be stored or logged.
     people = store.population(40, 0)
@@ -83,3 +107,34 @@ def test_a_short_demo_closes_the_loop(tmp_path):
     for p in people:
         assert p.email not in out and p.phone not in out
     assert summary["pii_types"].get("EMAIL_ADDRESS", 0) > 0 and summary["pii_types"].get("PHONE_NUMBER", 0) > 0
+
+
+def preference(data_dir, adapter) -> list[float]:
+    """Per question of a changed topic: the log-likelihood the adapter gives the new policy as the answer
+    minus the one it gives the old policy (> 0: it would rather say the new one)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = data_dir / "models" / "SmolLM2-135M-Instruct"
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
+    old = {t.name: t.policy for t in store.TOPICS}
+
+    def log_likelihood(chat: list[dict], answer: str) -> float:
+        head = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
+        ids = tokenizer.apply_chat_template(
+            [*chat, {"role": "assistant", "content": answer}], tokenize=True, return_dict=True, return_tensors="pt"
+        )["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+        return float(logp[len(head["input_ids"]) - 1 :].sum())
+
+    margins = []
+    for topic in store.CHANGED:
+        if topic.stale is None:
+            continue
+        for q in topic.questions:
+            chat = [{"role": "system", "content": store.SYSTEM}, {"role": "user", "content": q.format(item="boots")}]
+            margins.append(log_likelihood(chat, topic.policy) - log_likelihood(chat, old[topic.name]))
+    return margins
