@@ -138,6 +138,9 @@ def days_chart(days: list[dict]) -> dict:
                     "label": f"night {d['day']}: {night['status']}",
                 }
             )
+    for m in marks:  # a label near the right edge is written leftwards, so that it is not cut off
+        right = m["x"] > W * 0.6
+        m["tx"], m["anchor"] = (m["x"] - 3, "end") if right else (m["x"] + 3, "start")
     return {
         "line": " ".join(f"{x(i)},{y(d['up_rate'])}" for i, d in known),
         "dots": [(x(i), y(d["up_rate"]), d["day"]) for i, d in known],

@@ -226,6 +226,10 @@ def test_the_history_across_nights_marks_promotions_and_skips_in_chromium(db, tw
         assert len(line.get_attribute("points").split()) == 3 and line.size["width"] > 100
         marks = [m.get_attribute("class") for m in browser.find_elements(By.CSS_SELECTOR, "svg.days g.mark")]
         assert marks == ["mark promote", "mark skipped"]
+        chart = browser.find_element(By.CSS_SELECTOR, "svg.days").rect
+        for label in browser.find_elements(By.CSS_SELECTOR, "svg.days g.mark text"):  # none cut off at an edge
+            box = label.rect
+            assert chart["x"] <= box["x"] and box["x"] + box["width"] <= chart["x"] + chart["width"], label.text
         rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "table.days tr")][1:]
         assert len(rows) == 3 and rows[0].startswith("1 v0001") and "candidate v0002" in rows[0]
         assert "promote exp-0001-v0002" in rows[1] and "skipped: 3 new approved samples" in rows[1]

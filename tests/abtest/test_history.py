@@ -29,3 +29,17 @@ def test_days_end_at_nightly_runs_and_carry_their_marks():
             "night": None,
         }
     ]
+
+
+def test_a_mark_near_the_right_edge_is_labelled_leftwards():
+    from serving.pages import W, days_chart
+
+    day = {"up_rate": 0.5, "ci": [0.4, 0.6], "night": None}
+    days = [
+        {**day, "day": 1, "decisions": [{"decision": "promote", "experiment": "exp-0001-v0001"}]},
+        {**day, "day": 2, "decisions": []},
+        {**day, "day": 3, "decisions": [{"decision": "rollback", "experiment": "exp-0002-v0002"}]},
+    ]
+    first, last = days_chart(days)["marks"]
+    assert first["anchor"] == "start" and first["tx"] > first["x"]
+    assert last["anchor"] == "end" and last["tx"] < last["x"] and last["x"] > W * 0.9
