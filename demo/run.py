@@ -205,7 +205,9 @@ class Loop:
 
         cfg = self.cfg
         self.echo(f"retrain   LoRA on {cfg.base_model} ({cfg.retrain.objective}, {cfg.retrain.epochs:g} epochs) ...")
-        outcome = self.result.retrain = ctl.retrain(cfg, self.reader)
+        outcome = ctl.retrain(cfg, self.reader)
+        if self.night == 1:  # the summary's top level is night 1; later nights are in Result.nights
+            self.result.retrain = outcome
         self.stage("retrain")
         self.echo(
             f"          {outcome.version or '-'}: {outcome.status} in {outcome.seconds:.0f} s"
@@ -265,7 +267,8 @@ class Loop:
             "world": "changed" if self.world is store.CHANGED else "original",
             "live_before": live_before,
             "day": dict(zip(("ups", "ratings"), day.rate(live_before))),
-            "retrain": {k: getattr(outcome, k) for k in ("status", "version", "reason", "seconds")},
+            "retrain": {k: getattr(outcome, k) for k in ("status", "version", "reason", "seconds")}
+            | {"offline": outcome.metrics.get("offline")},
             "decision": decision,
             "decided_by": decided_by(outcome, decision, reason),
             "reason": reason,

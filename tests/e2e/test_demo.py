@@ -87,6 +87,8 @@ def test_a_short_two_night_demo_closes_the_loop_and_follows_a_change(tmp_path):
     assert night2["live_before"] == night1["live_after"]
     second = night2["retrain"]["version"]
     assert night2["retrain"]["status"] == "candidate", night2
+    offline = night2["retrain"]["offline"]  # it beat what served then on the eval split, new policies included
+    assert offline["candidate"]["desirable_loss"] < offline["incumbent"]["desirable_loss"]
     assert parents[second] == (None if night1["live_after"] == "base" else night1["live_after"])  # incremental
     assert night2["live_after"] == (second if night2["decision"] == "promote" else night1["live_after"])
     assert live == ([] if night2["live_after"] == "base" else [(night2["live_after"],)])
