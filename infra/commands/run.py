@@ -100,6 +100,8 @@ def demo(
     logging.getLogger().setLevel(cfg.log_level)
     for noisy in ("httpx", "httpx2", "openai", "kafka"):  # a line per request or connection
         logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "kafka" else logging.ERROR)
+    # bitsandbytes warns once on CPU that its optional `kernels` package is missing; the demo trains in fp32.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
