@@ -75,8 +75,11 @@ def test_a_short_two_night_demo_closes_the_loop_and_follows_a_change(tmp_path):
         approvals = con.execute(
             "SELECT count(*) FROM audit_log WHERE actor = 'policy:auto' AND action = 'approve'"
         ).fetchone()[0]
+        [(latest,)] = con.execute(  # the counts are of the newest snapshot: night 2's
+            "SELECT snapshot_id FROM adapters WHERE version = ?", [night2["retrain"]["version"]]
+        ).fetchall()
         snap_rows = con.execute(
-            "SELECT count(*) FROM read_parquet(?)", [str(next(data.glob("snapshots/snap-*")) / "*.parquet")]
+            "SELECT count(*) FROM read_parquet(?)", [str(data / "snapshots" / latest / "*.parquet")]
         ).fetchone()[0]
     finally:
         con.close()
