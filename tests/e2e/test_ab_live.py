@@ -59,12 +59,12 @@ def test_up_runs_an_experiment_on_live_traffic_promotes_and_serving_follows(tmp_
         "FLYWHEEL_SERVING__MAX_TOKENS": "4",
         "FLYWHEEL_INGEST__PII__WORKERS": "1",
     }
-    # Ten users per arm decide here. Their p95 latency on a busy 2-core machine, and whether a random tiny
+    # Eleven users per arm decide here. Their p95 latency on a busy 2-core machine, and whether a random tiny
     # model's 4 sampled tokens are blank, are noise: those guardrails (tested in tests/abtest) get wide margins.
     overrides = [
         "abtest.evaluate_every_s=2",
         "abtest.min_duration_s=0",
-        "abtest.min_users_per_arm=10",
+        "abtest.min_users_per_arm=11",
         "abtest.ramp=[0.5]",
         "abtest.latency_margin=100",
         "abtest.empty_answer_margin=1",
