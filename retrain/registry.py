@@ -209,20 +209,19 @@ def paths(con) -> dict[str, str]:
 
 def trained_sample_ids(con) -> set[str]:
     """Every sample some earlier run trained on (whether or not it passed its gates), from the manifests."""
-    seen: set[str] = set()
-    for path in paths(con).values():
-        manifest = Path(path, MANIFEST)
-        if manifest.exists():
-            seen |= set(json.loads(manifest.read_text()).get("sample_ids", []))
-    return seen
+    return _manifest_sample_ids(paths(con).values())
 
 
 def learned_sample_ids(lineage: list[dict]) -> set[str]:
     """What these versions (a parent and its ancestors) trained on, from their manifests."""
+    return _manifest_sample_ids(version["path"] for version in lineage)
+
+
+def _manifest_sample_ids(folders) -> set[str]:
     seen: set[str] = set()
-    for version in lineage:
-        manifest = Path(version["path"] or "", MANIFEST)
-        if version["path"] and manifest.exists():
+    for folder in folders:
+        manifest = Path(folder or "", MANIFEST)
+        if folder and manifest.exists():
             seen |= set(json.loads(manifest.read_text()).get("sample_ids", []))
     return seen
 
