@@ -1,6 +1,7 @@
 """Retrain as the control process runs it: curate -> snapshot -> worker subprocess -> gates -> registry,
 with injected failures (NaN loss, kill -9) that must leave the incumbent alone."""
 
+import json
 import threading
 
 import pytest
@@ -81,9 +82,8 @@ def test_failed_runs_leave_the_incumbent_and_the_registry_alone(tiny_lm, populat
         assert registry.get(con, after.version)["parent"] == "v0001"
         assert registry.live(con)["version"] == "v0001"
         assert after.version == "v0004"  # versions are never reused
-        # Incremental: v0004 trained on what v0001 had not learned, plus the replay share (20%) of what it had.
-        import json
 
+        # Incremental: v0004 trained on what v0001 had not learned, plus the replay share (20%) of what it had.
         def trained(version):
             return json.loads((populated / "adapters" / version / "flywheel-adapter.json").read_text())
 
