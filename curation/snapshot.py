@@ -99,16 +99,24 @@ def _write(table: pa.Table, path: Path) -> None:
 
 
 def _split(rows: list[tuple[Any, ...]], cfg: CurationConfig) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """(train, eval): whole users go to eval (curation.eval_share), and tiny sets still get one user each side."""
-    if cfg.eval_share > 0 and len({r[1] for r in rows}) >= 2:
-        eval_rows = [r for r in rows if in_eval(r[1], cfg)]
-        if not eval_rows or len(eval_rows) == len(rows):
-            first = min({r[1] for r in rows}, key=user_key)
-            eval_rows = [r for r in rows if r[1] == first]
-    else:
-        eval_rows = []
-    eval_ids = {r[0] for r in eval_rows}
-    return [r for r in rows if r[0] not in eval_ids], eval_rows
+    """(train, eval): whole users go to eval (curation.eval_share), so eval holds only users never trained on.
+    Small sets can draw badly (40 users at 25% put 4 users, none with a desirable answer, in eval: the offline
+    gate then has nothing to judge by), so eval also takes the next users in split order until it has a
+    desirable answer, and train always keeps at least one user. A user's place in the order does not change
+    from one snapshot to the next."""
+    users = sorted({r[1] for r in rows}, key=lambda u: filters.unit(f"{cfg.seed}:split:{u}"))
+    if cfg.eval_share <= 0 or len(users) < 2:
+        return rows, []
+    chosen = {u for u in users if in_eval(u, cfg)} or {users[0]}
+    good = {r[1] for r in rows if r[2] == "desirable"}
+    for user in users:
+        if chosen & good or not good or len(chosen) >= len(users) - 1:
+            break
+        if user in good:
+            chosen.add(user)
+    if len(chosen) == len(users):  # everyone drew eval: keep the first, train on the rest
+        chosen = {users[0]}
+    return [r for r in rows if r[1] not in chosen], [r for r in rows if r[1] in chosen]
 
 
 def _freeze(

@@ -257,10 +257,7 @@ class Loop:
 
     def record(self, scenario: str, live_before: str, day: Traffic, outcome: Outcome, ab: AbResult | None) -> dict:
         """One night's figures for demo-summary.json: who served, how it was rated, what decided."""
-        if ab is None:
-            decision, reason = "skipped" if outcome.status == "skipped" else "rejected", outcome.reason
-        else:
-            decision, reason = ab.decision, ab.reason
+        decision, reason = night_decision(outcome, ab)
         night = {
             "night": self.night,
             "scenario": scenario,
@@ -392,10 +389,8 @@ def run(
         loop.curate()
         outcome = loop.retrain()
         ab = loop.ab_test(outcome, ab_rounds, stop) if outcome.status == "candidate" else None
-        if ab is not None:
-            result.decision, result.reason, result.numbers = ab.decision, ab.reason, ab.numbers
-        else:
-            result.decision, result.reason = "not started", f"no candidate: {outcome.status} ({outcome.reason})"
+        result.decision, result.reason = night_decision(outcome, ab)
+        result.numbers = ab.numbers if ab else {}
         if nights > 1:
             loop.record(SCENARIOS[0], "base", day, outcome, ab)
         for scenario in SCENARIOS[1:nights]:
@@ -414,6 +409,15 @@ def run(
     result.leaks = pii_leaks(cfg.data_dir, people)
     (cfg.data_dir / "demo-summary.json").write_text(json.dumps(result.as_dict(), indent=1, default=str) + "\n")
     return result
+
+
+def night_decision(outcome: Outcome, ab: AbResult | None) -> tuple[str, str | None]:
+    """A night's decision and its reason, one vocabulary for the summary's top level and its nights."""
+    if ab is not None:
+        return ab.decision, ab.reason
+    if outcome.status == "skipped":
+        return "skipped", outcome.reason
+    return "rejected", f"no candidate: {outcome.status} ({outcome.reason})"
 
 
 def decided_by(outcome: Outcome, decision: str, reason: str | None) -> str:

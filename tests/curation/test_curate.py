@@ -161,6 +161,38 @@ def test_snapshots_are_user_disjoint_capped_deterministic_and_load_with_datasets
     shutil.rmtree(tmp_path / "s8")
 
 
+def test_the_eval_split_always_has_a_desirable_answer_and_users_keep_their_side():
+    """The split a 40-user CI run drew: the users under eval_share had only thumbs-down answers, and the offline
+    gate had nothing to judge by. Eval now takes the next user in split order that has a desirable answer."""
+    cfg = CurationConfig(eval_share=0.25, seed=0)
+    users = sorted((f"user-{k}" for k in range(40)), key=lambda u: snapshot.filters.unit(f"0:split:{u}"))
+    drawn = [u for u in users if snapshot.in_eval(u, cfg)]
+    assert 0 < len(drawn) < len(users) - 1
+
+    def rows(good: set[str]) -> list[tuple]:
+        return [
+            (f"{u}-{label}", u, label, "rating", [], "an answer")
+            for u in users
+            for label in ("desirable", "undesirable")
+            if label == "undesirable" or u in good
+        ]
+
+    # Only users the hash put in train have desirable answers: eval takes the first of them in split order.
+    good = set(users[len(drawn) :: 3])
+    train, evals = snapshot._split(rows(good), cfg)
+    eval_users = {r[1] for r in evals}
+    assert eval_users == set(drawn) | {users[len(drawn)]} and users[len(drawn)] in good
+    assert not eval_users & {r[1] for r in train} and len(train) + len(evals) == len(rows(good))
+    # With a desirable answer among the drawn users, the split is the hash's alone.
+    train, evals = snapshot._split(rows(good | {drawn[0]}), cfg)
+    assert {r[1] for r in evals} == set(drawn)
+    # Nobody has a desirable answer: nothing to add (the gate says so), and train always keeps a user.
+    assert {r[1] for r in snapshot._split(rows(set()), cfg)[1]} == set(drawn)
+    two = [r for r in rows({users[-1]}) if r[1] in (users[0], users[-1])]
+    train, evals = snapshot._split(two, cfg)
+    assert {r[1] for r in evals} == {users[0]} and {r[1] for r in train} == {users[-1]}
+
+
 def test_a_snapshot_that_cannot_meet_the_cap_says_why(db, put, tmp_path):
     put(population(users=10))
     cfg = CurationConfig(review_policy="auto", max_user_share=1.0)
