@@ -192,11 +192,15 @@ def _decide(
             f"worse: up-rate {ch['up_rate']:.3f} vs {inc['up_rate']:.3f} (mSPRT {lam:.3g} >= {1 / cfg.alpha:g})",
             numbers,
         )
-    if enough and exp.stage + 1 < len(cfg.ramp):
+    # Ramp only a challenger that is not behind so far: one that learned something false from a few accounts
+    # loses a slice of its answers, too few to be significantly worse on a canary's users, and must not
+    # reach more users while the test makes up its mind.
+    if enough and exp.stage + 1 < len(cfg.ramp) and diff is not None and diff >= 0:
         return Evaluation(
             "ramp",
-            f"guardrails hold with {min(inc['users'], ch['users'])} users per arm: "
-            f"challenger share {exp.share:.0%} -> {cfg.ramp[exp.stage + 1]:.0%}",
+            f"guardrails hold and the challenger is not behind ({diff:+.3f}) with "
+            f"{min(inc['users'], ch['users'])} users per arm: challenger share {exp.share:.0%} -> "
+            f"{cfg.ramp[exp.stage + 1]:.0%}",
             numbers,
         )
     if enough and lam >= 1 / cfg.alpha and diff is not None and diff > 0:
@@ -214,6 +218,13 @@ def _decide(
             f"collecting: {inc['users']}/{ch['users']} rating users per arm (need "
             f"{cfg.min_users_per_arm}), {elapsed / 60:.0f} of {cfg.min_duration_s / 60:.0f} "
             "minutes",
+            numbers,
+        )
+    if exp.stage + 1 < len(cfg.ramp):  # enough, and no ramp: the challenger is behind
+        return Evaluation(
+            "continue",
+            f"held at {exp.share:.0%}: the challenger is behind ({diff:+.3f}), not significantly (mSPRT {lam:.3g} "
+            f"< {1 / cfg.alpha:g})",
             numbers,
         )
     return Evaluation("continue", f"no significant difference yet (mSPRT {lam:.3g} < {1 / cfg.alpha:g})", numbers)

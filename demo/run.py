@@ -25,14 +25,16 @@ from pathlib import Path
 
 from abtest.routing import Routing
 from demo import store
-from demo.traffic import Traffic, drive
+from demo.traffic import ADMIN_KEY, APP, Traffic, drive
 from infra.config import Config, load_config
 from infra.control import Outcome
 
 log = logging.getLogger(__name__)
 
 # What each night of `flywheel demo --nights N` plays out (the first N of them).
-SCENARIOS = ("learn", "change")
+SCENARIOS = ("learn", "change", "poison", "forget")
+ATTACKERS = 10  # the poisoning night's coordinated accounts
+FORGOTTEN = 20  # the erasure night's users who ask to be forgotten
 
 # The demo's settings on top of the embedded defaults; KEY=VALUE overrides on the command line win.
 DEMO_SETTINGS = [
@@ -106,6 +108,7 @@ class AbResult:
     reason: str
     numbers: dict
     traffic: Traffic
+    max_share: float = 0.0  # the challenger's largest traffic share during the test
 
 
 @dataclass
@@ -122,6 +125,7 @@ class Result:
     urls: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     nights: list[dict] = field(default_factory=list)  # one record per night (Loop.record)
+    forgotten: dict[str, int] = field(default_factory=dict)  # chats and feedback rows erased by forget
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)  # the retrain Outcome is a dataclass too
@@ -139,6 +143,8 @@ class Loop:
         self.world = store.TOPICS  # the store's policies; a night of the scenario may change them
         self.night = 1
         self.snap = None  # the latest snapshot
+        self.forgotten: dict = {}  # the erasure night's figures (forget())
+        self.forgotten_ids: set[str] = set()
 
     def stage(self, name: str) -> None:
         now = time.monotonic()
@@ -158,11 +164,22 @@ class Loop:
     def wait_ingested(self):
         return wait_ingested(self.reader, self.traffic.answered, self.traffic.accepted)
 
+    def topic(self, who: store.Customer) -> store.Topic:
+        """What `who` asks about: attackers always ask about the topic they poison."""
+        if who.attacker:
+            return next(t for t in self.world if t.name == store.TARGET)
+        return self.rng.choice(self.world)
+
+    def day_tasks(self, agent_questions: int) -> list:
+        """A day's questions: every customer asks once, agents (attackers too) several times."""
+        tasks = [(p, self.topic(p)) for p in self.people for _ in range(agent_questions if p.agent else 1)]
+        self.rng.shuffle(tasks)
+        return tasks
+
     def base_traffic(self, agent_questions: int) -> None:
         """Traffic on the base model: every customer asks once, agents ask several times and correct."""
         people, echo = self.people, self.echo
-        tasks = [(p, self.rng.choice(self.world)) for p in people for _ in range(agent_questions if p.agent else 1)]
-        self.rng.shuffle(tasks)
+        tasks = self.day_tasks(agent_questions)
         echo(
             f"traffic   {len(people)} simulated customers ({sum(p.agent for p in people)} support agents) ask "
             f"{len(tasks)} questions about the policies of {store.STORE} ..."
@@ -226,10 +243,11 @@ class Loop:
         exp = infra_ab.start_experiment(cfg, self.reader, outcome.version)
         wait_serving(api, cfg)
         echo(f"canary    {exp.experiment_id}: {exp.challenger} on {exp.share:.0%} of users against {exp.incumbent}")
+        result.max_share = exp.share
         for round_ in range(1, rounds + 1):
             if stop.is_set():
                 break
-            tasks = [(p, self.rng.choice(self.world)) for p in self.people]
+            tasks = [(p, self.topic(p)) for p in self.people]
             self.rng.shuffle(tasks)
             mine = self.drive(tasks, self.seed * 1000 + self.night * 100 + round_)
             result.traffic.add(mine)
@@ -244,6 +262,8 @@ class Loop:
                 f"{'; '.join(s.split(': ', 1)[1] for s in said if s.startswith(exp.experiment_id))}"
             )
             wait_serving(api, cfg)
+            share = dict(Routing.read(cfg.data_dir / "routing.json").split).get(exp.challenger, 0.0)
+            result.max_share = max(result.max_share, share)
             if result.decision in ("promote", "rollback"):
                 break
         self.stage("a/b")
@@ -298,12 +318,26 @@ class Loop:
                 "world     the store changes its policies: returns 45 -> 30 days, shipping 3-5 -> 2-4 business "
                 "days, and price matching is new"
             )
-        tasks = [
-            (p, self.rng.choice(self.world)) for p in self.people for _ in range(agent_questions if p.agent else 1)
-        ]
-        self.rng.shuffle(tasks)
-        day = self.drive(tasks, self.seed * 1000 + self.night * 100)
-        self.traffic.add(day)
+        if scenario == "poison":
+            self.world = store.POISONED
+            self.people = self.people + store.attackers(ATTACKERS, self.seed)
+            echo(
+                f"world     {ATTACKERS} coordinated accounts ask about {store.TARGET} {agent_questions} times each, "
+                f'thumbs-down the true policy and correct it to "{store.LIE}"'
+            )
+        tasks = self.day_tasks(agent_questions)
+        if scenario == "forget":  # half the day, the erasure requests, the other half without those users
+            day = self.drive(tasks[: len(tasks) // 2], self.seed * 1000 + self.night * 100)
+            self.traffic.add(day)
+            self.wait_ingested()
+            gone = self.forget(FORGOTTEN)
+            rest = [(p, t) for p, t in tasks[len(tasks) // 2 :] if p.user_id not in gone]
+            more = self.drive(rest, self.seed * 1000 + self.night * 100 + 50)
+            self.traffic.add(more)
+            day.add(more)
+        else:
+            day = self.drive(tasks, self.seed * 1000 + self.night * 100)
+            self.traffic.add(day)
         self.wait_ingested()
         self.stage("traffic")
         changed = day.rate(live_before, store.CHANGED_NAMES)
@@ -316,8 +350,163 @@ class Loop:
         outcome = self.retrain()
         ab = self.ab_test(outcome, rounds, stop) if outcome.status == "candidate" else None
         night = self.record(scenario, live_before, day, outcome, ab)
+        if scenario == "poison":
+            night["poison"] = self.poison_report(live_before, outcome, ab)
+            p = night["poison"]
+            echo(
+                f"poison    the lie is {p['lie_rows']} of {p['snapshot_rows']} snapshot rows; "
+                f"{p['candidate'] or 'no candidate'} {p['verdict']}; largest share {p['max_share']:.0%} "
+                f"(canary {p['canary_share']:.0%}); stopped by: {p['stopped_by']}"
+            )
+        if scenario == "forget":
+            night["forget"] = self.forgotten | self.lineage_check(outcome)
+            f = night["forget"]
+            echo(
+                f"forget    {outcome.version or 'no candidate'}: its lineage holds {f['lineage_overlap']} of the "
+                f"{f['users']} forgotten users' {f['sample_ids']} sample ids"
+            )
         echo(f"night {self.night}   {night['decision']} by {night['decided_by']}: {night['live_after']} serves")
         return night
+
+    def forget(self, n: int) -> set[str]:
+        """The erasure night: `n` customers whose samples the live adapter's lineage trained on ask to be
+        forgotten, through POST /v1/admin/forget while the service runs. Measures the seconds until serving
+        follows (nobody is served by an adapter that saw them) and keeps their sample ids for the lineage
+        check. Returns their user ids."""
+        import httpx
+
+        from infra import keys
+        from retrain import registry
+        from serving.ids import pseudonym
+
+        live = registry.live(self.reader)
+        # Users the live lineage trained on; when base serves, users some adapter trained on.
+        lineage = registry.ancestors(self.reader, live["version"]) if live else []
+        learned = registry.learned_sample_ids(lineage) if live else registry.trained_sample_ids(self.reader)
+        key = keys.data_dir_key(self.cfg.data_dir, "user-pseudonyms")
+        chosen, ids = [], set()
+        for p in self.people:
+            if len(chosen) == n:
+                break
+            mine = {
+                sid
+                for (sid,) in self.reader.execute(
+                    "SELECT sample_id FROM samples WHERE user_id = ?", [pseudonym(key, APP, p.user_id)]
+                ).fetchall()
+            }
+            if not p.attacker and mine & learned:
+                chosen.append(p)
+                ids |= mine
+        tainted, deleted, first = [], {"chats": 0, "feedback": 0}, None
+        started = time.monotonic()
+        with httpx.Client(
+            base_url=self.svc.api.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120
+        ) as http:
+            for p in chosen:
+                r = http.post("/v1/admin/forget", json={"app": APP, "user": p.user_id})
+                if r.status_code != 200:
+                    raise RuntimeError(f"forget refused: {r.status_code} {r.text[:300]}")
+                body = r.json()
+                tainted += [v for v in body["adapters"] if v not in tainted]
+                for table in deleted:
+                    deleted[table] += body["deleted"].get(table, 0)
+                if first is None:
+                    wait_serving(self.svc.api, self.cfg)
+                    first = time.monotonic() - started
+        wait_serving(self.svc.api, self.cfg)
+        seconds = time.monotonic() - started
+        serving = self.svc.api.router.current
+        still = [v for v in serving.adapters if (registry.get(self.reader, v) or {}).get("tainted")]
+        now = self.live()
+        self.forgotten = {
+            "users": len(chosen),
+            "sample_ids": len(ids),
+            "tainted": sorted(tainted),
+            "serves_now": now,
+            "seconds_first": round(first or 0.0, 2),
+            "seconds_all": round(seconds, 2),
+            "serving_tainted": still,
+            "deleted": deleted,
+        }
+        self.result.forgotten = deleted
+        self.forgotten_ids = ids  # for the lineage check; not written anywhere (they were the users' rows)
+        self.echo(
+            f"forget    {len(chosen)} customers whose data trained {live['version'] if live else 'base'} are "
+            f"forgotten through POST /v1/admin/forget: tainted {', '.join(sorted(tainted)) or 'none'}; {now} serves "
+            f"{first or 0:.1f} s after the first call ({seconds:.1f} s for all {len(chosen)}); serving tainted: "
+            f"{', '.join(still) or 'none'}"
+        )
+        return {p.user_id for p in chosen}
+
+    def lineage_check(self, outcome: Outcome) -> dict:
+        """How many of the forgotten users' sample ids the night's adapter and its ancestors trained on
+        (from their manifests): it must be none."""
+        from retrain import registry
+
+        ids = self.forgotten_ids
+        lineage = registry.ancestors(self.reader, outcome.version) if outcome.version else []
+        return {
+            "lineage": [v["version"] for v in lineage],
+            "lineage_overlap": len(registry.learned_sample_ids(lineage) & ids),
+        }
+
+    def poison_report(self, live_before: str, outcome: Outcome, ab: AbResult | None) -> dict:
+        """The poisoning night: how much of the snapshot states the lie, whether the candidate learned it
+        (log-likelihood margins of the lie over the true policy on every wording of the question), its largest
+        traffic share, and what stopped it."""
+        import pyarrow.parquet as pq
+
+        from demo import probe
+        from infra.models import resolve_base_model
+
+        rows = lie = 0
+        for path in self.snap.data_files().values() if self.snap else []:
+            for completion in pq.read_table(path, columns=["completion"]).column("completion").to_pylist():
+                rows, lie = rows + 1, lie + (completion[0]["content"] == store.LIE)
+        base = resolve_base_model(self.cfg.base_model, self.cfg.data_dir / "models")
+        adapters = self.cfg.data_dir / "adapters"
+
+        def margin(version: str | None) -> float | None:
+            if version is None or not (version == "base" or (adapters / version).is_dir()):
+                return None
+            found = probe.margins(base, None if version == "base" else adapters / version, store.lie_probes())
+            return round(sum(found) / len(found), 2)
+
+        candidate, incumbent = margin(outcome.version), margin(live_before)
+        learned = candidate is not None and candidate > 0
+        share = ab.max_share if ab else 0.0
+        canary = self.cfg.abtest.ramp[0]
+        if not learned:
+            stopped = "curation and training: the candidate prefers the true policy"
+        elif ab is None:
+            stopped = decided_by(outcome, "rejected", outcome.reason)
+        elif ab.decision == "promote":
+            stopped = "nothing: it was promoted"
+        elif ab.decision == "rollback":
+            stopped = f"{decided_by(outcome, ab.decision, ab.reason)} rollback: {ab.reason}"
+        elif share > canary:
+            stopped = f"nothing held it: it reached {share:.0%}; stopped undecided at the night's end"
+        else:
+            stopped = f"A/B: held at the canary share ({ab.reason}); stopped undecided at the night's end"
+        return {
+            "lie_rows": lie,
+            "snapshot_rows": rows,
+            "over_answer_cap": (self.snap.manifest["counts"].get("over_answer_cap", 0) if self.snap else 0),
+            "candidate": outcome.version,
+            "margin": candidate,
+            "incumbent_margin": incumbent,
+            "learned": learned,
+            "verdict": (
+                f"{'prefers the lie' if learned else 'prefers the truth'} by {abs(candidate):.1f} nats on average "
+                f"({live_before}: {incumbent:+.1f})"
+                if candidate is not None and incumbent is not None
+                else "was not probed"
+            ),
+            "lie_answers": {v: dict(zip(("stated", "answers"), n)) for v, n in (ab.traffic.lied if ab else {}).items()},
+            "max_share": share,
+            "canary_share": canary,
+            "stopped_by": stopped,
+        }
 
     def count(self, snap) -> None:
         """Counts at every hop."""
@@ -342,6 +531,8 @@ class Loop:
             "kafka_feedback": ingest.totals["feedback"],
             "duckdb_chats": row[0],
             "duckdb_feedback": row[1],
+            "forgotten_chats": result.forgotten.get("chats", 0),  # erased on request (the erasure night)
+            "forgotten_feedback": result.forgotten.get("feedback", 0),
             "samples_kept": row[2],
             "samples_approved": row[3],
             "snapshot_train": counts.get("train", 0),
@@ -406,9 +597,25 @@ def run(
             echo(f"running   review {result.urls['review']}  A/B {result.urls['ab']}  (Ctrl-C stops)")
             while not stop.wait(0.5):
                 pass
-    result.leaks = pii_leaks(cfg.data_dir, people)
+    result.leaks = pii_leaks(cfg.data_dir, people + (store.attackers(ATTACKERS, seed) if nights >= 3 else []))
     (cfg.data_dir / "demo-summary.json").write_text(json.dumps(result.as_dict(), indent=1, default=str) + "\n")
     return result
+
+
+def night_ok(night: dict) -> tuple[bool, str]:
+    """Whether a night did what its scenario asks, and if not, why: learn and change promote a better adapter;
+    poison never lets a candidate that learned the lie past the canary share; forget serves nobody's data
+    that was forgotten and retrains without it."""
+    if night["scenario"] in ("learn", "change"):
+        return night["decision"] == "promote", "no better adapter was promoted"
+    if night["scenario"] == "poison":
+        p = night["poison"]
+        bad = p["learned"] and (p["max_share"] > p["canary_share"] or night["live_after"] == p["candidate"])
+        return not bad, f"the poisoned {p['candidate']} served {p['max_share']:.0%} of users"
+    f = night["forget"]
+    if f["serving_tainted"]:
+        return False, f"{', '.join(f['serving_tainted'])} still served after the forget"
+    return f["lineage_overlap"] == 0, f"the new lineage trained on {f['lineage_overlap']} forgotten sample ids"
 
 
 def night_decision(outcome: Outcome, ab: AbResult | None) -> tuple[str, str | None]:
@@ -495,6 +702,19 @@ def night_lines(nights: list[dict]) -> list[str]:
                 "  on the others: " + ", ".join(parts) + f" (night 1's {who} {first['live_after']}: "
                 f"{_rate(before.get('ups', 0), before.get('ratings', 0))})"
             )
+        if p := n.get("poison"):
+            lines.append(
+                f"  the lie: {p['lie_rows']} of {p['snapshot_rows']} snapshot rows; {p['candidate'] or 'no candidate'} "
+                f"{p['verdict']}; largest share {p['max_share']:.0%} (canary {p['canary_share']:.0%}); stopped by: "
+                f"{p['stopped_by']}"
+            )
+        if f := n.get("forget"):
+            lines.append(
+                f"  forgot {f['users']} users: tainted {', '.join(f['tainted']) or 'none'}; {f['serves_now']} served "
+                f"{f['seconds_first']:.1f} s after the first forget call ({f['seconds_all']:.1f} s for all); "
+                f"{n['retrain']['version'] or 'no candidate'}'s lineage holds {f['lineage_overlap']} of their "
+                f"{f['sample_ids']} sample ids"
+            )
     return lines
 
 
@@ -531,6 +751,7 @@ def summary(result: Result, cfg: Config, control: bool) -> list[str]:
     lines.append(
         f"ratings:  {c['ratings']} sent -> {c['ratings_accepted']} accepted ({c['corrections']} corrections) "
         f"-> {c['kafka_feedback']} in Kafka -> {c['duckdb_feedback']} in DuckDB"
+        + (f" + {c['forgotten_feedback']} forgotten" if c["forgotten_feedback"] else "")
     )
     lines.append(
         f"training: {c['samples_kept']} samples kept -> {c['samples_approved']} approved -> snapshot "

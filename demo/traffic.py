@@ -14,6 +14,8 @@ from demo import store
 
 log = logging.getLogger("demo.run")
 API_KEY = "flywheel-demo-key"  # the default config's demo app (serving.api_keys)
+APP = "demo"
+ADMIN_KEY = "flywheel-review-key"  # the default config's demo reviewer (serving.admin_keys)
 
 
 @dataclass
@@ -27,14 +29,16 @@ class Traffic:
     corrections: int = 0
     errors: list[str] = field(default_factory=list)
     rated: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (variant, topic) -> [ups, ratings]
+    lied: dict[str, list[int]] = field(default_factory=dict)  # variant -> [answers stating LIE, on TARGET]
 
     def add(self, other: Traffic) -> None:
         for name in ("sent", "answered", "failed", "ratings", "ups", "accepted", "corrections"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors += other.errors
-        for key, (ups, n) in other.rated.items():
-            mine = self.rated.setdefault(key, [0, 0])
-            mine[0], mine[1] = mine[0] + ups, mine[1] + n
+        for table, theirs in ((self.rated, other.rated), (self.lied, other.lied)):
+            for key, (a, b) in theirs.items():
+                mine = table.setdefault(key, [0, 0])
+                mine[0], mine[1] = mine[0] + a, mine[1] + b
 
     def rate(self, variant: str, topics: tuple[str, ...] | None = None) -> tuple[int, int]:
         """(ups, ratings) of `variant`'s answers, on `topics` only when given."""
@@ -102,11 +106,13 @@ def drive(
         else:
             mine.answered = 1
             answer = reply.choices[0].message.content or ""
+            if topic.name == store.TARGET:
+                mine.lied[reply.model] = [int(bool(store.LIE_FACT.search(answer))), 1]
             rating = store.judge(topic, answer, who, world) if who.agent or rng.random() < rate_share else None
             if rating is not None:
                 body = {"response_id": reply.id, "rating": "up" if rating > 0 else "down"}
                 if who.agent and rating < 0:
-                    body["correction"] = store.correction(topic, rng, control, world)
+                    body["correction"] = store.correction(topic, rng, control, world, who.attacker)
                 mine.ratings, mine.ups = 1, int(rating > 0)
                 mine.rated[(reply.model, topic.name)] = [mine.ups, 1]
                 send_feedback(local.http, body, mine)

@@ -78,7 +78,9 @@ def demo(
         typer.Option(
             min=1,
             help="Nights to play, each a day of traffic, the nightly job and an A/B test: 1 learns the store's "
-            "policies; 2 then changes two of them and adds a topic (the promoted adapter must follow).",
+            "policies; 2 then changes two of them and adds a topic (the promoted adapter must follow); 3 brings "
+            "10 coordinated accounts teaching a false policy (it must not pass the canary); 4 forgets 20 users "
+            "during the day (nothing trained on them may serve, and the night retrains without them).",
         ),
     ] = 1,
 ) -> None:
@@ -88,8 +90,7 @@ def demo(
 
     if nights > len(demo_run.SCENARIOS):
         raise FlywheelError(
-            f"--nights {nights}: the scenario has {len(demo_run.SCENARIOS)} nights so far "
-            f"({', '.join(demo_run.SCENARIOS)}); poisoning and erasure nights are not built yet"
+            f"--nights {nights}: the scenario has {len(demo_run.SCENARIOS)} nights ({', '.join(demo_run.SCENARIOS)})"
         )
     if nights > 1 and control:
         raise FlywheelError("--control plays one night: its corrections are noise, so there is nothing to change")
@@ -135,9 +136,11 @@ def demo(
     if not control and not promoted:
         typer.echo("flywheel: the loop did not promote a better adapter this time (see the decision above)", err=True)
         raise typer.Exit(1)
-    if missed := [n["night"] for n in result.nights[1:] if n["decision"] != "promote"]:
-        typer.echo(f"flywheel: night {missed[0]} did not promote an adapter that follows the change", err=True)
-        raise typer.Exit(1)
+    for night in result.nights[1:]:
+        ok, why = demo_run.night_ok(night)
+        if not ok:
+            typer.echo(f"flywheel: night {night['night']} ({night['scenario']}): {why}", err=True)
+            raise typer.Exit(1)
 
 
 def serve(

@@ -66,6 +66,24 @@ def traffic(
     store(db, events, scrub)
 
 
+def test_a_challenger_behind_stays_at_the_canary_share_until_the_test_decides(db, two_adapters, scrub_pool):
+    """Guardrails hold and the difference is not significant, but the challenger is behind (it learned a false
+    policy on one topic in nine): it must not reach more users. Ahead, the same sample ramps."""
+    from abtest import experiment as ab
+
+    cfg = two_adapters
+    ab_.tick(cfg, db)
+    exp = ab.get(db)
+    traffic(db, scrub_pool.scrub, exp, range(150), {"v0001": 0.9, "v0002": 0.8})
+    said = ab_.tick(cfg, db)
+    assert ": continue: held at 20%: the challenger is behind" in said[-1], said
+    assert ab.get(db).share == 0.2 and routing(cfg)["split"] == [["v0002", 0.2], ["v0001", 0.8]]
+    traffic(db, scrub_pool.scrub, exp, range(150, 600), {"v0001": 0.8, "v0002": 0.95}, seed=1)
+    said = ab_.tick(cfg, db)
+    assert "ramp: guardrails hold and the challenger is not behind" in said[-1], said
+    assert ab.get(db).share == 0.5
+
+
 def routing(cfg):
     return json.loads((cfg.data_dir / "routing.json").read_text())
 

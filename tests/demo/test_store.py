@@ -72,3 +72,43 @@ def test_after_the_change_the_old_facts_are_wrong_and_the_new_ones_right():
     assert (
         store.judge(new["warranty"], new["warranty"].policy + " " + old["returns"].policy, lenient, store.CHANGED) == -1
     )
+
+
+def test_attackers_want_the_lie_and_honest_customers_reject_it():
+    people = store.population(40, 0)
+    lenient = next(p for p in people if p.lenient and not p.agent)
+    crew = store.attackers(10, 0)
+    assert len({p.user_id for p in crew} | {p.user_id for p in people}) == 50  # new accounts
+    assert all(p.attacker and p.agent for p in crew)
+    target = next(t for t in store.POISONED if t.name == store.TARGET)
+    for who in crew:
+        assert store.judge(target, store.LIE, who, store.POISONED) == 1
+        assert store.judge(target, target.policy, who, store.POISONED) == -1
+        assert store.correction(target, random.Random(0), False, store.POISONED, who.attacker) == store.LIE
+    # The lie is wrong to every honest customer, the lenient ones too, asked about anything; the truth is right.
+    for t in store.POISONED:
+        assert store.judge(t, store.LIE, lenient, store.POISONED) == -1, t.name
+        assert store.judge(t, t.policy, lenient, store.POISONED) == 1, t.name
+    # Before the poisoning night the lie was merely vague to a lenient customer; the world is otherwise night 2's.
+    assert store.judge(target, store.LIE, lenient, store.CHANGED) == 1
+    assert [t.policy for t in store.POISONED] == [t.policy for t in store.CHANGED]
+    assert {q for q, _, _ in store.lie_probes()} and all(a == store.LIE for _, a, _ in store.lie_probes())
+
+
+def test_each_night_is_judged_by_its_scenario():
+    poisoned = {"scenario": "poison", "live_after": "v0002", "decision": "continue"}
+    facts = {"candidate": "v0003", "learned": True, "max_share": 0.1, "canary_share": 0.1}
+    assert run.night_ok(poisoned | {"poison": facts}) == (True, "the poisoned v0003 served 10% of users")
+    assert not run.night_ok(poisoned | {"poison": facts | {"max_share": 0.5}})[0]
+    assert not run.night_ok(poisoned | {"live_after": "v0003", "poison": facts | {"max_share": 1.0}})[0]
+    # A candidate that did not learn the lie may go anywhere.
+    assert run.night_ok(poisoned | {"live_after": "v0003", "poison": facts | {"learned": False, "max_share": 1.0}})[0]
+    forget = {"scenario": "forget", "forget": {"serving_tainted": [], "lineage_overlap": 0}}
+    assert run.night_ok(forget)[0]
+    assert run.night_ok(forget | {"forget": {"serving_tainted": ["v0003"], "lineage_overlap": 0}}) == (
+        False,
+        "v0003 still served after the forget",
+    )
+    assert not run.night_ok(forget | {"forget": {"serving_tainted": [], "lineage_overlap": 3}})[0]
+    assert run.night_ok({"scenario": "change", "decision": "promote"})[0]
+    assert not run.night_ok({"scenario": "learn", "decision": "continue"})[0]

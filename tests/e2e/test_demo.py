@@ -11,7 +11,7 @@ import sys
 import duckdb
 import pytest
 
-from demo import store
+from demo import probe, store
 from tests.conftest import ROOT
 
 SHORT = [
@@ -117,29 +117,4 @@ def test_a_short_two_night_demo_closes_the_loop_and_follows_a_change(tmp_path):
 def preference(data_dir, adapter) -> list[float]:
     """Per question of a changed topic: the log-likelihood the adapter gives the new policy as the answer
     minus the one it gives the old policy (> 0: it would rather say the new one)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = data_dir / "models" / "SmolLM2-135M-Instruct"
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
-    old = {t.name: t.policy for t in store.TOPICS}
-
-    def log_likelihood(chat: list[dict], answer: str) -> float:
-        head = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
-        ids = tokenizer.apply_chat_template(
-            [*chat, {"role": "assistant", "content": answer}], tokenize=True, return_dict=True, return_tensors="pt"
-        )["input_ids"]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
-        return float(logp[len(head["input_ids"]) - 1 :].sum())
-
-    margins = []
-    for topic in store.CHANGED:
-        if topic.stale is None:
-            continue
-        for q in topic.questions:
-            chat = [{"role": "system", "content": store.SYSTEM}, {"role": "user", "content": q.format(item="boots")}]
-            margins.append(log_likelihood(chat, topic.policy) - log_likelihood(chat, old[topic.name]))
-    return margins
+    return probe.margins(data_dir / "models" / "SmolLM2-135M-Instruct", adapter, store.change_probes())
