@@ -162,7 +162,10 @@ class Loop:
         )
 
     def wait_ingested(self):
-        return wait_ingested(self.reader, self.traffic.answered, self.traffic.accepted)
+        gone = self.result.forgotten  # rows erased on request are not coming back
+        return wait_ingested(
+            self.reader, self.traffic.answered - gone.get("chats", 0), self.traffic.accepted - gone.get("feedback", 0)
+        )
 
     def topic(self, who: store.Customer) -> store.Topic:
         """What `who` asks about: attackers always ask about the topic they poison."""
@@ -746,7 +749,7 @@ def summary(result: Result, cfg: Config, control: bool) -> list[str]:
     failed = f" ({c['failed']} failed: {result.errors[0]})" if c["failed"] else ""
     lines.append(
         f"chats:    {c['requests']} requests -> {c['answered']} answered{failed} -> {c['kafka_chats']} in Kafka "
-        f"-> {c['duckdb_chats']} in DuckDB"
+        f"-> {c['duckdb_chats']} in DuckDB" + (f" + {c['forgotten_chats']} forgotten" if c["forgotten_chats"] else "")
     )
     lines.append(
         f"ratings:  {c['ratings']} sent -> {c['ratings_accepted']} accepted ({c['corrections']} corrections) "

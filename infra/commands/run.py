@@ -107,6 +107,8 @@ def demo(
 
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes
+    # peft, when serving drops the adapter that was active (a promotion retires it): serving sets the next one
+    warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
     if users * cfg.curation.max_user_share < 1:
         raise FlywheelError(
             f"--users {users}: the per-user cap (curation.max_user_share="
