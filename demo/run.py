@@ -355,19 +355,10 @@ class Loop:
         night = self.record(scenario, live_before, day, outcome, ab)
         if scenario == "poison":
             night["poison"] = self.poison_report(live_before, outcome, ab)
-            p = night["poison"]
-            echo(
-                f"poison    the lie is {p['lie_rows']} of {p['snapshot_rows']} snapshot rows; "
-                f"{p['candidate'] or 'no candidate'} {p['verdict']}; largest share {p['max_share']:.0%} "
-                f"(canary {p['canary_share']:.0%}); stopped by: {p['stopped_by']}"
-            )
+            echo(f"poison    {_poison_line(night['poison'])}")
         if scenario == "forget":
             night["forget"] = self.forgotten | self.lineage_check(outcome)
-            f = night["forget"]
-            echo(
-                f"forget    {outcome.version or 'no candidate'}: its lineage holds {f['lineage_overlap']} of the "
-                f"{f['users']} forgotten users' {f['sample_ids']} sample ids"
-            )
+            echo(f"forget    {_lineage_line(outcome.version, night['forget'])}")
         echo(f"night {self.night}   {night['decision']} by {night['decided_by']}: {night['live_after']} serves")
         return night
 
@@ -706,19 +697,30 @@ def night_lines(nights: list[dict]) -> list[str]:
                 f"{_rate(before.get('ups', 0), before.get('ratings', 0))})"
             )
         if p := n.get("poison"):
-            lines.append(
-                f"  the lie: {p['lie_rows']} of {p['snapshot_rows']} snapshot rows; {p['candidate'] or 'no candidate'} "
-                f"{p['verdict']}; largest share {p['max_share']:.0%} (canary {p['canary_share']:.0%}); stopped by: "
-                f"{p['stopped_by']}"
-            )
+            lines.append(f"  {_poison_line(p)}")
         if f := n.get("forget"):
             lines.append(
                 f"  forgot {f['users']} users: tainted {', '.join(f['tainted']) or 'none'}; {f['serves_now']} served "
                 f"{f['seconds_first']:.1f} s after the first forget call ({f['seconds_all']:.1f} s for all); "
-                f"{n['retrain']['version'] or 'no candidate'}'s lineage holds {f['lineage_overlap']} of their "
-                f"{f['sample_ids']} sample ids"
+                + _lineage_line(n["retrain"]["version"], f)
             )
     return lines
+
+
+def _poison_line(p: dict) -> str:
+    """The poisoning night in one line: the lie's share of the snapshot, the candidate's verdict, its share."""
+    return (
+        f"the lie is {p['lie_rows']} of {p['snapshot_rows']} snapshot rows; {p['candidate'] or 'no candidate'} "
+        f"{p['verdict']}; largest share {p['max_share']:.0%} (canary {p['canary_share']:.0%}); stopped by: "
+        f"{p['stopped_by']}"
+    )
+
+
+def _lineage_line(version: str | None, f: dict) -> str:
+    return (
+        f"{version or 'no candidate'}: its lineage holds {f['lineage_overlap']} of the {f['users']} forgotten "
+        f"users' {f['sample_ids']} sample ids"
+    )
 
 
 def summary(result: Result, cfg: Config, control: bool) -> list[str]:

@@ -112,3 +112,58 @@ def test_each_night_is_judged_by_its_scenario():
     assert not run.night_ok(forget | {"forget": {"serving_tainted": [], "lineage_overlap": 3}})[0]
     assert run.night_ok({"scenario": "change", "decision": "promote"})[0]
     assert not run.night_ok({"scenario": "learn", "decision": "continue"})[0]
+
+
+def test_the_closing_lines_say_what_stopped_the_lie_and_what_the_forget_left():
+    poison = {
+        "lie_rows": 32,
+        "snapshot_rows": 1323,
+        "candidate": "v0003",
+        "verdict": "prefers the lie by 0.2 nats on average (v0001: -77.1)",
+        "max_share": 1.0,
+        "canary_share": 0.1,
+        "stopped_by": "nothing: it was promoted",
+    }
+    forget = {
+        "users": 20,
+        "tainted": ["v0001", "v0003"],
+        "serves_now": "base",
+        "seconds_first": 0.32,
+        "seconds_all": 0.86,
+        "lineage_overlap": 0,
+        "sample_ids": 585,
+    }
+    nights = [
+        {
+            "night": 3,
+            "scenario": "poison",
+            "arms": None,
+            "decision": "promote",
+            "decided_by": "A/B",
+            "live_after": "v0003",
+            "stages": {"night 3 a/b": 60.0},
+            "topics": {},
+            "poison": poison,
+        },
+        {
+            "night": 4,
+            "scenario": "forget",
+            "arms": None,
+            "decision": "promote",
+            "decided_by": "A/B",
+            "live_after": "v0004",
+            "stages": {"night 4 a/b": 60.0},
+            "topics": {},
+            "forget": forget,
+            "retrain": {"version": "v0004"},
+        },
+    ]
+    lines = run.night_lines(nights)
+    assert lines[1] == (
+        "  the lie is 32 of 1323 snapshot rows; v0003 prefers the lie by 0.2 nats on average (v0001: -77.1); "
+        "largest share 100% (canary 10%); stopped by: nothing: it was promoted"
+    )
+    assert lines[3] == (
+        "  forgot 20 users: tainted v0001, v0003; base served 0.3 s after the first forget call (0.9 s for all); "
+        "v0004: its lineage holds 0 of the 20 forgotten users' 585 sample ids"
+    )
