@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# No test may meet the nightly job by the wall clock: a `flywheel up` started near 02:00 would run a retrain
+# (curate with the default config) in the middle of a test. The schedule's tests set their own clock.
+os.environ.setdefault("FLYWHEEL_RETRAIN__SCHEDULE", f"0 {(datetime.now().hour + 12) % 24} * * *")
 
 
 def pytest_collection_modifyitems(config, items):

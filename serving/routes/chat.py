@@ -46,12 +46,16 @@ UNSUPPORTED = (
     "presence_penalty",
     "logit_bias",
 )
-NEUTRAL: dict[str, object] = {
-    "logprobs": False,
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-    "response_format": {"type": "text"},
-    "tool_choice": "none",
+# The values of UNSUPPORTED that ask for nothing (what clients send by default): accepted, and /openapi.json
+# lists them, so that the schema and this check agree (Schemathesis found `tools: []` accepted, documented null).
+NEUTRAL: dict[str, list] = {
+    "logprobs": [False],
+    "frequency_penalty": [0.0],
+    "presence_penalty": [0.0],
+    "response_format": [{"type": "text"}],
+    "tools": [[]],
+    "tool_choice": ["none"],
+    "logit_bias": [{}],
 }
 
 
@@ -60,8 +64,7 @@ def document_unsupported(models: dict) -> None:
     tool turns among the messages."""
     request = models["ChatRequest"]["properties"]
     for name in UNSUPPORTED:
-        neutral = NEUTRAL.get(name)
-        request[name] = {"type": "null"} if neutral is None else {"enum": [None, neutral]}
+        request[name] = {"enum": [None, *NEUTRAL[name]]} if name in NEUTRAL else {"type": "null"}
     message = models["ChatMessage"]["properties"]
     message["role"]["enum"] = [r for r in message["role"]["enum"] if r != "tool"]
     message["tool_calls"] = {"type": "null"}
@@ -74,7 +77,7 @@ def unsupported(body: ChatRequest) -> list[str]:
     return [
         name
         for name in UNSUPPORTED
-        if (value := getattr(body, name)) is not None and value != NEUTRAL.get(name) and value not in ([], {})
+        if (value := getattr(body, name)) is not None and value not in NEUTRAL.get(name, [])
     ]
 
 
