@@ -9,6 +9,10 @@ curate` runs: candidates, all filters (length, language, leftover PII, placehold
 near-duplicates, per-user cap), the review policy (auto), and the Parquet snapshot. The baseline, in the
 same run: the floor of that work, reading the same candidates out of DuckDB and writing them as Parquet.
 Target: < 60 s for 100,000 chats on 2 cores.
+
+--repeated F gives that share of the chats one of 10 fixed answers, as a trained adapter answers (the
+same policy text, liked by some, corrected by others): the worst case of the contest rule, which compares
+every correction with every rating of its answer text.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +76,10 @@ def scrubbed(texts):
     return out
 
 
-def load(path: Path, chats: int, users: int) -> float:
+POLICIES = [f"Policy {k}: you can do that within {k + 2} days from your account page." for k in range(10)]
+
+
+def load(path: Path, chats: int, users: int, repeated: float = 0.0) -> float:
     from infra.db import open_store
     from ingest import sink, synthetic
     from ingest.batch import Record, prepare
@@ -79,6 +87,13 @@ def load(path: Path, chats: int, users: int) -> float:
     t0 = time.perf_counter()
     con = open_store(path)
     events = synthetic.events(chats * 2, users=users, feedback_share=1.0)
+    if repeated:
+        events = [
+            e.model_copy(update={"response": POLICIES[n % 10]})
+            if isinstance(e, synthetic.ChatLog) and (n := zlib.crc32(e.response_id.encode()) % 1000) < repeated * 1000
+            else e
+            for e in events
+        ]
     kinds = {"c": "chat", "f": "feedback"}
     for start in range(0, len(events), 20_000):
         part = events[start : start + 20_000]
@@ -105,11 +120,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chats", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--repeated", type=float, default=0.0, help="share of chats given one of 10 fixed answers")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.duckdb"
-        loaded = load(db, args.chats, args.users)
-        print(f"loaded {args.chats:,} rated chats from {args.users:,} users in {loaded:.1f} s")
+        loaded = load(db, args.chats, args.users, args.repeated)
+        print(
+            f"loaded {args.chats:,} rated chats from {args.users:,} users in {loaded:.1f} s"
+            + (f" ({args.repeated:.0%} of them with one of 10 fixed answers)" if args.repeated else "")
+        )
         base_out, _ = child(BASELINE, str(db), tmp)
         baseline = float(base_out)
         out, peak = child(CHILD, str(db), str(Path(tmp) / "snapshots"))

@@ -53,6 +53,15 @@ class CurationConfig(Section):
         "thumbs-down drops its desirable samples, old ones and replayed ones too, as superseded). Fewer follow "
         "a change sooner; more let fewer stray thumbs-down through.",
     )
+    contest_similarity: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="Questions this alike (TF-IDF cosine of their words) are the same question to the contest "
+        "rule: a correction is dropped as contested, with the thumbs-down it came with, when more users who "
+        "asked an alike question between the same two snapshots rated the answer it replaces up than down "
+        "(coordinated accounts teaching a false answer). Higher compares fewer questions; 1: only the same words.",
+    )
     revision_similarity: float = Field(
         0.4,
         gt=0,

@@ -27,7 +27,8 @@ log = logging.getLogger("flywheel.curation")
 # Each chat with the latest feedback of its (response, user); users who were forgotten stay out even when
 # their events arrive late (the view `remembered_chats` holds that rule, migration 0005).
 CANDIDATES = """
-SELECT c.event_id::VARCHAR, c.response_id, c.user_id, c.messages, c.response, l.rating, l.correction
+SELECT c.event_id::VARCHAR, c.response_id, c.user_id, c.messages, c.response, l.rating, l.correction,
+       (SELECT count(*) FROM snapshots s WHERE s.created_at < c.created_at) AS batch
 FROM remembered_chats c
 {join} JOIN latest_feedback l ON l.response_id = c.response_id AND l.user_id = c.user_id
 ORDER BY c.created_at, c.event_id
@@ -46,6 +47,7 @@ class Sample:
     answer: str
     scores: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+    batch: int = 0  # how many snapshots were taken before the chat: the chats of one night share it
 
 
 @dataclass
@@ -80,25 +82,27 @@ def candidates(con: DuckDBPyConnection, cfg: CurationConfig) -> tuple[list[Sampl
     report = Report()
     rows = con.execute(CANDIDATES.format(join="LEFT" if cfg.include_unrated else "")).fetchall()
     out = []
-    for event_id, response_id, user, messages, response, rating, correction in rows:
+    for event_id, response_id, user, messages, response, rating, correction, batch in rows:
         report.candidates += 1
-        prompt = messages  # STRUCT(role, content)[]: a list of dicts
-
-        def add(source: str, label: str, answer: str) -> None:
-            # called only inside this iteration: the loop variables are the ones meant
-            out.append(Sample(sample_id(event_id, source), event_id, response_id, user, label, source, prompt, answer))  # noqa: B023
-
+        made = []  # (source, label, answer)
         if rating == 1:
             report.ratings_up += 1
-            add("rating", "desirable", response)
+            made.append(("rating", "desirable", response))
         elif rating == -1:
             report.ratings_down += 1
-            add("rating", "undesirable", response)
+            made.append(("rating", "undesirable", response))
         elif cfg.include_unrated:
-            add("unrated", "desirable", response)
+            made.append(("unrated", "desirable", response))
         if correction:
             report.corrections += 1
-            add("correction", "desirable", correction)
+            made.append(("correction", "desirable", correction))
+        # prompt: messages, STRUCT(role, content)[], as a list of dicts
+        out += [
+            Sample(
+                sample_id(event_id, source), event_id, response_id, user, label, source, messages, answer, batch=batch
+            )
+            for source, label, answer in made
+        ]
     return out, report
 
 
@@ -149,6 +153,28 @@ def _content(samples: list[Sample], prompts_full: list[str], last_user: list[str
             _drop(s, f"placeholder: {share:.0%} of the answer is placeholders")
 
 
+def _contested(samples: list[Sample], last_user: list[str], cfg: CurationConfig) -> None:
+    """Corrections that most users who asked alike questions the same night contradict, and the thumbs-down
+    they came with: coordinated accounts pushing a false answer (`filters.contested`). Every rating is a
+    vote, whatever else drops its sample."""
+    rated = [i for i, s in enumerate(samples) if s.source == "rating"]
+    corrections = {s.chat_event_id: i for i, s in enumerate(samples) if s.source == "correction"}
+    found = filters.contested(
+        [last_user[i] for i in rated],
+        [samples[i].answer for i in rated],
+        [1 if samples[i].label == "desirable" else -1 for i in rated],
+        [samples[i].chat_event_id in corrections for i in rated],
+        [samples[i].user_id for i in rated],
+        [samples[i].batch for i in rated],
+        cfg.contest_similarity,
+    )
+    for k, (up, down) in found.items():
+        rating = samples[rated[k]]
+        why = f"contested: {up} users who asked alike questions rated the corrected answer up, {down} down"
+        _drop(rating, why)
+        _drop(samples[corrections[rating.chat_event_id]], why)
+
+
 def _superseded(samples: list[Sample], cfg: CurationConfig) -> None:
     """Newer feedback wins: what users now reject stops being taught (samples are oldest first)."""
     alive = [i for i, s in enumerate(samples) if s.reason is None]
@@ -186,6 +212,7 @@ def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
     last_user = [_last_user(s.prompt) for s in samples]
     _lengths(samples, prompts_full, last_user, cfg)
     _content(samples, prompts_full, last_user, cfg)
+    _contested(samples, last_user, cfg)
     _superseded(samples, cfg)
     _duplicates(samples, prompts_full, cfg)
     alive = [i for i, s in enumerate(samples) if s.reason is None]
@@ -207,8 +234,11 @@ def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
 
 
 def superseded_ids(con: DuckDBPyConnection) -> list[str]:
-    """Samples the last run dropped as superseded (users now reject their answer): what replay leaves out."""
-    rows = con.execute("SELECT sample_id FROM samples WHERE reason LIKE 'superseded:%' ORDER BY sample_id").fetchall()
+    """Samples the last run dropped as superseded (users now reject their answer) or contested (users contradict
+    the correction): what replay leaves out."""
+    rows = con.execute(
+        "SELECT sample_id FROM samples WHERE reason LIKE 'superseded:%' OR reason LIKE 'contested:%' ORDER BY sample_id"
+    ).fetchall()
     return [r[0] for r in rows]
 
 

@@ -7,9 +7,14 @@ seconds, so the expensive ones (language, near-duplicates) work on unique texts 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
 
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]{1,40}>")
 
@@ -248,6 +253,71 @@ def user_cap(users: list[str], share: float, order: list[int]) -> tuple[int, set
 def answer_key(answer: str) -> str:
     """What counts as the same answer text for the per-answer cap: case and whitespace do not matter."""
     return " ".join(answer.lower().split())
+
+
+def question_matrix(questions: list[str]) -> csr_matrix:
+    """TF-IDF rows of the questions' words (placeholders left out; sublinear term counts; unit length), as a
+    sparse matrix: words that every question has ("order", "email", "thanks") weigh nothing, a topic's most."""
+    import numpy as np
+    from scipy.sparse import csr_matrix
+
+    docs = [Counter(re.findall(r"[^\W\d_]+", PLACEHOLDER.sub(" ", q).lower())) for q in questions]
+    vocab: dict[str, int] = {}
+    cols = [[vocab.setdefault(w, len(vocab)) for w in d] for d in docs]
+    df = np.zeros(len(vocab))
+    for c in cols:
+        df[c] += 1
+    idf = np.log(len(docs) / np.maximum(df, 1))
+    indptr = np.cumsum([0] + [len(c) for c in cols])
+    indices = np.fromiter((j for c in cols for j in c), dtype=np.int64, count=int(indptr[-1]))
+    tf = np.fromiter((1 + math.log(n) for d in docs for n in d.values()), dtype=float, count=int(indptr[-1]))
+    m = csr_matrix((tf * idf[indices], indices, indptr), shape=(len(docs), len(vocab)))
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    norms[norms == 0] = 1.0
+    return csr_matrix(m.multiply(1 / norms[:, None]))
+
+
+def contested(
+    questions: list[str],
+    answers: list[str],
+    ratings: list[int],
+    corrected: list[bool],
+    users: list[str],
+    batches: list[int],
+    similarity: float,
+) -> dict[int, tuple[int, int]]:
+    """Corrections the crowd contradicts: {row: (users who rated the answer up, users who rated it down)}.
+
+    A row is one rated chat. A correction says its chat's answer was wrong; it is contested when, in its
+    batch (the chats between two snapshots: one night's), more of the users who asked an alike question
+    (`question_matrix` cosine >= `similarity`) and were given the same answer text (`answer_key`) rated it
+    up than down, the corrector counting as down. Coordinated accounts correcting a true answer toward a
+    false one are outvoted by the customers who, the same night, asked the same and liked it. When the
+    world changes, the old answer's ratings turn down with it (a change late in a night, after most of its
+    likes, is learned from the next night's corrections); a true answer given to another topic's question
+    is not compared with that topic's ratings."""
+    import numpy as np
+
+    vectors = question_matrix(questions)
+    uid = np.unique(np.asarray(users, dtype=object), return_inverse=True)[1]
+    rating = np.asarray(ratings)
+    same: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for i, (answer, batch) in enumerate(zip(answers, batches)):
+        same[(batch, answer_key(answer))].append(i)
+    out = {}
+    for members in same.values():
+        fixes = [i for i in members if corrected[i]]
+        group = np.asarray(members)
+        for start in range(0, len(fixes), 256):  # bounded memory: 256 corrections x the group at a time
+            chunk = fixes[start : start + 256]
+            similar = (vectors[chunk] @ vectors[group].T).toarray() >= similarity - 1e-9
+            for i, alike in zip(chunk, similar):
+                liked = np.unique(uid[group[alike & (rating[group] > 0)]])
+                up = liked.size - int(uid[i] in liked)
+                down = np.unique(np.append(uid[group[alike & (rating[group] < 0)]], uid[i])).size
+                if up > down:
+                    out[i] = (up, down)
+    return out
 
 
 def answer_cap(answers: list[str], share: float, order: list[int]) -> tuple[int, set[int]]:

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import random
 import shutil
 import threading
@@ -45,15 +46,30 @@ DEMO_SETTINGS = [
     "retrain.learning_rate=0.001",  # ~90 small steps over ~280 answers: enough to learn the 8 policies
     "retrain.tokens_per_batch=512",
     "retrain.min_new_samples=20",
-    "abtest.min_users_per_arm=12",  # the canary stage sees 10% of the population
+    "abtest.min_users_per_arm=12",  # the canary share is sized to hold about twice this many (canary_share)
     "abtest.min_duration_s=0",
     "log_level=WARNING",  # the demo prints its own lines; KEY=VALUE log_level=INFO shows the services' logs
 ]
 
 
-def demo_config(base: Config, config_path: Path | None, overrides: list[str], control: bool) -> Config:
+def demo_config(
+    base: Config, config_path: Path | None, overrides: list[str], control: bool, users: int = 240
+) -> Config:
+    """The demo's settings, then `overrides`; unless they set abtest.ramp, a canary sized for `users`."""
     folder = Path(base.data_dir) / ("demo-control" if control else "demo")
-    return load_config(config_path, [*DEMO_SETTINGS, *overrides, f"data_dir={folder}"])
+    cfg = load_config(config_path, [*DEMO_SETTINGS, *overrides, f"data_dir={folder}"])
+    if any(o.startswith("abtest.ramp=") for o in overrides):
+        return cfg
+    canary = canary_share(users, cfg.abtest.min_users_per_arm, cfg.abtest.ramp[0])
+    ramp = [canary, *[s for s in cfg.abtest.ramp[1:] if s > canary]]
+    return load_config(config_path, [*DEMO_SETTINGS, *overrides, f"abtest.ramp={ramp}", f"data_dir={folder}"])
+
+
+def canary_share(users: int, min_users: int, default: float) -> float:
+    """A canary share that holds about twice abtest.min_users_per_arm customers (at least `default`, at most
+    half): a canary arm never decides while fewer of its users rated than that minimum (at 160 customers, a 10%
+    canary drew 9 rating users against 12)."""
+    return min(0.5, max(default, math.ceil(200 * min_users / users) / 100))
 
 
 def prepare_data_dir(cfg: Config, shared_models: Path) -> None:
@@ -378,16 +394,14 @@ class Loop:
         lineage = registry.ancestors(self.reader, live["version"]) if live else []
         learned = registry.learned_sample_ids(lineage) if live else registry.trained_sample_ids(self.reader)
         key = keys.data_dir_key(self.cfg.data_dir, "user-pseudonyms")
+        samples: dict[str, set[str]] = {}  # stored user id (a pseudonym) -> sample ids
+        for user, sid in self.reader.execute("SELECT user_id, sample_id FROM samples").fetchall():
+            samples.setdefault(user, set()).add(sid)
         chosen, ids = [], set()
         for p in self.people:
             if len(chosen) == n:
                 break
-            mine = {
-                sid
-                for (sid,) in self.reader.execute(
-                    "SELECT sample_id FROM samples WHERE user_id = ?", [pseudonym(key, APP, p.user_id)]
-                ).fetchall()
-            }
+            mine = samples.get(pseudonym(key, APP, p.user_id), set())
             if not p.attacker and mine & learned:
                 chosen.append(p)
                 ids |= mine
@@ -470,7 +484,16 @@ class Loop:
         learned = candidate is not None and candidate > 0
         share = ab.max_share if ab else 0.0
         canary = self.cfg.abtest.ramp[0]
-        if not learned:
+        [(contested,)] = self.reader.execute(
+            "SELECT count(*) FROM samples WHERE source = 'correction' AND answer = ? AND reason LIKE 'contested:%'",
+            [store.LIE],
+        ).fetchall()
+        if not learned and contested and not lie:
+            stopped = (
+                f"curation: {contested} corrections to the lie contested (customers who asked alike questions "
+                "liked the answer they replace)"
+            )
+        elif not learned:
             stopped = "curation and training: the candidate prefers the true policy"
         elif ab is None:
             stopped = decided_by(outcome, "rejected", outcome.reason)
@@ -484,6 +507,7 @@ class Loop:
             stopped = f"A/B: held at the canary share ({ab.reason}); stopped undecided at the night's end"
         return {
             "lie_rows": lie,
+            "contested": contested,
             "snapshot_rows": rows,
             "over_answer_cap": (self.snap.manifest["counts"].get("over_answer_cap", 0) if self.snap else 0),
             "candidate": outcome.version,
@@ -710,7 +734,8 @@ def night_lines(nights: list[dict]) -> list[str]:
 def _poison_line(p: dict) -> str:
     """The poisoning night in one line: the lie's share of the snapshot, the candidate's verdict, its share."""
     return (
-        f"the lie is {p['lie_rows']} of {p['snapshot_rows']} snapshot rows; {p['candidate'] or 'no candidate'} "
+        f"the lie is {p['lie_rows']} of {p['snapshot_rows']} snapshot rows ({p['contested']} contested); "
+        f"{p['candidate'] or 'no candidate'} "
         f"{p['verdict']}; largest share {p['max_share']:.0%} (canary {p['canary_share']:.0%}); stopped by: "
         f"{p['stopped_by']}"
     )

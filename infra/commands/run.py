@@ -97,7 +97,7 @@ def demo(
 
     st = state(ctx)
     base = st.config()
-    cfg = demo_run.demo_config(base, st.config_path, st.overrides, control)
+    cfg = demo_run.demo_config(base, st.config_path, st.overrides, control, users)
     logging.getLogger().setLevel(cfg.log_level)
     for noisy in ("httpx", "httpx2", "openai", "kafka"):  # a line per request or connection
         logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "kafka" else logging.ERROR)
@@ -116,7 +116,7 @@ def demo(
             f"{math.ceil(1 / cfg.curation.max_user_share)} users"
         )
     demo_run.prepare_data_dir(cfg, ensure_data_dir(base.data_dir) / "models")
-    settings = " ".join([*demo_run.DEMO_SETTINGS, *st.overrides])
+    settings = " ".join([*demo_run.DEMO_SETTINGS, *st.overrides, f"abtest.ramp={cfg.abtest.ramp}"])
     typer.echo(f"demo      data in {cfg.data_dir} (emptied first); settings: {settings}")
     with StopSignal() as stop:
         result = demo_run.run(

@@ -3,13 +3,14 @@
 import hashlib
 import json
 import shutil
+from datetime import timedelta
 
 import pytest
 
 from curation import audit, curate, review, snapshot
 from curation.config import CurationConfig
 from infra.db import open_store
-from tests.helpers.events import ANSWERS, QUESTIONS, chat, population, rate, store
+from tests.helpers.events import ANSWERS, QUESTIONS, T0, chat, population, rate, store
 
 
 def test_ratings_and_corrections_become_labelled_samples_and_the_latest_rating_wins(db, put):
@@ -230,3 +231,53 @@ def test_newer_feedback_supersedes_the_old_answer_and_replay_leaves_it_out(db, p
     earlier = [{"sample_id": sid} for sid in curate.superseded_ids(db)] + [{"sample_id": "smp-other"}]
     mixed = recipe.with_replay([{"sample_id": "x"}] * 4, [earlier], 0.5, 0, frozenset(curate.superseded_ids(db)))
     assert [r["sample_id"] for r in mixed[4:]] == ["smp-other"]
+
+
+def test_coordinated_corrections_that_customers_contradict_are_contested_and_never_trained(db, put, tmp_path):
+    """Night 1 customers like the true cancellation policy; the next day they still do, while three new
+    accounts thumbs-down it to the same questions and correct it to a lie. The lie and those thumbs-down
+    stay out of the snapshot (contested) and out of replay; the customers' likes are trained."""
+    from retrain import recipe
+
+    truth = "You can cancel an order within 2 hours of placing it, from your account page."
+    lie = "You can cancel any order at any time, even after it has shipped, for a full refund."
+    asked = [
+        "Can I cancel my order for a tent?",
+        "How late can I cancel an order?",
+        "What is your cancellation policy?",
+    ]
+    other = [
+        ("Do you ship to Canada?", "We ship to 14 countries, Canada included."),
+        ("Can I pay with PayPal?", "Yes."),
+    ]
+    days: list[list] = [[], []]
+    for day, events in enumerate(days):
+        for i in range(12):
+            c = chat(f"cust{day}-{i}", f"{asked[i % 3]} Order NW-{day}{i:04d}.", truth, minutes=day * 1440 + i)
+            events += [c, rate(c, 1)]
+        for i, (q, a) in enumerate(other * 3):
+            c = chat(f"other{day}-{i}", q, a, minutes=day * 1440 + 100 + i)
+            events += [c, rate(c, 1)]
+    attack = [
+        chat(f"new-account-{i}", f"{asked[i % 3]} Order NW-9{i:04d}.", truth, minutes=1440 + 50 + i) for i in range(3)
+    ]
+    cfg = CurationConfig(review_policy="auto", max_user_share=1.0, max_answer_share=1.0, eval_share=0)
+    put(days[0])
+    curate.run(db, cfg)
+    snapshot.build(db, cfg, tmp_path / "night1")  # the night between the two days, at its time
+    db.execute("UPDATE snapshots SET created_at = ?", [T0 + timedelta(minutes=720)])
+    put(days[1] + [e for c in attack for e in (c, rate(c, -1, lie))])
+
+    report = curate.run(db, cfg)
+    assert report.dropped.get("contested") == 6  # each account's correction and its thumbs-down
+    reasons = db.execute("SELECT DISTINCT reason FROM samples WHERE user_id LIKE 'new-account-%'").fetchall()
+    assert reasons == [("contested: 4 users who asked alike questions rated the corrected answer up, 1 down",)]
+    snap = snapshot.build(db, cfg, tmp_path / "night2")
+    trained = [(r["label"], r["completion"][0]["content"]) for r in recipe.load_rows(snap.path, "train")]
+    assert (True, lie) not in trained and (False, truth) not in trained and (True, truth) in trained
+    contested = db.execute("SELECT sample_id FROM samples WHERE reason LIKE 'contested:%'").fetchall()
+    assert {sid for (sid,) in contested} <= set(curate.superseded_ids(db))  # replay leaves them out too
+
+    # Without the night between them the verdict is the same: the attack and the likes share the day.
+    db.execute("DELETE FROM snapshots")
+    assert curate.run(db, cfg).dropped.get("contested") == 6

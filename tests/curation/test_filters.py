@@ -189,3 +189,54 @@ def test_an_earlier_answer_that_states_what_a_revision_removed_is_superseded_in_
     assert sorted(found) == [0, 3]
     assert "states what a later correction revised (removed: 45)" in found[0]
     assert "revised by a later correction" in found[3]
+
+
+CANCEL = "You can cancel an order within 2 hours of placing it, from your account page."
+LIE = "You can cancel any order at any time, even after it has shipped, for a full refund."
+SHIP = "Standard shipping takes 3 to 5 business days and is free on orders over $50."
+CANCEL_ASKED = [
+    "Can I cancel my order for a tent?",
+    "How late can I cancel an order?",
+    "I ordered boots by mistake, how do I cancel?",
+]
+SHIP_ASKED = ["How long does shipping take for hiking boots?", "When will my gloves arrive if I order today?"]
+
+
+def day(rows: list[tuple[str, str, str, int, bool]], batch: int = 0) -> dict:
+    """(user, question, answer, rating, corrected) rows as `filters.contested` takes them."""
+    users, questions, answers, ratings, corrected = (list(c) for c in zip(*rows))
+    return {"questions": questions, "answers": answers, "ratings": ratings, "corrected": corrected,
+            "users": users, "batches": [batch] * len(rows)}  # fmt: skip
+
+
+def test_a_correction_that_most_users_asking_alike_questions_contradict_is_contested():
+    honest = [(f"c{i}", CANCEL_ASKED[i % 3] + f" Order NW-{i:06d}.", CANCEL, 1, False) for i in range(6)]
+    shipping = [(f"s{i}", SHIP_ASKED[i % 2] + f" Order NW-{i:06d}.", SHIP, 1, False) for i in range(6)]
+    # Three coordinated accounts thumbs-down the true answer to the same questions and correct it to a lie.
+    attack = [(f"x{i}", CANCEL_ASKED[i % 3] + f" Order NW-9{i:05d}.", CANCEL, -1, True) for i in range(3)]
+    found = filters.contested(**day(honest + shipping + attack), similarity=0.3)
+    # Each attacker is outvoted by the 2 customers who asked in the same words (the wordings share no topic word
+    # here: "cancel" is in most questions of this small day, so it weighs little).
+    assert found == {12: (2, 1), 13: (2, 1), 14: (2, 1)}
+    # Against a minority it stands: 2 up, the corrector and another user down.
+    few = [honest[0], honest[3], ("d0", CANCEL_ASKED[0] + " Order NW-1.", CANCEL, -1, False), attack[0]]
+    assert filters.contested(**day(few + shipping), similarity=0.3) == {}
+
+
+def test_a_changed_policy_and_another_topics_question_are_not_contested():
+    # The answer was liked before the last snapshot; since, every customer rejects it and agents correct it.
+    before = [(f"c{i}", SHIP_ASKED[i % 2], SHIP, 1, False) for i in range(6)]
+    after = [(f"a{i}", SHIP_ASKED[i % 2] + f" Order NW-{i}.", SHIP, -1, i % 2 == 0) for i in range(4)]
+    rows = day(before, batch=0)
+    for key, values in day(after, batch=1).items():
+        rows[key] += values
+    assert filters.contested(**rows, similarity=0.3) == {}
+    # A change late in a night, after most of its likes: that night's likes outvote its corrections (the
+    # next night's corrections stand). Only the same words are alike here: 3 likes against 2 rejections.
+    assert filters.contested(**{**rows, "batches": [0] * 10}, similarity=0.3) == {6: (3, 2), 8: (3, 2)}
+    # A true answer given to another topic's question: its corrector is not outvoted by that topic's askers.
+    liked = [(f"c{i}", CANCEL_ASKED[i % 3], CANCEL, 1, False) for i in range(6)]
+    wrong_topic = [("agent", SHIP_ASKED[0], CANCEL, -1, True)] + [
+        (f"s{i}", SHIP_ASKED[1], SHIP, 1, False) for i in range(3)
+    ]
+    assert filters.contested(**day(liked + wrong_topic), similarity=0.3) == {}

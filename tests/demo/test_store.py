@@ -117,6 +117,7 @@ def test_each_night_is_judged_by_its_scenario():
 def test_the_closing_lines_say_what_stopped_the_lie_and_what_the_forget_left():
     poison = {
         "lie_rows": 32,
+        "contested": 0,
         "snapshot_rows": 1323,
         "candidate": "v0003",
         "verdict": "prefers the lie by 0.2 nats on average (v0001: -77.1)",
@@ -160,10 +161,22 @@ def test_the_closing_lines_say_what_stopped_the_lie_and_what_the_forget_left():
     ]
     lines = run.night_lines(nights)
     assert lines[1] == (
-        "  the lie is 32 of 1323 snapshot rows; v0003 prefers the lie by 0.2 nats on average (v0001: -77.1); "
+        "  the lie is 32 of 1323 snapshot rows (0 contested); v0003 prefers the lie by 0.2 nats on average (v0001: -77.1); "
         "largest share 100% (canary 10%); stopped by: nothing: it was promoted"
     )
     assert lines[3] == (
         "  forgot 20 users: tainted v0001, v0003; base served 0.3 s after the first forget call (0.9 s for all); "
         "v0004: its lineage holds 0 of the 20 forgotten users' 585 sample ids"
     )
+
+
+def test_the_canary_is_sized_for_the_population_unless_the_ramp_is_set(tmp_path):
+    from infra.config import Config
+
+    base = Config(data_dir=tmp_path)
+    assert run.canary_share(240, 12, 0.1) == 0.1  # 24 customers: twice the minimum already
+    assert run.canary_share(160, 12, 0.1) == 0.15  # 10% would be 16 customers, 9 of whom rated in a run
+    assert run.canary_share(20, 12, 0.1) == 0.5  # never more than half
+    assert run.demo_config(base, None, [], False, users=160).abtest.ramp == [0.15, 0.5]
+    assert run.demo_config(base, None, [], False).abtest.ramp == [0.1, 0.5]
+    assert run.demo_config(base, None, ["abtest.ramp=[0.5]"], False, users=160).abtest.ramp == [0.5]
