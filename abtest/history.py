@@ -1,5 +1,5 @@
 """The dashboard's history across nights: the thumbs-up rate of what served live, one point per day, with the
-night's retrain and the day's promotions and rollbacks marked.
+night's retrain, the day's promotions and rollbacks, and the adapters a forget tainted marked.
 
 A "day" is the time between two nightly runs (whatever the clock says: the demo's nights are minutes apart),
 so a run, skipped or not, closes a day. Live answers are those not given by a running experiment's
@@ -21,6 +21,7 @@ def days(
     rated: list[tuple[float, str, str, int]],
     decisions: list[tuple[float, str, str, str]],
     *,
+    taints: list[tuple[float, str]] | None = None,
     tau: float,
     alpha: float,
 ) -> list[dict[str, Any]]:
@@ -28,7 +29,9 @@ def days(
 
     runs: (time, status, version, reason) of each nightly run (candidate, rejected, failed, skipped);
     rated: (time, user, variant, 1 up / 0 down) of each rated live answer;
-    decisions: (time, decision, experiment, reason) of each promotion or rollback."""
+    decisions: (time, decision, experiment, reason) of each promotion or rollback;
+    taints: (time, version) of each adapter a forget flagged as trained on a forgotten user's data."""
+    taints = taints or []
     edges = [-math.inf, *(r[0] for r in runs), math.inf]
     out = []
     for k in range(len(edges) - 1):
@@ -48,6 +51,7 @@ def days(
                 "decisions": [
                     {"decision": d[1], "experiment": d[2], "reason": d[3]} for d in decisions if lo <= d[0] < hi
                 ],
+                "tainted": sorted({t[1] for t in taints if lo <= t[0] < hi}),
                 "night": dict(zip(("status", "version", "reason"), runs[k][1:])) if k < len(runs) else None,
             }
         )

@@ -307,7 +307,10 @@ class ReviewStore:
             "SELECT epoch(decided_at), decision, experiment_id, reason FROM decisions "
             "WHERE decision IN ('promote', 'rollback') ORDER BY decided_at"
         ).fetchall()
-        return history.days(runs, rated, decisions, tau=self.cfg.abtest.tau, alpha=self.cfg.abtest.alpha)
+        taints = cur.execute(
+            "SELECT epoch(changed_at), version FROM adapter_events WHERE status = 'tainted' ORDER BY changed_at"
+        ).fetchall()
+        return history.days(runs, rated, decisions, taints=taints, tau=self.cfg.abtest.tau, alpha=self.cfg.abtest.alpha)
 
     def command(self, argv: list[str], actor: str) -> dict:
         """A read or admin `flywheel` command run here for a reviewer (`infra.remote`)."""

@@ -100,12 +100,20 @@ def chart(decisions: list[dict]) -> dict:
     }
 
 
-MARKS = {"promote": "#2a7", "rollback": "#c33", "skipped": "#999", "rejected": "#e90", "failed": "#c33"}
+MARKS = {
+    "promote": "#2a7",
+    "rollback": "#c33",
+    "skipped": "#999",
+    "rejected": "#e90",
+    "failed": "#c33",
+    "forget": "#84c",
+}
 
 
 def days_chart(days: list[dict]) -> dict:
     """Coordinates for the history chart: the live thumbs-up rate per day with its interval, and a mark per
-    promotion, rollback (during the day) and per night that skipped or rejected (at the day's end)."""
+    promotion, rollback and forget that tainted adapters (during the day) and per night that skipped or rejected
+    (at the day's end). The labels during the day take turns in three rows, so that neighbours do not overlap."""
     n = max(1, len(days) - 1)
 
     def x(i: float) -> float:
@@ -116,17 +124,14 @@ def days_chart(days: list[dict]) -> dict:
 
     known = [(i, d) for i, d in enumerate(days) if d["up_rate"] is not None]
     marks = []
+    row = 0
     for i, d in enumerate(days):
-        for k, e in enumerate(d["decisions"]):
-            marks.append(
-                {
-                    "x": x(i),
-                    "y": 22 + 12 * k,
-                    "kind": e["decision"],
-                    "color": MARKS[e["decision"]],
-                    "label": f"{e['decision']} {e['experiment']}",
-                }
-            )
+        events = [(e["decision"], f"{e['decision']} {e['experiment']}") for e in d["decisions"]]
+        if d["tainted"]:
+            events.append(("forget", f"forget: {', '.join(d['tainted'])} tainted"))
+        for kind, label in events:
+            marks.append({"x": x(i), "y": 22 + 12 * (row % 3), "kind": kind, "color": MARKS[kind], "label": label})
+            row += 1
         night = d["night"]
         if night and night["status"] != "candidate":
             marks.append(

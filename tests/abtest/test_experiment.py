@@ -212,7 +212,8 @@ def test_the_dashboard_shows_the_chart_and_why_in_chromium(db, two_adapters, scr
 
 def test_the_history_across_nights_marks_promotions_and_skips_in_chromium(db, two_adapters, scrub_pool, browser):
     """Day 1 on v0001, a night that makes v0002 a candidate, day 2 an A/B test that promotes it, a night that
-    skips, day 3 on v0002: the page draws three days and marks the promotion and the skip."""
+    skips, day 3 on v0002 and a forget that taints v0001: the page draws three days and marks the promotion,
+    the skip and the forget."""
     from selenium.webdriver.common.by import By
 
     from abtest import experiment as ab
@@ -235,6 +236,7 @@ def test_the_history_across_nights_marks_promotions_and_skips_in_chromium(db, tw
     audit.append(db, "retrain", "skipped", None, {"reason": "3 new approved samples, fewer than 20"})
     live_only = ab.Experiment("none", "v0002", "v0002", "salt", 0.0, 0, "none", datetime.now(UTC), datetime.now(UTC))
     traffic(db, scrub_pool.scrub, live_only, range(500, 540), {"v0002": 0.9}, force="v0002", seed=8)
+    registry.taint(db, ["v0001"], "a user v0001 trained on was forgotten")  # day 3: a forget
     app = pages_app(ReviewStore(db, cfg), {"lead": ids.hash_key("lead-key")})
     with serve_in_thread(app) as url:
         browser.get(url + "/ab")
@@ -243,7 +245,7 @@ def test_the_history_across_nights_marks_promotions_and_skips_in_chromium(db, tw
         line = browser.find_element(By.CSS_SELECTOR, "svg.days polyline.series")
         assert len(line.get_attribute("points").split()) == 3 and line.size["width"] > 100
         marks = [m.get_attribute("class") for m in browser.find_elements(By.CSS_SELECTOR, "svg.days g.mark")]
-        assert marks == ["mark promote", "mark skipped"]
+        assert marks == ["mark promote", "mark skipped", "mark forget"]
         chart = browser.find_element(By.CSS_SELECTOR, "svg.days").rect
         for label in browser.find_elements(By.CSS_SELECTOR, "svg.days g.mark text"):  # none cut off at an edge
             box = label.rect
@@ -251,7 +253,7 @@ def test_the_history_across_nights_marks_promotions_and_skips_in_chromium(db, tw
         rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "table.days tr")][1:]
         assert len(rows) == 3 and rows[0].startswith("1 v0001") and "candidate v0002" in rows[0]
         assert "promote exp-0001-v0002" in rows[1] and "skipped: 3 new approved samples" in rows[1]
-        assert rows[2].startswith("3 v0002")
+        assert rows[2].startswith("3 v0002") and "forget: v0001 tainted" in rows[2]
         lineage = browser.find_element(By.CSS_SELECTOR, "table.lineage").text
         assert "v0002 base" in lineage and "live" in lineage
         browser.save_screenshot(str(cfg.data_dir / "nights.png"))
