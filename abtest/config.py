@@ -35,7 +35,8 @@ class AbtestConfig(Section):
     latency_margin: float = Field(
         0.25,
         ge=0,
-        description="Guardrail: challenger latency at most this much above the incumbent's p95 of the same window "
+        description="Guardrail: challenger latency (per answer token) at most this much above the incumbent's p95 "
+        "of the same window "
         "(relative); a breach is more than 5% of challenger answers over it, significant at alpha.",
     )
     latency_window_s: float = Field(

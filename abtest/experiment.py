@@ -27,7 +27,7 @@ MIN_WINDOW_ANSWERS = 20  # incumbent answers in a window for its p95 to be a yar
 
 RATED = """
 SELECT c.variant, c.user_id, c.latency_ms, length(trim(c.response)) = 0, l.rating, c.created_at >= ? AS in_stage,
-  epoch(c.created_at)
+  epoch(c.created_at), c.completion_tokens
 FROM chats c LEFT JOIN latest_feedback l ON l.response_id = c.response_id AND l.user_id = c.user_id
 WHERE c.experiment_id = ?
 """
@@ -230,32 +230,35 @@ def _decide(
     return Evaluation("continue", f"no significant difference yet (mSPRT {lam:.3g} < {1 / cfg.alpha:g})", numbers)
 
 
-def _slow_answers(rows: list[tuple[Any, ...]], challenger: str, cfg: AbtestConfig) -> tuple[int, int, float]:
+def _slow_answers(rows: list[tuple[Any, ...]], challenger: str, cfg: AbtestConfig) -> tuple[int, int, float, str]:
     """The latency guardrail's evidence: (challenger answers slower than latency_margin over the incumbent's
     p95 of the same time window, challenger answers in windows with enough incumbent answers to tell, the
-    binomial p-value of that many if at most 5% were). Both arms share the batches of one server, so load
-    moves both: a bare p95 of a small arm that happened to land in a busy minute breached in the 2-night
-    demo (13 s vs 21 s; that minute the incumbent's own p95 was 19 s)."""
+    binomial p-value of that many if at most 5% were, the unit). Both arms share the batches of one server, so
+    load moves both: a bare p95 of a small arm that happened to land in a busy minute breached in the 2-night
+    demo (13 s vs 21 s; that minute the incumbent's own p95 was 19 s). Time is per answer token when every
+    answer says how many it had: an answer twice as long takes about twice as long, and a challenger that
+    learned a longer policy text breached on whole answers in the 4-night demo (15 of 115 over 1.25x)."""
+    timed = [r for r in rows if r[2] is not None]
+    per_token = bool(timed) and all(r[7] for r in timed)
     windows: dict[int, tuple[list[float], list[float]]] = {}
-    for r in rows:
-        if r[2] is not None:
-            inc, ch = windows.setdefault(int(r[6] // cfg.latency_window_s), ([], []))
-            (ch if r[0] == challenger else inc).append(float(r[2]))
+    for r in timed:
+        inc, ch = windows.setdefault(int(r[6] // cfg.latency_window_s), ([], []))
+        (ch if r[0] == challenger else inc).append(float(r[2]) / (r[7] if per_token else 1))
     slow = n = 0
     for inc, ch in windows.values():
         if len(inc) >= MIN_WINDOW_ANSWERS and ch:
             limit = stats.p95(np.array(inc)) * (1 + cfg.latency_margin)
             slow, n = slow + sum(x > limit for x in ch), n + len(ch)
-    return slow, n, stats.binomial_sf(slow, n, 0.05)
+    return slow, n, stats.binomial_sf(slow, n, 0.05), "per answer token" if per_token else "per answer"
 
 
 def _guardrails(
-    inc: dict[str, Any], ch: dict[str, Any], latency: tuple[int, int, float], cfg: AbtestConfig
+    inc: dict[str, Any], ch: dict[str, Any], latency: tuple[int, int, float, str], cfg: AbtestConfig
 ) -> list[dict[str, Any]]:
     out = []
     a, b = inc["p95_latency_ms"], ch["p95_latency_ms"]
     if a is not None and b is not None:
-        slow, n, p = latency
+        slow, n, p, unit = latency
         out.append(
             {
                 "name": "p95 latency",
@@ -263,8 +266,8 @@ def _guardrails(
                 "incumbent": a,
                 "challenger": b,
                 "why": f"p95 latency: {slow} of {n} challenger answers took over {1 + cfg.latency_margin:g}x the "
-                f"incumbent's p95 of the same {cfg.latency_window_s:g} s (5% expected at most; binomial p={p:.2g} < "
-                f"{cfg.alpha:g})",
+                f"incumbent's p95 time {unit} of the same {cfg.latency_window_s:g} s (5% expected at most; binomial "
+                f"p={p:.2g} < {cfg.alpha:g})",
             }
         )
     a, b = inc["rating_rate"], ch["rating_rate"]

@@ -79,6 +79,7 @@ def _row(event: Event, record: Record, scrubbed: dict[str, str]) -> Row:
             "variant": event.variant,
             "experiment_id": event.experiment_id,
             "latency_ms": event.latency_ms,
+            "completion_tokens": event.completion_tokens,
         }
     return base | {
         "rating": event.rating,

@@ -76,6 +76,9 @@ class ChatLog(_EventFields):
     variant: Id  # adapter version that answered, or "base"
     experiment_id: Id | None = None
     latency_ms: float = Field(ge=0)
+    # Tokens of this answer: the A/B latency guardrail compares time per answer token, so that a challenger
+    # whose answers are longer (a new policy's text) is not called slow for it. None: not known (older logs).
+    completion_tokens: int | None = Field(None, ge=0)
 
 
 class Feedback(_EventFields):

@@ -27,6 +27,7 @@ CHAT_COLUMNS = (
     "variant",
     "experiment_id",
     "latency_ms",
+    "completion_tokens",
     "created_at",
     "kafka_topic",
     "kafka_partition",

@@ -181,6 +181,7 @@ class Answer:
                     messages=[Message(**m) for m in self.messages],
                     response=result.text,
                     latency_ms=round(latency, 2),
+                    completion_tokens=result.completion_tokens,
                 )
             )
             self.ctx.metrics.tokens.labels(self.variant).inc(result.completion_tokens)

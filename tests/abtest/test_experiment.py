@@ -298,3 +298,41 @@ def test_latency_is_compared_within_the_same_minute(db, two_adapters, scrub_pool
     assert latency["ok"] is not breached, latency["why"]
     if breached:
         assert latency["why"].startswith("p95 latency: 20 of 30 challenger answers took over 1.25x")
+
+
+@pytest.mark.parametrize(
+    ("tokens", "known", "breached"),
+    [(40, True, False), (20, True, True), (40, False, True)],
+    ids=["longer-answers", "slower-per-token", "tokens-unknown"],
+)
+def test_latency_is_compared_per_answer_token_when_every_answer_says_its_tokens(
+    db, two_adapters, scrub_pool, tokens, known, breached
+):
+    """The incumbent answers in 20 tokens and 2 s; the challenger takes 4 s. In 40 tokens that is the same
+    speed (a longer policy text), in 20 it is slower. When an answer does not say its tokens (a log from
+    before they were recorded), whole answers are compared, and the longer ones breach."""
+    from abtest import experiment as ab
+
+    cfg = two_adapters
+    ab_.tick(cfg, db)
+    exp, rng, at = ab.get(db), random.Random(3), datetime.now(UTC) - timedelta(seconds=5)
+    plan = [(exp.incumbent, 20, (1_800, 2_200), 100), (exp.challenger, tokens, (3_600, 4_400), 30)]
+    events, u = [], 0
+    for variant, n_tokens, (lo, hi), n in plan:
+        for _ in range(n):
+            c = chat(f"user-{u:04d}", f"Question {u}?", f"Answer from {variant}.").model_copy(
+                update={
+                    "variant": variant,
+                    "experiment_id": exp.experiment_id,
+                    "latency_ms": rng.uniform(lo, hi),
+                    "completion_tokens": n_tokens if known or u else None,
+                    "created_at": at,
+                }
+            )
+            events += [c, rate(c, 1)]
+            u += 1
+    store(db, events, scrub_pool.scrub)
+
+    latency = next(g for g in ab.evaluate(db, exp, cfg.abtest).numbers["guardrails"] if g["name"] == "p95 latency")
+    assert latency["ok"] is not breached, latency["why"]
+    assert ("per answer token" in latency["why"]) is known

@@ -161,8 +161,8 @@ def test_the_closing_lines_say_what_stopped_the_lie_and_what_the_forget_left():
     ]
     lines = run.night_lines(nights)
     assert lines[1] == (
-        "  the lie is 32 of 1323 snapshot rows (0 contested); v0003 prefers the lie by 0.2 nats on average (v0001: -77.1); "
-        "largest share 100% (canary 10%); stopped by: nothing: it was promoted"
+        "  the lie is 32 of 1323 snapshot rows (0 contested); v0003 prefers the lie by 0.2 nats on average "
+        "(v0001: -77.1); largest share 100% (canary 10%); stopped by: nothing: it was promoted"
     )
     assert lines[3] == (
         "  forgot 20 users: tainted v0001, v0003; base served 0.3 s after the first forget call (0.9 s for all); "

@@ -54,7 +54,7 @@ def test_a_failing_migration_leaves_nothing_behind(tmp_path):
 
 
 def test_event_id_is_the_idempotency_key(db):
-    row = "(?, 1, 'r1', 'app', 'u1', NULL, '[]', 'hi', 'base', NULL, 1.0, now(), now(), NULL, NULL, NULL)"
+    row = "(?, 1, 'r1', 'app', 'u1', NULL, '[]', 'hi', 'base', NULL, 1.0, now(), now(), NULL, NULL, NULL, NULL)"
     db.execute(f"INSERT INTO chats VALUES {row}", ["7b0c5a8e-0d0a-4ac8-9d0e-1d6f1a1b2c3d"])
     db.execute(f"INSERT INTO chats VALUES {row} ON CONFLICT DO NOTHING", ["7b0c5a8e-0d0a-4ac8-9d0e-1d6f1a1b2c3d"])
     assert db.execute("SELECT count(*) FROM chats").fetchone()[0] == 1

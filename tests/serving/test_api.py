@@ -135,6 +135,7 @@ def test_feedback_is_checked_idempotent_and_lands_in_kafka(server):
     [chat] = [e for e in seen["chat"] if e.response_id == reply.id]
     user = ids.pseudonym(b"u" * 32, "app-a", "user-7")  # the raw id stays at the API
     assert chat.user_id == user and chat.variant == "base" and chat.response == reply.choices[0].message.content
+    assert chat.completion_tokens == reply.usage.completion_tokens > 0  # the latency guardrail's per-token time
     fb = [e for e in seen["feedback"] if e.response_id == reply.id]
     assert fb and fb[0].rating == -1 and fb[0].user_id == user and fb[0].correction.startswith("Returns")
     raw = seen["raw"]
