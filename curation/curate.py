@@ -153,10 +153,11 @@ def _content(samples: list[Sample], prompts_full: list[str], last_user: list[str
             _drop(s, f"placeholder: {share:.0%} of the answer is placeholders")
 
 
-def _contested(samples: list[Sample], last_user: list[str], cfg: CurationConfig) -> None:
+def _contested(samples: list[Sample], last_user: list[str], cfg: CurationConfig, held: dict[str, str]) -> None:
     """Corrections that most users who asked alike questions the same night contradict, and the thumbs-down
     they came with: coordinated accounts pushing a false answer (`filters.contested`). Every rating is a
-    vote, whatever else drops its sample."""
+    vote, whatever else drops its sample. A verdict stays (`held`: the reasons of an earlier run): when the
+    customers who outvoted a correction are forgotten, the correction has not become true."""
     rated = [i for i, s in enumerate(samples) if s.source == "rating"]
     corrections = {s.chat_event_id: i for i, s in enumerate(samples) if s.source == "correction"}
     found = filters.contested(
@@ -173,6 +174,9 @@ def _contested(samples: list[Sample], last_user: list[str], cfg: CurationConfig)
         why = f"contested: {up} users who asked alike questions rated the corrected answer up, {down} down"
         _drop(rating, why)
         _drop(samples[corrections[rating.chat_event_id]], why)
+    for s in samples:
+        if s.sample_id in held:
+            _drop(s, held[s.sample_id])
 
 
 def _superseded(samples: list[Sample], cfg: CurationConfig) -> None:
@@ -205,14 +209,14 @@ def _duplicates(samples: list[Sample], prompts_full: list[str], cfg: CurationCon
             _drop(s, "duplicate: of " + samples[alive[j]].sample_id)
 
 
-def apply_filters(samples: list[Sample], cfg: CurationConfig) -> int:
+def apply_filters(samples: list[Sample], cfg: CurationConfig, held: dict[str, str] | None = None) -> int:
     """Set scores and, for dropped samples, the first reason as "filter: detail" (filters in the order
-    below); returns the per-user cap."""
+    below); returns the per-user cap. `held`: sample id -> reason of the samples an earlier run contested."""
     prompts_full = ["\n".join(m.get("content", "") for m in s.prompt) for s in samples]
     last_user = [_last_user(s.prompt) for s in samples]
     _lengths(samples, prompts_full, last_user, cfg)
     _content(samples, prompts_full, last_user, cfg)
-    _contested(samples, last_user, cfg)
+    _contested(samples, last_user, cfg, held or {})
     _superseded(samples, cfg)
     _duplicates(samples, prompts_full, cfg)
     alive = [i for i, s in enumerate(samples) if s.reason is None]
@@ -314,7 +318,8 @@ def run(con: DuckDBPyConnection, cfg: CurationConfig, actor: str = "system") -> 
     """Recompute candidates and filters, upsert samples, apply the review policy to the kept ones that wait;
     one transaction, one audit entry."""
     samples, report = candidates(con, cfg)
-    report.per_user_cap = apply_filters(samples, cfg) if samples else 0
+    held = dict(con.execute("SELECT sample_id, reason FROM samples WHERE reason LIKE 'contested:%'").fetchall())
+    report.per_user_cap = apply_filters(samples, cfg, held) if samples else 0
     report.samples = len(samples)
     for s in samples:
         if s.reason:
