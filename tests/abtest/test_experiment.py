@@ -259,6 +259,25 @@ def test_the_history_across_nights_marks_promotions_and_skips_in_chromium(db, tw
         browser.save_screenshot(str(cfg.data_dir / "nights.png"))
 
 
+def timed_answers(exp, plan, rng) -> list:
+    """Rated answers of an experiment: (variant, when, latency range in ms, how many, tokens each) per row."""
+    events, u = [], 0
+    for variant, at, (lo, hi), n, tokens in plan:
+        for _ in range(n):
+            c = chat(f"user-{u:04d}", f"Question {u}?", f"Answer from {variant}.").model_copy(
+                update={
+                    "variant": variant,
+                    "experiment_id": exp.experiment_id,
+                    "latency_ms": rng.uniform(lo, hi),
+                    "completion_tokens": tokens,
+                    "created_at": at,
+                }
+            )
+            events += [c, rate(c, 1)]
+            u += 1
+    return events
+
+
 @pytest.mark.parametrize(("challenger_busy", "breached"), [((18_000, 22_000), False), ((30_000, 34_000), True)])
 def test_latency_is_compared_within_the_same_minute(db, two_adapters, scrub_pool, challenger_busy, breached):
     """A busy minute slows both arms (they share the server's batches). A small challenger arm with more of
@@ -271,25 +290,12 @@ def test_latency_is_compared_within_the_same_minute(db, two_adapters, scrub_pool
     exp, rng, now = ab.get(db), random.Random(2), datetime.now(UTC)
     quiet, busy = now - timedelta(seconds=70), now - timedelta(seconds=5)  # two different minutes
     plan = [
-        (exp.incumbent, quiet, (8_000, 12_000), 380),
-        (exp.incumbent, busy, (18_000, 22_000), 20),
-        (exp.challenger, quiet, (8_000, 12_000), 10),
-        (exp.challenger, busy, challenger_busy, 20),
+        (exp.incumbent, quiet, (8_000, 12_000), 380, None),
+        (exp.incumbent, busy, (18_000, 22_000), 20, None),
+        (exp.challenger, quiet, (8_000, 12_000), 10, None),
+        (exp.challenger, busy, challenger_busy, 20, None),
     ]
-    events, u = [], 0
-    for variant, at, (lo, hi), n in plan:
-        for _ in range(n):
-            c = chat(f"user-{u:04d}", f"Question {u}?", f"Answer from {variant}.").model_copy(
-                update={
-                    "variant": variant,
-                    "experiment_id": exp.experiment_id,
-                    "latency_ms": rng.uniform(lo, hi),
-                    "created_at": at,
-                }
-            )
-            events += [c, rate(c, 1)]
-            u += 1
-    store(db, events, scrub_pool.scrub)
+    store(db, timed_answers(exp, plan, rng), scrub_pool.scrub)
 
     numbers = ab.evaluate(db, exp, cfg.abtest).numbers
     arms = numbers["arms"]
@@ -316,21 +322,10 @@ def test_latency_is_compared_per_answer_token_when_every_answer_says_its_tokens(
     cfg = two_adapters
     ab_.tick(cfg, db)
     exp, rng, at = ab.get(db), random.Random(3), datetime.now(UTC) - timedelta(seconds=5)
-    plan = [(exp.incumbent, 20, (1_800, 2_200), 100), (exp.challenger, tokens, (3_600, 4_400), 30)]
-    events, u = [], 0
-    for variant, n_tokens, (lo, hi), n in plan:
-        for _ in range(n):
-            c = chat(f"user-{u:04d}", f"Question {u}?", f"Answer from {variant}.").model_copy(
-                update={
-                    "variant": variant,
-                    "experiment_id": exp.experiment_id,
-                    "latency_ms": rng.uniform(lo, hi),
-                    "completion_tokens": n_tokens if known or u else None,
-                    "created_at": at,
-                }
-            )
-            events += [c, rate(c, 1)]
-            u += 1
+    plan = [(exp.incumbent, at, (1_800, 2_200), 100, 20), (exp.challenger, at, (3_600, 4_400), 30, tokens)]
+    events = timed_answers(exp, plan, rng)
+    if not known:  # one incumbent answer from before tokens were logged
+        events[0] = events[0].model_copy(update={"completion_tokens": None})
     store(db, events, scrub_pool.scrub)
 
     latency = next(g for g in ab.evaluate(db, exp, cfg.abtest).numbers["guardrails"] if g["name"] == "p95 latency")
