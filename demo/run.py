@@ -61,8 +61,8 @@ def demo_config(
     if any(o.startswith("abtest.ramp=") for o in overrides):
         return cfg
     canary = canary_share(users, cfg.abtest.min_users_per_arm, cfg.abtest.ramp[0])
-    ramp = [canary, *[s for s in cfg.abtest.ramp[1:] if s > canary]]
-    return load_config(config_path, [*DEMO_SETTINGS, *overrides, f"abtest.ramp={ramp}", f"data_dir={folder}"])
+    ramp = [canary, *[s for s in cfg.abtest.ramp[1:] if s > canary]]  # still rising, as the config requires
+    return cfg.model_copy(update={"abtest": cfg.abtest.model_copy(update={"ramp": ramp})})
 
 
 def canary_share(users: int, min_users: int, default: float) -> float:
