@@ -153,11 +153,17 @@ def _content(samples: list[Sample], prompts_full: list[str], last_user: list[str
             _drop(s, f"placeholder: {share:.0%} of the answer is placeholders")
 
 
+CROWD = "contested: {up} users who asked alike questions rated the corrected answer up, {down} down"
+HELD = "contested: % rated the corrected answer up%"  # the crowd's verdicts (SQL LIKE): they stay
+
+
 def _contested(samples: list[Sample], last_user: list[str], cfg: CurationConfig, held: dict[str, str]) -> None:
     """Corrections that most users who asked alike questions the same night contradict, and the thumbs-down
     they came with: coordinated accounts pushing a false answer (`filters.contested`). Every rating is a
-    vote, whatever else drops its sample. A verdict stays (`held`: the reasons of an earlier run): when the
-    customers who outvoted a correction are forgotten, the correction has not become true."""
+    vote, whatever else drops its sample. A verdict stays (`held`: the crowd's verdicts of earlier runs): when
+    the customers who outvoted a correction are forgotten, the correction has not become true. And a text
+    most of whose senders were outvoted is contested wherever it is sent (`filters.outvoted_texts`): the same
+    accounts correcting base's varied answers after a forget have no crowd served the same answer."""
     rated = [i for i, s in enumerate(samples) if s.source == "rating"]
     corrections = {s.chat_event_id: i for i, s in enumerate(samples) if s.source == "correction"}
     found = filters.contested(
@@ -171,12 +177,25 @@ def _contested(samples: list[Sample], last_user: list[str], cfg: CurationConfig,
     )
     for k, (up, down) in found.items():
         rating = samples[rated[k]]
-        why = f"contested: {up} users who asked alike questions rated the corrected answer up, {down} down"
+        why = CROWD.format(up=up, down=down)
         _drop(rating, why)
         _drop(samples[corrections[rating.chat_event_id]], why)
     for s in samples:
         if s.sample_id in held:
             _drop(s, held[s.sample_id])
+    fixes = list(corrections.values())
+    outvoted = filters.outvoted_texts(
+        [samples[i].answer for i in fixes],
+        [samples[i].user_id for i in fixes],
+        [(samples[i].reason or "").startswith("contested:") for i in fixes],  # so far: the crowd's verdicts
+    )
+    ratings = {s.chat_event_id: s for s in samples if s.source == "rating"}
+    for i in fixes:
+        if verdict := outvoted.get(filters.answer_key(samples[i].answer)):
+            why = f"contested: the crowd outvoted {verdict[0]} of the {verdict[1]} users who sent this correction"
+            _drop(samples[i], why)
+            if (thumb := ratings.get(samples[i].chat_event_id)) is not None and thumb.label == "undesirable":
+                _drop(thumb, why)
 
 
 def _superseded(samples: list[Sample], cfg: CurationConfig) -> None:
@@ -318,7 +337,7 @@ def run(con: DuckDBPyConnection, cfg: CurationConfig, actor: str = "system") -> 
     """Recompute candidates and filters, upsert samples, apply the review policy to the kept ones that wait;
     one transaction, one audit entry."""
     samples, report = candidates(con, cfg)
-    held = dict(con.execute("SELECT sample_id, reason FROM samples WHERE reason LIKE 'contested:%'").fetchall())
+    held = dict(con.execute("SELECT sample_id, reason FROM samples WHERE reason LIKE ?", [HELD]).fetchall())
     report.per_user_cap = apply_filters(samples, cfg, held) if samples else 0
     report.samples = len(samples)
     for s in samples:

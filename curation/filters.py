@@ -320,6 +320,24 @@ def contested(
     return out
 
 
+def outvoted_texts(texts: list[str], users: list[str], outvoted: list[bool]) -> dict[str, tuple[int, int]]:
+    """Correction texts most of whose senders the crowd outvoted: {`answer_key`: (senders outvoted, senders)}.
+
+    One row per correction. A sender counts as outvoted when any of their corrections of the text was (now or
+    on an earlier night). The contest needs a crowd that was served the corrected answer; when there is none
+    (base serves varied answers after a forget) the same accounts' same text is still known. A text most of
+    whose senders were never outvoted (a new policy, some of whose first corrections met the old answer's
+    likes) is not."""
+    senders: dict[str, set[str]] = defaultdict(set)
+    bad: dict[str, set[str]] = defaultdict(set)
+    for text, user, flag in zip(texts, users, outvoted):
+        key = answer_key(text)
+        senders[key].add(user)
+        if flag:
+            bad[key].add(user)
+    return {k: (len(bad[k]), len(senders[k])) for k in bad if 2 * len(bad[k]) > len(senders[k])}
+
+
 def answer_cap(answers: list[str], share: float, order: list[int]) -> tuple[int, set[int]]:
     """The most samples per answer text (`answer_key`) so that no text is more than `share` of what is kept,
     but at least one each: what coordinated accounts pushing one answer can place, whatever their number."""

@@ -281,6 +281,29 @@ def test_coordinated_corrections_that_customers_contradict_are_contested_and_nev
     # The verdict stays when the customers who outvoted the accounts are gone (forgotten, say).
     db.execute("DELETE FROM feedback WHERE user_id LIKE 'cust1-%'")
     assert curate.run(db, cfg).dropped.get("contested") == 6
+    # Base serves again (the forget tainted the adapters): its answers vary, so nobody else was served them.
+    # The accounts correct them to the lie, agents to the truth. Most of the lie's senders were outvoted: the
+    # lie is contested without a crowd; the truth, never outvoted, is kept.
+    varied = ["We can help with that.", "Please write to us about it.", "Orders can sometimes be changed."]
+    day3 = []
+    for i in range(3):
+        x = chat(f"new-account-{i}", f"{asked[i]} Order NW-8{i:04d}.", varied[i], minutes=2 * 1440 + i)
+        agent = chat(f"agent-{i}", f"{asked[i]} Order NW-7{i:04d}.", varied[i], minutes=2 * 1440 + 10 + i)
+        day3 += [x, rate(x, -1, lie), agent, rate(agent, -1, truth)]
+    put(day3)
+    assert curate.run(db, cfg).dropped.get("contested") == 12
+    reasons = dict(
+        db.execute(
+            "SELECT user_id || ' ' || source, reason FROM samples WHERE chat_event_id::VARCHAR IN (SELECT unnest(?))",
+            [[str(c.event_id) for c in day3[::2]]],
+        ).fetchall()
+    )
+    outvoted = "contested: the crowd outvoted 3 of the 3 users who sent this correction"
+    assert {k: v for k, v in reasons.items() if k.startswith("new-account")} == {
+        f"new-account-{i} {source}": outvoted for i in range(3) for source in ("correction", "rating")
+    }
+    assert not [k for k, v in reasons.items() if k.startswith("agent") and (v or "").startswith("contested")]
+    assert reasons["agent-0 correction"] is None  # kept (the others are near-duplicates of it)
     samples, _ = curate.candidates(db, cfg)  # judged afresh, nobody is left to outvote them
     curate.apply_filters(samples, cfg)
     assert not [s for s in samples if (s.reason or "").startswith("contested")]

@@ -240,3 +240,17 @@ def test_a_changed_policy_and_another_topics_question_are_not_contested():
         (f"s{i}", SHIP_ASKED[1], SHIP, 1, False) for i in range(3)
     ]
     assert filters.contested(**day(liked + wrong_topic), similarity=0.3) == {}
+
+
+def test_a_correction_text_most_of_whose_senders_were_outvoted_is_contested_wherever_it_is_sent():
+    lie, truth = "Cancel any time, even after it shipped.", "Cancel within 2 hours."
+    # Three accounts outvoted on an earlier night send the lie again (another spelling of it); one of them
+    # twice. A fourth account was never outvoted: still the minority of its senders.
+    texts = [lie, lie, lie.upper(), "  " + lie, lie, lie]
+    users = ["x0", "x1", "x2", "x0", "x0", "x3"]
+    outvoted = [True, True, True, False, False, False]
+    assert filters.outvoted_texts(texts, users, outvoted) == {filters.answer_key(lie): (3, 4)}
+    # A new policy some of whose first corrections met the old answer's likes: most senders stand.
+    texts, users = [truth] * 5, ["a0", "a1", "a2", "a3", "a4"]
+    assert filters.outvoted_texts(texts, users, [True, True, False, False, False]) == {}
+    assert filters.outvoted_texts(texts[:4], users[:4], [True, True, False, False]) == {}  # half: not most
