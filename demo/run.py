@@ -46,6 +46,7 @@ DEMO_SETTINGS = [
     "retrain.learning_rate=0.001",  # ~90 small steps over ~280 answers: enough to learn the 8 policies
     "retrain.tokens_per_batch=512",
     "retrain.min_new_samples=20",
+    "retrain.max_new_samples=500",  # a night's budget, ~4 min on 2 cores (night 4 retrains from base on all)
     "abtest.min_users_per_arm=12",  # the canary share is sized to hold about twice this many (canary_share)
     "abtest.min_duration_s=0",
     "log_level=WARNING",  # the demo prints its own lines; KEY=VALUE log_level=INFO shows the services' logs

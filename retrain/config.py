@@ -35,6 +35,13 @@ class RetrainConfig(Section):
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (linear warmup and decay).")
     tokens_per_batch: int = Field(4096, ge=64, description="Token budget of a batch (length-bucketed).")
     max_seq_len: int = Field(512, ge=16, description="Longer samples are cut (the prompt from the left).")
+    max_new_samples: int = Field(
+        0,
+        ge=0,
+        description="A run trains on at most this many new samples (0: no limit), a seeded random choice when "
+        "there are more; the replay share comes on top, and the rest stay new for the next run. Bounds a night "
+        "that retrains from base on everything (after a forget tainted the live adapter).",
+    )
     replay_share: float = Field(
         0.2, ge=0, lt=1, description="Share of each run's samples replayed from earlier snapshots."
     )

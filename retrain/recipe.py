@@ -88,6 +88,14 @@ def load_rows(snapshot_dir: Path, split: str) -> list[dict]:
     return pq.read_table(Path(snapshot_dir) / f"{split}.parquet").to_pylist()
 
 
+def at_most(rows: list[dict], limit: int, seed: int | str) -> list[dict]:
+    """`limit` of `rows` (a seeded random choice, in their order), or all of them when fewer or `limit` is 0."""
+    if not limit or len(rows) <= limit:
+        return rows
+    keep = set(random.Random(seed).sample(range(len(rows)), limit))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def with_replay(
     rows: list[dict], earlier: list[list[dict]], share: float, seed: int, exclude: frozenset[str] = frozenset()
 ) -> list[dict]:

@@ -59,6 +59,7 @@ def run(job: Job) -> dict:
     # it has (this snapshot's older samples and earlier snapshots'), so a night costs what is new.
     learned = frozenset(job.learned)
     rows, before = [r for r in rows if r["sample_id"] not in learned], [r for r in rows if r["sample_id"] in learned]
+    rows = recipe.at_most(rows, cfg.max_new_samples, f"{cfg.seed}:{job.version}")  # another choice each run
     fresh = len(rows)
     rows = recipe.with_replay(rows, [before, *earlier], cfg.replay_share, cfg.seed, frozenset(job.replay_exclude))
     examples = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in rows]
