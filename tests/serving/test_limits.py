@@ -166,7 +166,8 @@ def test_a_batch_stays_within_its_token_budget(tiny_lm):
         short = [GenRequest([5] * 10, max_tokens=20) for _ in range(4)]
         long = GenRequest([5] * 150, max_tokens=20)
         futures = [gen.submit(r) for r in short[:2]] + [gen.submit(long)] + [gen.submit(r) for r in short[2:]]
-        assert all(f.result(timeout=60).completion_tokens >= 1 for f in futures)
+        # all answered (sampled at temperature 1, an answer may end at its first token: no count asserted)
+        assert all(f.result(timeout=60).finish_reason in ("stop", "length") for f in futures)
     finally:
         gen.close()
     assert all(rows * width <= 200 or rows == 1 for rows, width in widths), widths
