@@ -370,7 +370,7 @@ class Loop:
         outcome = self.retrain()
         ab = self.ab_test(outcome, rounds, stop) if outcome.status == "candidate" else None
         night = self.record(scenario, live_before, day, outcome, ab)
-        if scenario == "poison":
+        if self.world is store.POISONED:  # the accounts go on after their night: every later night is checked
             night["poison"] = self.poison_report(live_before, outcome, ab)
             echo(f"poison    {_poison_line(night['poison'])}")
         if scenario == "forget":
@@ -623,14 +623,14 @@ def run(
 
 def night_ok(night: dict) -> tuple[bool, str]:
     """Whether a night did what its scenario asks, and if not, why: learn and change promote a better adapter;
-    poison never lets a candidate that learned the lie past the canary share; forget serves nobody's data
-    that was forgotten and retrains without it."""
+    poison never lets a candidate that learned the lie past the canary share (nor does any night after it);
+    forget serves nobody's data that was forgotten and retrains without it."""
+    if p := night.get("poison"):  # the poisoning night and every night after it
+        bad = p["learned"] and (p["max_share"] > p["canary_share"] or night["live_after"] == p["candidate"])
+        if bad or night["scenario"] == "poison":
+            return not bad, f"the poisoned {p['candidate']} served {p['max_share']:.0%} of users"
     if night["scenario"] in ("learn", "change"):
         return night["decision"] == "promote", "no better adapter was promoted"
-    if night["scenario"] == "poison":
-        p = night["poison"]
-        bad = p["learned"] and (p["max_share"] > p["canary_share"] or night["live_after"] == p["candidate"])
-        return not bad, f"the poisoned {p['candidate']} served {p['max_share']:.0%} of users"
     f = night["forget"]
     if f["serving_tainted"]:
         return False, f"{', '.join(f['serving_tainted'])} still served after the forget"

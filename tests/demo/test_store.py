@@ -110,6 +110,10 @@ def test_each_night_is_judged_by_its_scenario():
         "v0003 still served after the forget",
     )
     assert not run.night_ok(forget | {"forget": {"serving_tainted": [], "lineage_overlap": 3}})[0]
+    # The accounts go on after their night: a later night's candidate that learned the lie is judged the same.
+    later = forget | {"live_after": "v0004", "poison": facts | {"candidate": "v0004", "max_share": 0.5}}
+    assert run.night_ok(later) == (False, "the poisoned v0004 served 50% of users")
+    assert run.night_ok(later | {"poison": facts | {"learned": False, "max_share": 0.5}})[0]
     assert run.night_ok({"scenario": "change", "decision": "promote"})[0]
     assert not run.night_ok({"scenario": "learn", "decision": "continue"})[0]
 
