@@ -142,9 +142,10 @@ class Run:
         return self.children.gate(args, 3600)
 
     def __call__(self, on_worker: Callable | None, echo: bool) -> Outcome:
-        code, last, tail = self.children.run(
-            ["-m", "retrain.worker", str(self.staging / "job.json")], self.cfg.retrain.timeout_s, on_worker, echo
-        )
+        worker = ["-m", "retrain.worker", str(self.staging / "job.json")]
+        if (gpus := self.cfg.retrain.gpus) > 1:  # its processes share the worker's process group: one kill stops all
+            worker = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *worker]
+        code, last, tail = self.children.run(worker, self.cfg.retrain.timeout_s, on_worker, echo)
         if code != 0:
             return self.record("failed", failure_reason(code, tail), {}, None)
         metrics = {"train": json.loads(last)}

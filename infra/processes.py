@@ -85,9 +85,10 @@ class Children:
         if on_start:
             on_start(proc)
         tail: deque[str] = deque(maxlen=40)
+        reasons: list[str] = []  # a worker's reason, kept before the tail: torchrun's report of a failure is long
         out: list[str] = []
         readers = [
-            threading.Thread(target=_pump, args=(proc, tail, echo), daemon=True),
+            threading.Thread(target=_pump, args=(proc, tail, reasons, echo), daemon=True),
             threading.Thread(target=lambda: out.extend(proc.stdout or ()), daemon=True),
         ]
         for r in readers:
@@ -106,7 +107,7 @@ class Children:
             self.stopped.discard(proc.pid)
             tail.append(STOPPED)
         lines = [x for x in out if x.strip()]
-        return proc.returncode, lines[-1].strip() if lines else "", list(tail)
+        return proc.returncode, lines[-1].strip() if lines else "", reasons + list(tail)
 
     def gate(self, args: list[str], timeout: float) -> dict:
         """Run a gate in a fresh process; a gate that crashes or hangs says no (`judged`: False)."""
@@ -116,10 +117,14 @@ class Children:
         return {"ok": False, "reason": failure_reason(code, tail), "judged": False}
 
 
-def _pump(proc: subprocess.Popen, tail: deque, echo: bool) -> None:
+def _pump(proc: subprocess.Popen, tail: deque, reasons: list[str], echo: bool) -> None:
     """stderr: progress and the failure reason, echoed while it runs."""
+    from retrain.worker import FAILED
+
     for line in proc.stderr or ():
         tail.append(line.rstrip())
+        if line.startswith(FAILED):
+            reasons[:] = [line.rstrip()]
         if echo:
             sys.stderr.write(line)
             sys.stderr.flush()

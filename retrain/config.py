@@ -34,7 +34,14 @@ class RetrainConfig(Section):
     max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: no limit).")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (linear warmup and decay).")
     tokens_per_batch: int = Field(4096, ge=64, description="Token budget of a batch (length-bucketed).")
-    max_seq_len: int = Field(512, ge=16, description="Longer samples are cut (the prompt from the left).")
+    max_seq_len: int = Field(
+        512, ge=16, description="Longer samples are cut (the prompt from the left); also a packed row's length."
+    )
+    packing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="on: samples end to end in rows of max_seq_len, attention kept inside each (no padding "
+        "compute); off: length-bucketed padded batches; auto: on with CUDA, off on CPU.",
+    )
     max_new_samples: int = Field(
         0,
         ge=0,
@@ -48,6 +55,13 @@ class RetrainConfig(Section):
     kto_beta: float = Field(0.1, gt=0, description="KTO: how far from the reference the policy may move.")
     forgetting_tolerance: float = Field(
         0.10, ge=0, description="Offline gate: the most the loss on general prompts may rise (relative)."
+    )
+    gpus: int = Field(
+        1,
+        ge=1,
+        description="Training processes: more than 1 runs the worker under torchrun, one process per GPU, each "
+        "step split across them and the gradients summed (the same adapter as one process, dropout aside); "
+        "without CUDA they are CPU processes (gloo), as the tests run them.",
     )
     timeout_s: float = Field(4 * 3600, gt=0, description="A training run longer than this is killed.")
     schedule: str = Field("0 2 * * *", description="Cron expression of the nightly run (local time).")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -155,19 +156,39 @@ def bucketed(examples: list[Example], tokens_per_batch: int, seed: int) -> list[
     return batches
 
 
-def steps(examples: list[Example], tokens_per_batch: int, seed: int, mixed: bool) -> list[list[list[Example]]]:
-    """The optimizer steps of one epoch, each a list of length-bucketed micro-batches.
+def filled(examples: list[Example], tokens_per_batch: int, seed: int) -> list[list[Example]]:
+    """Shuffled, cut into batches of at most `tokens_per_batch` real tokens: packed rows pad nothing but a
+    row's tail, so batches need no sorting by length."""
+    order = examples[:]
+    random.Random(seed).shuffle(order)
+    batches: list[list[Example]] = [[]]
+    size = 0
+    for e in order:
+        if batches[-1] and size + len(e.input_ids) > tokens_per_batch:
+            batches.append([])
+            size = 0
+        batches[-1].append(e)
+        size += len(e.input_ids)
+    return batches if batches[0] else []
 
-    Plain: one micro-batch a step. Mixed (KTO): desirable and undesirable samples are bucketed apart,
+
+def steps(
+    examples: list[Example], tokens_per_batch: int, seed: int, mixed: bool, packed: bool = False
+) -> list[list[list[Example]]]:
+    """The optimizer steps of one epoch, each a list of micro-batches: length-bucketed (`bucketed`), or for
+    packed rows cut by real tokens (`filled`).
+
+    Plain: one micro-batch a step. Mixed (KTO): desirable and undesirable samples are batched apart,
     each under its share of the token budget, and every step takes micro-batches of both, so no step
     pushes only one way and no padding is spent on joining a short answer to a long one."""
+    cut = filled if packed else bucketed
     good = [e for e in examples if e.desirable]
     bad = [e for e in examples if not e.desirable]
     if not mixed or not good or not bad:
-        return [[b] for b in bucketed(examples, tokens_per_batch, seed)]
+        return [[b] for b in cut(examples, tokens_per_batch, seed)]
     share = sum(len(e.input_ids) for e in good) / sum(len(e.input_ids) for e in examples)
-    a = bucketed(good, max(1, round(tokens_per_batch * share)), seed)
-    b = bucketed(bad, max(1, round(tokens_per_batch * (1 - share))), seed + 1)
+    a = cut(good, max(1, round(tokens_per_batch * share)), seed)
+    b = cut(bad, max(1, round(tokens_per_batch * (1 - share))), seed + 1)
     n = min(len(a), len(b))  # every batch is used once; the larger class may give a step two
     return [a[k * len(a) // n : (k + 1) * len(a) // n] + b[k * len(b) // n : (k + 1) * len(b) // n] for k in range(n)]
 
@@ -189,15 +210,61 @@ def with_kl_pairs(examples: list[Example], max_len: int, seed: int) -> None:
 
 
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per example, right-padded. `seq`: the example each position belongs to (-1: padding)."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):  # right padding
+    seq = torch.full((len(batch), width), -1, dtype=torch.long)
+    for i, e in enumerate(batch):
         ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
         labels[i, : len(e.labels)] = torch.tensor(e.labels)
         mask[i, : len(e.input_ids)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        seq[i, : len(e.input_ids)] = i
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "seq": seq}
+
+
+def pack_rows(batch: list[Example], row_tokens: int) -> list[list[int]]:
+    """First fit, longest first: the examples (indices into `batch`) of each row of at most `row_tokens` (an
+    example longer than that has a row of its own)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(batch)), key=lambda i: -len(batch[i].input_ids)):
+        n = len(batch[i].input_ids)
+        at = next((r for r, left in enumerate(room) if left >= n), None)
+        if at is None:
+            rows.append([])
+            room.append(row_tokens)
+            at = len(rows) - 1
+        rows[at].append(i)
+        room[at] -= n
+    return rows
+
+
+def pack(batch: list[Example], pad_id: int, row_tokens: int) -> dict[str, torch.Tensor]:
+    """The examples end to end in rows of at most `row_tokens` (`pack_rows`), position ids restarting at each:
+    no attention mask, so transformers keeps attention inside each example (a block-diagonal causal mask
+    built from the position ids; flash-attention's varlen kernel reads them the same way) and no compute is
+    spent on padding but a row's tail. An example's first label is IGNORE (its prompt), so the last token
+    of one example predicts nothing of the next. `seq` as in `collate`."""
+    rows = pack_rows(batch, row_tokens)
+    width = max(sum(len(batch[i].input_ids) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    seq = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e = batch[i]
+            n = len(e.input_ids)
+            ids[r, at : at + n] = torch.tensor(e.input_ids)
+            labels[r, at : at + n] = torch.tensor(e.labels)
+            positions[r, at : at + n] = torch.arange(n)
+            seq[r, at : at + n] = i
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # the tail: a padding "example" of its own
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "seq": seq}
 
 
 # 4. Model --------------------------------------------------------------------------------------------------
@@ -207,12 +274,41 @@ def use_nf4(cfg: RetrainConfig) -> bool:
     return cfg.quantization == "nf4" or (cfg.quantization == "auto" and torch.cuda.is_available())
 
 
+def device_of_process() -> str:
+    """This process's device: under torchrun, the GPU of its local rank."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def world() -> tuple[int, int]:
+    """(rank, processes) of a torchrun group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Summed over the processes of a torchrun group, in place; itself without one."""
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def uses_packing(cfg: RetrainConfig) -> bool:
+    return cfg.packing == "on" or (cfg.packing == "auto" and torch.cuda.is_available())
+
+
 def load_model(base_path: Path, cfg: RetrainConfig, parent: Path | None):
     """The base model (nf4 or fp32) with a trainable LoRA: the parent's weights, or fresh ones."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_of_process()
     if use_nf4(cfg):
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -248,27 +344,38 @@ def load_model(base_path: Path, cfg: RetrainConfig, parent: Path | None):
 
 def answer_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities of the labels, computing the output head only where there is a label.
+    `batch` from `collate` (padded rows, an attention mask) or `pack` (packed rows, position ids).
 
-    Returns (log-probs of the labelled tokens [n], which row each belongs to [n])."""
+    Returns (log-probs of the labelled tokens [n], which example each belongs to [n])."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    hidden = inner.model(**inputs).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
-    rows = torch.nonzero(keep)[:, 0]
+    examples = batch["seq"][:, 1:][keep]  # position t predicts the label at t + 1, of that token's example
     h = hidden[:, :-1][keep]  # [n, d]: positions that predict a label
     logits = inner.lm_head(h).float()  # [n, vocab]
     logp = torch.log_softmax(logits, dim=-1).gather(1, targets[keep][:, None]).squeeze(1)
-    return logp, rows
+    return logp, examples
 
 
 def sequence_logprobs(model, batch) -> torch.Tensor:
-    logp, rows = answer_logprobs(model, batch)
-    return torch.zeros(batch["input_ids"].shape[0], device=logp.device, dtype=logp.dtype).index_add(0, rows, logp)
+    """The answers' summed log-probabilities, one per example of the batch."""
+    logp, examples = answer_logprobs(model, batch)
+    n = int(batch["seq"].max()) + 1
+    return torch.zeros(n, device=logp.device, dtype=logp.dtype).index_add(0, examples, logp)
 
 
-def sft_loss(model, batch) -> torch.Tensor:
+def sft_loss(model, batch, tokens: int | None = None) -> torch.Tensor:
+    """Mean negative log-likelihood of the answer tokens; `tokens`: the count to divide by when the batch is
+    one process's share of a larger one (the mean is then the larger batch's, summed over processes)."""
     logp, _ = answer_logprobs(model, batch)
-    return -logp.mean()
+    return -logp.sum() / (tokens if tokens is not None else logp.numel())
+
+
+def label_count(batch: list[Example]) -> int:
+    """The labelled positions `answer_logprobs` scores (a sample's first token predicts nothing)."""
+    return sum(1 for e in batch for x in e.labels[1:] if x != IGNORE)
 
 
 def kto_losses(
@@ -294,14 +401,17 @@ def kl_estimate(model, step: list[list[Example]], pad_id: int) -> float:
     """KTO's reference point z0 for one step: the mean log(policy / reference) of the step's mismatched
     pairs, clamped at 0 (TRL's estimate). Computed without gradient: z0 is a baseline, not a target."""
     device = next(model.parameters()).device
+    rank, size = world()
     total, n = 0.0, 0
     for micro in step:
         pairs = [e.kl for e in micro if e.kl is not None]
-        if pairs:
-            tensors = {k: v.to(device) for k, v in collate(pairs, pad_id).items()}
-            ref = torch.tensor([p.ref_logp for p in pairs], device=device)
+        mine = pairs[rank::size]  # under torchrun each process scores its share; the sums add up
+        if mine:
+            tensors = {k: v.to(device) for k, v in collate(mine, pad_id).items()}
+            ref = torch.tensor([p.ref_logp for p in mine], device=device)
             total += float((sequence_logprobs(model, tensors) - ref).sum())
-            n += len(pairs)
+        n += len(pairs)
+    total = float(all_sum(torch.tensor([total], dtype=torch.float64, device=device)))
     return max(0.0, total / n) if n else 0.0
 
 
@@ -352,12 +462,19 @@ def train(
         with_kl_pairs(examples, cfg.max_seq_len, cfg.seed)
         reference_logprobs(model, examples + [e.kl for e in examples if e.kl], pad_id, cfg.tokens_per_batch)
         w_d, w_u = kto_weights(examples)
+    packed = uses_packing(cfg)
     epochs = max(1, math.ceil(cfg.epochs))
-    plan = [s for ep in range(epochs) for s in steps(examples, cfg.tokens_per_batch, cfg.seed + ep, kto)]
+    plan = [s for ep in range(epochs) for s in steps(examples, cfg.tokens_per_batch, cfg.seed + ep, kto, packed)]
     plan = plan[: max(1, int(len(plan) * cfg.epochs / epochs))]
     if cfg.max_steps:
         plan = plan[: cfg.max_steps]
     params = [p for p in model.parameters() if p.requires_grad]
+    rank, size = world()
+    if size > 1:  # one starting point for every process (seeded alike already: this makes it so)
+        import torch.distributed as dist
+
+        for p in params:
+            dist.broadcast(p.data, 0)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     warmup = max(1, len(plan) // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -369,9 +486,13 @@ def train(
     for step, micros in enumerate(plan, 1):
         z0 = kl_estimate(model, micros, pad_id) if kto else 0.0
         n = sum(len(b) for b in micros)
-        value = 0.0
-        for batch in micros:  # gradients add up over the step's micro-batches: the loss is the step's mean
-            tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+        value = torch.zeros(1, dtype=torch.float64, device=device)
+        for whole in micros:  # gradients add up over the step's micro-batches: the loss is the step's mean
+            batch = whole[rank::size]  # under torchrun: this process's share; the gradients are summed below
+            if not batch:
+                continue
+            made = pack(batch, pad_id, cfg.max_seq_len) if packed else collate(batch, pad_id)
+            tensors = {k: v.to(device) for k, v in made.items()}
             if kto:
                 ref = torch.tensor([e.ref_logp for e in batch], device=device)
                 desirable = torch.tensor([e.desirable for e in batch], device=device)
@@ -379,11 +500,17 @@ def train(
                     kto_losses(sequence_logprobs(model, tensors), ref, desirable, cfg.kto_beta, w_d, w_u, z0).sum() / n
                 )
             else:
-                loss = sft_loss(model, tensors) * len(batch) / n
-            value += loss.item()
-            if not math.isfinite(value):
-                raise BadLoss(f"loss is {value} at step {step}")
+                loss = sft_loss(model, tensors, label_count(whole)) * len(whole) / n
+            value += loss.detach()
             loss.backward()
+        if size > 1:  # DDP's all-reduce, by hand: the adapter's gradients are small, and summed (not averaged)
+            for p in params:  # they are the one-process gradient of the step's mean loss
+                if p.grad is None:  # this process had no share of the step
+                    p.grad = torch.zeros_like(p)
+                all_sum(p.grad)
+        value_f = float(all_sum(value))
+        if not math.isfinite(value_f):
+            raise BadLoss(f"loss is {value_f} at step {step}")
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
@@ -391,10 +518,10 @@ def train(
         result.steps = step
         result.tokens += sum(len(e.input_ids) for b in micros for e in b)
         result.label_tokens += sum(e.n_labels for b in micros for e in b)
-        result.losses.append(value)
+        result.losses.append(value_f)
         result.seconds = time.perf_counter() - started
         if progress:
-            progress(step, len(plan), value, result.tokens_per_s)
+            progress(step, len(plan), value_f, result.tokens_per_s)
     return result
 
 

@@ -1,4 +1,7 @@
-"""One training run, as a subprocess of the control process: `python -m retrain.worker JOB.json`.
+"""One training run, as a subprocess of the control process: `python -m retrain.worker JOB.json`, or with
+`retrain.gpus` > 1 under `torchrun` (one process per GPU; gloo processes on CPU where there is no CUDA):
+every process trains on its share of each step and the gradients are summed (`recipe.train`); process 0
+writes the adapter and prints the metrics.
 
 Reads the job (paths, versions, config), trains with the recipe and writes the adapter into the job's
 staging folder. It touches neither the database nor the registry: the control process decides what the
@@ -88,8 +91,9 @@ def run(job: Job) -> dict:
         "quantization": "nf4" if recipe.use_nf4(cfg) else "none",
         "device": str(next(model.parameters()).device),
     }
-    recipe.save(model, Path(job.out_dir), _manifest(job, rows, metrics))
-    probe.write(Path(job.out_dir), probe.greedy(model, tokenizer))  # what vLLM must answer before it serves it
+    if recipe.world()[0] == 0:  # one writer
+        recipe.save(model, Path(job.out_dir), _manifest(job, rows, metrics))
+        probe.write(Path(job.out_dir), probe.greedy(model, tokenizer))  # what vLLM must answer before it serves it
     return metrics
 
 
@@ -102,6 +106,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     job = Job.from_json(Path(argv[0]).read_text())
     try:
+        group = _join_group(job.config.gpus)
         metrics = run(job)
     except MemoryError:
         print(FAILED + "out of memory", file=sys.stderr)
@@ -118,8 +123,36 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         print(FAILED + reason.splitlines()[0][:500], file=sys.stderr)
         return 3
+    if group:
+        import torch.distributed as dist
+
+        dist.barrier()  # process 0 has written the adapter
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank:
+            return 0
     print(json.dumps(metrics))
     return 0
+
+
+def _join_group(gpus: int) -> bool:
+    """Under torchrun: join its process group (NCCL on GPUs, gloo on CPU); False when run alone."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return False
+    if size != gpus:
+        raise ValueError(f"torchrun started {size} processes, retrain.gpus is {gpus}")
+    if torch.cuda.is_available():
+        if torch.cuda.device_count() < size:
+            raise ValueError(f"retrain.gpus={size} but this machine has {torch.cuda.device_count()} CUDA devices")
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
 
 
 if __name__ == "__main__":

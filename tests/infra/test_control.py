@@ -5,6 +5,7 @@ import json
 import threading
 
 import pytest
+import torch
 
 from infra import control, schedule
 from infra.db import open_store
@@ -131,6 +132,43 @@ def test_a_run_trains_at_most_max_new_samples_and_the_rest_stay_new(tiny_lm, pop
         assert ids[0] != ids[1] and len(plan.new_samples(con, train)) == len(train) - len(ids[0] | ids[1])
     finally:
         con.close()
+
+
+@pytest.mark.slow
+def test_two_training_processes_under_torchrun_make_the_adapter_of_one(tiny_lm, populated, tmp_path, scrub_pool):
+    """retrain.gpus=2 on a machine without CUDA: two gloo processes under torchrun, each a share of every
+    step, gradients summed. Same data, global batch and seed as one process: the same adapter (fp32, within
+    1e-5). A failure in the group surfaces as the run's reason and leaves nothing behind."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    twin = tmp_path / "twin"
+    shutil.copytree(populated, twin)
+    adapters = {}
+    for gpus, data in ((1, populated), (2, twin)):
+        con = open_store(data / "flywheel.duckdb")
+        try:
+            out = control.retrain(config(tiny_lm, data, gpus=gpus, epochs=2), con)
+            assert out.status == "candidate", out.reason
+        finally:
+            con.close()
+        adapters[gpus] = load_file(data / "adapters" / out.version / "adapter_model.safetensors")
+        manifest = json.loads((data / "adapters" / out.version / "flywheel-adapter.json").read_text())
+        assert manifest["config"]["gpus"] == gpus and manifest["metrics"]["steps"] > 1
+    assert adapters[1].keys() == adapters[2].keys()
+    for name, weight in adapters[1].items():
+        torch.testing.assert_close(adapters[2][name], weight, rtol=0, atol=1e-5, msg=name)
+    assert any(w.abs().max() > 1e-3 for n, w in adapters[1].items() if "lora_B" in n)  # it trained
+
+    store_con = open_store(twin / "flywheel.duckdb")
+    try:
+        store(store_con, more_ratings(range(60, 80)), scrub_pool.scrub)
+        nan = control.retrain(config(tiny_lm, twin, gpus=2, learning_rate=1e30, epochs=20), store_con)
+        assert nan.status == "failed" and "loss is" in nan.reason, nan.reason
+        assert not list((twin / "adapters").glob(".staging*"))
+    finally:
+        store_con.close()
 
 
 def test_one_run_at_a_time_and_too_little_data_is_skipped_with_the_reason(tiny_lm, populated, caplog):

@@ -80,6 +80,56 @@ def test_bucketing_wastes_less_on_padding_and_keeps_the_budget(tokenizer):
     assert padded - real < 0.25 * (naive - real)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_packed_batch_gives_every_sample_the_loss_and_gradient_it_has_alone(tiny_lm, tokenizer, device):
+    """Packed rows (position ids restarting at each sample, no attention mask) against one padded row per
+    sample: the same log-probability per sample and the same gradient, in fp32; no row is over its length
+    but for a sample longer than a row, and attention never crosses a sample's end."""
+    model = recipe.load_model(tiny_lm, CFG, None).to(device)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a trained-looking adapter: B is 0 when fresh, so the LoRA path would add nothing
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    examples = [recipe.render(r, tokenizer, 128) for r in rows(3)]
+    examples[0] = recipe.render(
+        {**rows(1)[0], "completion": [{"role": "assistant", "content": "A" * 90}]}, tokenizer, 128
+    )
+    row = 2 * max(len(e.input_ids) for e in examples[1:]) + 1  # two short samples a row
+    packed = recipe.pack(examples, tokenizer.pad_token_id, row)
+    widths = [len(r) for r in recipe.pack_rows(examples, row)]
+    assert len(examples[0].input_ids) > row and packed["input_ids"].shape[0] < len(examples) and max(widths) > 1
+    real = (packed["seq"] >= 0).sum(dim=1)
+    assert all(n <= row for n in real.tolist() if n != len(examples[0].input_ids))
+
+    def measured(batch):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        model.zero_grad()
+        per_sample = recipe.sequence_logprobs(model, batch)
+        recipe.sft_loss(model, batch).backward()
+        return per_sample.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    alone, alone_grads = measured(recipe.collate(examples, tokenizer.pad_token_id))
+    together, together_grads = measured(packed)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    for name, grad in alone_grads.items():
+        torch.testing.assert_close(together_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # Without the restart, a sample would attend to the one before it in its row: the test can tell.
+    flat = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"])}
+    flat = {k: v.to(device) for k, v in flat.items()}
+    with torch.no_grad():
+        assert not torch.allclose(recipe.sequence_logprobs(model, flat), alone, atol=1e-3)
+
+
+def test_packed_training_runs_and_learns(tiny_lm, tokenizer):
+    cfg = CFG.model_copy(update={"packing": "on", "epochs": 15})
+    model = recipe.load_model(tiny_lm, cfg, None)
+    examples = [recipe.render(r, tokenizer, 128) for r in rows()]
+    result = recipe.train(model, examples, cfg, tokenizer.pad_token_id)
+    assert result.losses[-1] < 0.6 * result.losses[0], result.losses[::5]
+    assert result.tokens == sum(len(e.input_ids) for e in examples) * 15  # every sample once an epoch
+
+
 def test_lora_learns_a_memorisable_set_and_leaves_the_base_alone(tiny_lm, tokenizer):
     model = recipe.load_model(tiny_lm, CFG, None)
     base_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
