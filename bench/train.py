@@ -9,8 +9,9 @@ store-support samples (system + user prompt, loss on the answer only):
   recipe: `retrain.recipe.train`, length-bucketed batches under the same average token budget, the
           output head only on the answer positions.
 Reported: real (non-padding) tokens per second of each, and the ratio. Target >= 1.5x on CPU.
-On CUDA the recipe runs QLoRA (nf4); pass a larger --model (any local HF folder) for the GPU figures,
-which also prints peak memory and model FLOPs utilisation.
+On CUDA the recipe runs bf16 LoRA where the model fits, else QLoRA (nf4); pass a larger --model (any local
+HF folder) for the GPU figures, which also prints peak memory and model FLOPs utilisation (production shapes
+and packed rows: bench/train_gpu.py).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
         f"{args.samples} samples, {real:,} tokens (mean {mean_len:.0f}), {args.model} on {device}, "
-        f"{torch.get_num_threads()} threads, quantization {'nf4' if recipe.use_nf4(cfg) else 'none'}"
+        f"{torch.get_num_threads()} threads, quantization {'nf4' if recipe.use_nf4(cfg, base) else 'none'}"
     )
 
     naive_s = naive(base, examples, cfg, args.batch)

@@ -24,7 +24,9 @@ class LoraConfig(Section):
 
 class RetrainConfig(Section):
     quantization: Literal["auto", "nf4", "none"] = Field(
-        "auto", description="auto: nf4 (QLoRA) on CUDA, none on CPU, where nf4 is ~20x slower."
+        "auto",
+        description="none: full-precision base weights (bf16 on CUDA, fp32 on CPU); nf4: QLoRA; auto: on CUDA "
+        "bf16 where the weights take at most half the free GPU memory, else nf4; on CPU none (nf4 is ~20x slower).",
     )
     objective: Literal["sft", "kto"] = Field(
         "sft", description="sft: learn the desirable answers; kto: also push away from undesirable ones."

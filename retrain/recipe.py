@@ -4,8 +4,9 @@
 2. Render every sample with the model's chat template; the loss is on the assistant's tokens only.
 3. Bucket by length under a token budget, so little compute goes to padding. A KTO step takes a
    length-bucketed micro-batch of each class (desirable, undesirable), never one class alone.
-4. Load the base model: QLoRA on CUDA (nf4, double quantization, bf16 compute, gradient checkpointing),
-   plain LoRA in fp32 on CPU. Start from the production adapter's weights when there is one.
+4. Load the base model: on CUDA bf16 weights where they fit (half the free GPU memory), else QLoRA (nf4,
+   double quantization, bf16 compute, gradient checkpointing); plain LoRA in fp32 on CPU. Start from the
+   production adapter's weights when there is one.
 5. Train: SFT on desirable answers, or KTO on desirable and undesirable ones. The output head runs only
    on the positions that have a label (the answer), not on the prompt: on a 135M model with a 49k
    vocabulary the head is a fifth of the compute.
@@ -68,10 +69,18 @@ class Result:
     label_tokens: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
+    first_step_s: float = 0.0  # the first step alone: kernels chosen, memory allocated (and compiled, if so)
+    first_step_tokens: int = 0
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_tokens_per_s(self) -> float:
+        """Tokens per second after the first step."""
+        rest = self.seconds - self.first_step_s
+        return (self.tokens - self.first_step_tokens) / rest if rest > 0 else self.tokens_per_s
 
 
 class BadLoss(RuntimeError):
@@ -270,8 +279,27 @@ def pack(batch: list[Example], pad_id: int, row_tokens: int) -> dict[str, torch.
 # 4. Model --------------------------------------------------------------------------------------------------
 
 
-def use_nf4(cfg: RetrainConfig) -> bool:
-    return cfg.quantization == "nf4" or (cfg.quantization == "auto" and torch.cuda.is_available())
+def use_nf4(cfg: RetrainConfig, base_path: Path | None = None) -> bool:
+    """nf4 (QLoRA) when asked, or on auto when CUDA is there and the model's bf16 weights would take more
+    than half of the GPU's free memory (`base_path` unknown: assume they would not)."""
+    if cfg.quantization != "auto" or not torch.cuda.is_available():
+        return cfg.quantization == "nf4"
+    if base_path is None:
+        return False
+    free, _ = torch.cuda.mem_get_info(torch.device(device_of_process()))
+    return 2 * parameter_count(base_path) > free / 2
+
+
+def parameter_count(base_path: Path) -> int:
+    """The model's parameters, from its safetensors headers (nothing loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(Path(base_path).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                total += math.prod(st.get_slice(key).get_shape())
+    return total
 
 
 def device_of_process() -> str:
@@ -309,7 +337,7 @@ def load_model(base_path: Path, cfg: RetrainConfig, parent: Path | None):
     from transformers import AutoModelForCausalLM
 
     device = device_of_process()
-    if use_nf4(cfg):
+    if use_nf4(cfg, base_path):
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
@@ -321,8 +349,9 @@ def load_model(base_path: Path, cfg: RetrainConfig, parent: Path | None):
             base_path, quantization_config=quant, dtype=compute, device_map={"": device}
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device == "cuda")
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device)
+    else:  # bf16 weights on CUDA (the LoRA weights stay fp32: peft's autocast_adapter_dtype), fp32 on CPU
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device)
     model.config.use_cache = False
     torch.manual_seed(cfg.seed)  # the fresh LoRA A matrices are random: seeded, a run is reproducible
     if parent is not None:
@@ -519,7 +548,11 @@ def train(
         result.tokens += sum(len(e.input_ids) for b in micros for e in b)
         result.label_tokens += sum(e.n_labels for b in micros for e in b)
         result.losses.append(value_f)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the clock counts finished work (one wait a step)
         result.seconds = time.perf_counter() - started
+        if step == 1:
+            result.first_step_s, result.first_step_tokens = result.seconds, result.tokens
         if progress:
             progress(step, len(plan), value_f, result.tokens_per_s)
     return result

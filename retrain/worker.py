@@ -88,7 +88,7 @@ def run(job: Job) -> dict:
         "loss_last10": sum(result.losses[-10:]) / len(result.losses[-10:]),
         "samples": len(examples),
         "replayed": len(rows) - fresh,
-        "quantization": "nf4" if recipe.use_nf4(cfg) else "none",
+        "quantization": "nf4" if recipe.use_nf4(cfg, Path(job.base_path)) else "none",
         "device": str(next(model.parameters()).device),
     }
     if recipe.world()[0] == 0:  # one writer

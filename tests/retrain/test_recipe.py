@@ -121,6 +121,13 @@ def test_a_packed_batch_gives_every_sample_the_loss_and_gradient_it_has_alone(ti
         assert not torch.allclose(recipe.sequence_logprobs(model, flat), alone, atol=1e-3)
 
 
+def test_quantization_auto_counts_the_parameters_from_the_files(tiny_lm):
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    assert recipe.parameter_count(tiny_lm) == sum(p.numel() for p in model.state_dict().values())
+    auto = CFG.model_copy(update={"quantization": "auto"})
+    assert not recipe.use_nf4(auto, tiny_lm)  # on CPU never; on CUDA the tiny model's bf16 weights fit
+
+
 def test_packed_training_runs_and_learns(tiny_lm, tokenizer):
     cfg = CFG.model_copy(update={"packing": "on", "epochs": 15})
     model = recipe.load_model(tiny_lm, cfg, None)
@@ -254,8 +261,8 @@ def test_artifact_gate_refuses_empty_unchanged_and_non_finite_adapters(tiny_lm, 
 
 @pytest.mark.gpu
 def test_qlora_nf4_trains_on_cuda(tiny_lm, tokenizer):
-    cfg = CFG.model_copy(update={"quantization": "auto", "epochs": 10})
-    assert recipe.use_nf4(cfg)
+    cfg = CFG.model_copy(update={"quantization": "nf4", "epochs": 10})
+    assert recipe.use_nf4(cfg) and not recipe.use_nf4(cfg.model_copy(update={"quantization": "auto"}), tiny_lm)
     model = recipe.load_model(tiny_lm, cfg, None)
     assert next(model.parameters()).device.type == "cuda"
     result = recipe.train(model, [recipe.render(r, tokenizer, 128) for r in rows()], cfg, tokenizer.pad_token_id)
