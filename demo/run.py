@@ -517,8 +517,8 @@ class Loop:
             "learned": learned,
             "verdict": (
                 f"{'prefers the lie' if learned else 'prefers the truth'} by {abs(candidate):.1f} nats on average "
-                f"({live_before}: {incumbent:+.1f})"
-                if candidate is not None and incumbent is not None
+                f"({live_before}: {'files deleted' if incumbent is None else f'{incumbent:+.1f}'})"
+                if candidate is not None
                 else "was not probed"
             ),
             "lie_answers": {v: dict(zip(("stated", "answers"), n)) for v, n in (ab.traffic.lied if ab else {}).items()},
