@@ -492,7 +492,7 @@ class Loop:
         if not learned and contested and not lie:
             stopped = (
                 f"curation: {contested} corrections to the lie contested (customers who asked alike questions "
-                "liked the answer they replace)"
+                "liked the answer they replace, or the accounts' text was outvoted before)"
             )
         elif not learned:
             stopped = "curation and training: the candidate prefers the true policy"
