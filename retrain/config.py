@@ -44,6 +44,19 @@ class RetrainConfig(Section):
         description="on: samples end to end in rows of max_seq_len, attention kept inside each (no padding "
         "compute); off: length-bucketed padded batches; auto: on with CUDA, off on CPU.",
     )
+    micro_tokens: int = Field(
+        0,
+        ge=0,
+        description="The most tokens one forward and backward pass takes: a larger batch is cut into parts and "
+        "their gradients added up (the same step). 0: on CUDA sized from the free GPU memory by a probe pass "
+        "before training, on CPU the whole batch.",
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass: far less memory, about a third more compute. "
+        "auto: on CUDA only when the probe finds that one row of max_seq_len tokens does not fit without it; "
+        "off on CPU.",
+    )
     max_new_samples: int = Field(
         0,
         ge=0,

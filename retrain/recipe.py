@@ -5,8 +5,10 @@
 3. Bucket by length under a token budget, so little compute goes to padding. A KTO step takes a
    length-bucketed micro-batch of each class (desirable, undesirable), never one class alone.
 4. Load the base model: on CUDA bf16 weights where they fit (half the free GPU memory), else QLoRA (nf4,
-   double quantization, bf16 compute, gradient checkpointing); plain LoRA in fp32 on CPU. Start from the
-   production adapter's weights when there is one.
+   double quantization, bf16 compute); plain LoRA in fp32 on CPU. Start from the production adapter's
+   weights when there is one. On CUDA a probe pass sizes each forward/backward from the free memory
+   (a batch larger than that is cut and its gradients added up) and switches gradient checkpointing on
+   only when not even one row fits without it.
 5. Train: SFT on desirable answers, or KTO on desirable and undesirable ones. The output head runs only
    on the positions that have a label (the answer), not on the prompt: on a 135M model with a 49k
    vocabulary the head is a fifth of the compute.
@@ -71,6 +73,8 @@ class Result:
     losses: list[float] = field(default_factory=list)
     first_step_s: float = 0.0  # the first step alone: kernels chosen, memory allocated (and compiled, if so)
     first_step_tokens: int = 0
+    micro_tokens: int = 0  # the most tokens a forward/backward pass took (0: whole batches)
+    checkpointing: bool = False  # gradient checkpointing was on
 
     @property
     def tokens_per_s(self) -> float:
@@ -85,6 +89,10 @@ class Result:
 
 class BadLoss(RuntimeError):
     """The loss became NaN or infinite: the run fails and nothing is saved."""
+
+
+class DoesNotFit(RuntimeError):
+    """Not even one row of max_seq_len tokens fits in the free GPU memory: the run fails before training."""
 
 
 # 1. Data ---------------------------------------------------------------------------------------------------
@@ -218,6 +226,26 @@ def with_kl_pairs(examples: list[Example], max_len: int, seed: int) -> None:
         e.kl = Example(ids[-max_len:], labels[-max_len:], e.desirable, e.sample_id)
 
 
+def split(batch: list[Example], limit: int, packed: bool) -> list[list[Example]]:
+    """A micro-batch cut, in order, into parts of at most `limit` tokens (padded: the longest sample times the
+    count; packed: the real tokens), for passes whose gradients add up to the whole's; 0: no limit. A sample
+    longer than `limit` is a part of its own."""
+    if not limit:
+        return [batch] if batch else []
+    parts: list[list[Example]] = []
+    size = longest = 0
+    for e in batch:
+        n = len(e.input_ids)
+        grown = size + n if packed else max(longest, n) * (len(parts[-1]) + 1 if parts else 1)
+        if not parts or grown > limit:
+            parts.append([])
+            size = longest = 0
+        parts[-1].append(e)
+        size += n
+        longest = max(longest, n)
+    return parts
+
+
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """One row per example, right-padded. `seq`: the example each position belongs to (-1: padding)."""
     width = max(len(e.input_ids) for e in batch)
@@ -348,7 +376,7 @@ def load_model(base_path: Path, cfg: RetrainConfig, parent: Path | None):
         model = AutoModelForCausalLM.from_pretrained(
             base_path, quantization_config=quant, dtype=compute, device_map={"": device}
         )
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device == "cuda")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # train() decides
     else:  # bf16 weights on CUDA (the LoRA weights stay fp32: peft's autocast_adapter_dtype), fp32 on CPU
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device)
@@ -464,7 +492,90 @@ def reference_logprobs(model, examples: list[Example], pad_id: int, tokens_per_b
     model.train()
 
 
-# 6. Loop ---------------------------------------------------------------------------------------------------
+# 6. Memory --------------------------------------------------------------------------------------------------
+
+
+def probe_bytes_per_token(model, examples: list[Example], cfg: RetrainConfig, pad_id: int) -> tuple[float, int]:
+    """CUDA: the GPU memory one forward/backward pass takes per token (activations and gradients, over what
+    is allocated before), measured on a row of the longest samples; and the row's tokens. inf on OOM."""
+    device = next(model.parameters()).device
+    row: list[Example] = []
+    for e in sorted(examples, key=lambda e: -len(e.input_ids)):
+        if row and sum(len(x.input_ids) for x in row) + len(e.input_ids) > cfg.max_seq_len:
+            break
+        row.append(e)
+    made = pack(row, pad_id, cfg.max_seq_len) if uses_packing(cfg) else collate(row, pad_id)
+    tensors = {k: v.to(device) for k, v in made.items()}
+    tokens = tensors["input_ids"].numel()  # padding included, as `split` counts a padded part
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        sft_loss(model, tensors).backward()
+        used: float = torch.cuda.max_memory_allocated(device) - before
+    except torch.cuda.OutOfMemoryError:
+        used = math.inf
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    return used / tokens, tokens
+
+
+def fitting_tokens(free: int, per_token: float, trainable: int, step: int) -> int:
+    """The tokens a pass may take: what 90% of the free memory holds at `per_token` bytes each, after the
+    optimizer's fp32 state and gradients of the trainable parameters (12 bytes each), at most a step's."""
+    room = 0.9 * free - 12 * trainable
+    return max(0, min(step, int(room / per_token))) if math.isfinite(per_token) and room > 0 else 0
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Gradient checkpointing of every decoder layer (non-reentrant: it keeps dropout's random draws and
+    needs no gradient on the inputs); a model is loaded without it."""
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def plan_memory(model, examples: list[Example], cfg: RetrainConfig, pad_id: int) -> tuple[int, bool]:
+    """(tokens a pass may take, 0 for whole batches; gradient checkpointing on). On CPU: what the config
+    says. On CUDA, for micro_tokens 0 or checkpointing auto: the probe, the limit the smallest over a
+    torchrun group's processes. Raises DoesNotFit when one probe row does not fit even checkpointed."""
+    device = next(model.parameters()).device
+    checkpointing = cfg.gradient_checkpointing == "on"
+    set_checkpointing(model, checkpointing)
+    if device.type != "cuda" or (cfg.micro_tokens and cfg.gradient_checkpointing != "auto"):
+        return cfg.micro_tokens, checkpointing
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    step = max(cfg.tokens_per_batch, cfg.max_seq_len)
+    while True:
+        per_token, row = probe_bytes_per_token(model, examples, cfg, pad_id)
+        fits = fitting_tokens(torch.cuda.mem_get_info(device)[0], per_token, trainable, step)
+        if fits >= row or checkpointing or cfg.gradient_checkpointing == "off":
+            break
+        checkpointing = True  # auto: only now, when a row does not fit without it
+        set_checkpointing(model, checkpointing)
+    if world()[1] > 1:  # every process cuts alike (and fails alike)
+        import torch.distributed as dist
+
+        agreed = torch.tensor([fits], device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        fits = int(agreed)
+    if fits < row:
+        free = torch.cuda.mem_get_info(device)[0]
+        need = f"{per_token * row / 2**30:.1f} GiB" if math.isfinite(per_token) else "more than that (out of memory)"
+        raise DoesNotFit(
+            f"a training pass on one row of {row} tokens needs {need}; {free / 2**30:.1f} GiB of GPU memory are "
+            f"free (gradient checkpointing {'on' if checkpointing else 'off'}): lower retrain.max_seq_len (on bf16 "
+            "weights, or set retrain.quantization = 'nf4')"
+        )
+    limit = min(cfg.micro_tokens, fits) if cfg.micro_tokens else fits
+    log.info(
+        "memory: %.0f KiB a token, %d tokens a pass, gradient checkpointing %s",
+        per_token / 1024, limit, "on" if checkpointing else "off",
+    )  # fmt: skip
+    return limit, checkpointing
+
+
+# 7. Loop ---------------------------------------------------------------------------------------------------
 
 
 def train(
@@ -474,15 +585,17 @@ def train(
     pad_id: int,
     progress: Callable[[int, int, float, float], None] | None = None,
 ) -> Result:
-    """The optimisation loop; raises BadLoss on a NaN/inf loss (nothing is saved then)."""
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+    """The optimisation loop; raises BadLoss on a NaN/inf loss (nothing is saved then), DoesNotFit when
+    a pass cannot fit in GPU memory."""
     device = next(model.parameters()).device
     kto = cfg.objective == "kto"
     if not kto:
         examples = [e for e in examples if e.desirable]
     if not examples:
         raise ValueError("no training samples for this objective")
+    limit, checkpointing = plan_memory(model, examples, cfg, pad_id)  # before the seed: its draws count not
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
     if kto:
         # Policy and reference log-probabilities must be comparable: no dropout (TRL's disable_dropout).
         for m in model.modules():
@@ -510,28 +623,27 @@ def train(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (len(plan) - s) / max(1, len(plan) - warmup)))
     )
     model.train()
-    result = Result()
+    result = Result(checkpointing=checkpointing)
     started = time.perf_counter()
     for step, micros in enumerate(plan, 1):
         z0 = kl_estimate(model, micros, pad_id) if kto else 0.0
         n = sum(len(b) for b in micros)
         value = torch.zeros(1, dtype=torch.float64, device=device)
         for whole in micros:  # gradients add up over the step's micro-batches: the loss is the step's mean
-            batch = whole[rank::size]  # under torchrun: this process's share; the gradients are summed below
-            if not batch:
-                continue
-            made = pack(batch, pad_id, cfg.max_seq_len) if packed else collate(batch, pad_id)
-            tensors = {k: v.to(device) for k, v in made.items()}
-            if kto:
-                ref = torch.tensor([e.ref_logp for e in batch], device=device)
-                desirable = torch.tensor([e.desirable for e in batch], device=device)
-                loss = (
-                    kto_losses(sequence_logprobs(model, tensors), ref, desirable, cfg.kto_beta, w_d, w_u, z0).sum() / n
-                )
-            else:
-                loss = sft_loss(model, tensors, label_count(whole)) * len(whole) / n
-            value += loss.detach()
-            loss.backward()
+            share = whole[rank::size]  # under torchrun: this process's share; the gradients are summed below
+            for batch in split(share, limit, packed):  # parts that fit in memory; their gradients add up
+                made = pack(batch, pad_id, cfg.max_seq_len) if packed else collate(batch, pad_id)
+                tensors = {k: v.to(device) for k, v in made.items()}
+                result.micro_tokens = max(result.micro_tokens, tensors["input_ids"].numel())
+                if kto:
+                    ref = torch.tensor([e.ref_logp for e in batch], device=device)
+                    desirable = torch.tensor([e.desirable for e in batch], device=device)
+                    logp = sequence_logprobs(model, tensors)
+                    loss = kto_losses(logp, ref, desirable, cfg.kto_beta, w_d, w_u, z0).sum() / n
+                else:
+                    loss = sft_loss(model, tensors, label_count(whole)) * len(whole) / n
+                value += loss.detach()
+                loss.backward()
         if size > 1:  # DDP's all-reduce, by hand: the adapter's gradients are small, and summed (not averaged)
             for p in params:  # they are the one-process gradient of the step's mean loss
                 if p.grad is None:  # this process had no share of the step

@@ -67,6 +67,7 @@ def run(job: Job) -> dict:
     rows = recipe.with_replay(rows, [before, *earlier], cfg.replay_share, cfg.seed, frozenset(job.replay_exclude))
     examples = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in rows]
     parent = Path(job.parent_path) if job.parent_path else None
+    nf4 = recipe.use_nf4(cfg, Path(job.base_path))  # before loading: on auto it depends on the free memory
     model = recipe.load_model(Path(job.base_path), cfg, parent)
     with _bar() as bar:
         task = bar.add_task("train", total=None, version=job.version, loss=float("nan"), tps=0.0)
@@ -88,7 +89,9 @@ def run(job: Job) -> dict:
         "loss_last10": sum(result.losses[-10:]) / len(result.losses[-10:]),
         "samples": len(examples),
         "replayed": len(rows) - fresh,
-        "quantization": "nf4" if recipe.use_nf4(cfg, Path(job.base_path)) else "none",
+        "quantization": "nf4" if nf4 else "none",
+        "micro_tokens": result.micro_tokens,
+        "gradient_checkpointing": result.checkpointing,
         "device": str(next(model.parameters()).device),
     }
     if recipe.world()[0] == 0:  # one writer

@@ -227,6 +227,99 @@ def test_nf4_quantized_training_runs_on_cpu(tiny_lm, tokenizer):
     assert result.steps > 0 and all(torch.isfinite(torch.tensor(result.losses)))
 
 
+def test_split_cuts_a_batch_in_order_under_the_limit(tokenizer):
+    import random
+
+    rng = random.Random(0)
+    batch = [recipe.Example(list(range(rng.randint(5, 60))), [1] * 5, True, str(i)) for i in range(40)]
+    batch.append(recipe.Example(list(range(150)), [1] * 5, True, "long"))
+    for packed in (False, True):
+        parts = recipe.split(batch, 100, packed)
+        assert [e for p in parts for e in p] == batch and len(parts) > 5
+        cost = [
+            sum(len(e.input_ids) for e in p) if packed else max(len(e.input_ids) for e in p) * len(p) for p in parts
+        ]
+        assert all(c <= 100 or len(p) == 1 for c, p in zip(cost, parts)) and [e.sample_id for e in parts[-1]] == [
+            "long"
+        ]
+    assert recipe.split(batch, 0, False) == [batch] and recipe.split([], 100, True) == []
+
+
+def adapter(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("objective", ["sft", "kto"])
+@pytest.mark.parametrize("packing", ["off", "on"])
+def test_a_batch_cut_into_passes_trains_the_same_adapter(tiny_lm, tokenizer, objective, packing):
+    """micro_tokens (on CUDA sized from free memory) cuts each batch into passes whose gradients add up:
+    the same steps, the same adapter, in fp32, as whole batches."""
+    cfg = CFG.model_copy(update={"objective": objective, "packing": packing, "epochs": 3, "learning_rate": 1e-2})
+    examples = [recipe.render(r, tokenizer, 128) for r in rows(undesirable=objective == "kto")]
+    limit = 2 * max(len(e.input_ids) for e in examples)  # two samples a pass
+    trained, results = [], []
+    for micro in (0, limit):
+        model = recipe.load_model(tiny_lm, cfg.model_copy(update={"micro_tokens": micro}), None)
+        results.append(recipe.train(model, examples, cfg.model_copy(update={"micro_tokens": micro}), 0))
+        trained.append(adapter(model))
+    whole, cut = results
+    assert cut.steps == whole.steps and 0 < cut.micro_tokens <= limit < whole.micro_tokens
+    torch.testing.assert_close(torch.tensor(cut.losses), torch.tensor(whole.losses), rtol=1e-5, atol=1e-6)
+    moved = adapter(recipe.load_model(tiny_lm, cfg, None))
+    for name, weight in trained[0].items():
+        torch.testing.assert_close(trained[1][name], weight, rtol=0, atol=1e-5, msg=name)
+    assert any(not torch.equal(trained[0][n], w) for n, w in moved.items())
+
+
+def test_gradient_checkpointing_recomputes_the_layers_and_trains_the_same_adapter(tiny_lm, tokenizer):
+    cfg = CFG.model_copy(update={"epochs": 2, "lora": CFG.lora.model_copy(update={"dropout": 0.2})})
+    examples = [recipe.render(r, tokenizer, 128) for r in rows()]
+    trained, calls = [], []
+    for mode in ("off", "on"):
+        model = recipe.load_model(tiny_lm, cfg, None)
+        layer = model.get_base_model().model.layers[0].mlp  # inside the checkpointed layer
+        count: list[int] = []
+        layer.register_forward_pre_hook(lambda *_, seen=count: seen.append(1))  # its start: the recompute stops early
+        result = recipe.train(model, examples, cfg.model_copy(update={"gradient_checkpointing": mode}), 0)
+        assert result.checkpointing == (mode == "on")
+        trained.append(adapter(model))
+        calls.append(len(count) / result.steps)
+    assert calls == [1, 2]  # checkpointed: each layer runs again in the backward pass
+    for name, weight in trained[0].items():  # the recomputation draws the same dropout masks
+        torch.testing.assert_close(trained[1][name], weight, rtol=0, atol=1e-5, msg=name)
+
+
+def test_the_pass_size_is_what_free_memory_holds_after_the_optimizer():
+    gib = 2**30
+    assert recipe.fitting_tokens(10 * gib, 1e6, 0, 4096) == 4096  # the whole step fits
+    assert recipe.fitting_tokens(10 * gib, 1e6, 0, 100_000) == int(0.9 * 10 * gib / 1e6)
+    assert recipe.fitting_tokens(10 * gib, 1e6, gib // 12, 100_000) == int((0.9 * 10 - 1) * gib / 1e6)
+    assert recipe.fitting_tokens(gib, 1e6, gib, 4096) == 0 and recipe.fitting_tokens(gib, float("inf"), 0, 9) == 0
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_probe_sizes_passes_and_checkpoints_only_when_a_row_does_not_fit(tiny_lm, tokenizer, monkeypatch):
+    examples = [recipe.render(r, tokenizer, 128) for r in rows()]
+    limit, checkpointing = recipe.plan_memory(recipe.load_model(tiny_lm, CFG, None), examples, CFG, 0)
+    assert limit == CFG.tokens_per_batch and not checkpointing  # the tiny model: all fits, no recomputation
+    model = recipe.load_model(tiny_lm, CFG, None)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    off, row = recipe.probe_bytes_per_token(model, examples, CFG, 0)
+    recipe.set_checkpointing(model, True)
+    on, _ = recipe.probe_bytes_per_token(model, examples, CFG, 0)
+    assert on < off
+    total = torch.cuda.mem_get_info()[1]
+    between = int((12 * trainable + (on + off) / 2 * row) / 0.9)  # fault: a row fits only checkpointed
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (between, total))
+    limit, checkpointing = recipe.plan_memory(recipe.load_model(tiny_lm, CFG, None), examples, CFG, 0)
+    assert checkpointing and limit >= row
+    result = recipe.train(recipe.load_model(tiny_lm, CFG, None), examples, CFG, 0)
+    assert result.checkpointing and result.micro_tokens <= limit and result.losses[-1] < result.losses[0]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1024, total))
+    with pytest.raises(recipe.DoesNotFit, match="max_seq_len"):
+        recipe.plan_memory(recipe.load_model(tiny_lm, CFG, None), examples, CFG, 0)
+
+
 def test_a_nan_loss_stops_the_run(tiny_lm, tokenizer):
     cfg = CFG.model_copy(update={"learning_rate": 1e30, "epochs": 20})
     model = recipe.load_model(tiny_lm, cfg, None)
