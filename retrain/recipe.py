@@ -500,10 +500,12 @@ def probe_bytes_per_token(model, examples: list[Example], cfg: RetrainConfig, pa
     is allocated before), measured on a row of the longest samples; and the row's tokens. inf on OOM."""
     device = next(model.parameters()).device
     row: list[Example] = []
+    taken = 0
     for e in sorted(examples, key=lambda e: -len(e.input_ids)):
-        if row and sum(len(x.input_ids) for x in row) + len(e.input_ids) > cfg.max_seq_len:
+        if row and taken + len(e.input_ids) > cfg.max_seq_len:
             break
         row.append(e)
+        taken += len(e.input_ids)
     made = pack(row, pad_id, cfg.max_seq_len) if uses_packing(cfg) else collate(row, pad_id)
     tensors = {k: v.to(device) for k, v in made.items()}
     tokens = tensors["input_ids"].numel()  # padding included, as `split` counts a padded part
@@ -561,9 +563,9 @@ def plan_memory(model, examples: list[Example], cfg: RetrainConfig, pad_id: int)
         fits = int(agreed)
     if fits < row:
         free = torch.cuda.mem_get_info(device)[0]
-        need = f"{per_token * row / 2**30:.1f} GiB" if math.isfinite(per_token) else "more than that (out of memory)"
+        need = f"needs {per_token * row / 2**30:.1f} GiB" if math.isfinite(per_token) else "ran out of memory"
         raise DoesNotFit(
-            f"a training pass on one row of {row} tokens needs {need}; {free / 2**30:.1f} GiB of GPU memory are "
+            f"a training pass on one row of {row} tokens {need}; {free / 2**30:.1f} GiB of GPU memory are "
             f"free (gradient checkpointing {'on' if checkpointing else 'off'}): lower retrain.max_seq_len (on bf16 "
             "weights, or set retrain.quantization = 'nf4')"
         )
@@ -593,7 +595,9 @@ def train(
         examples = [e for e in examples if e.desirable]
     if not examples:
         raise ValueError("no training samples for this objective")
-    limit, checkpointing = plan_memory(model, examples, cfg, pad_id)  # before the seed: its draws count not
+    limit, checkpointing = plan_memory(
+        model, examples, cfg, pad_id
+    )  # before seeding: its dropout draws are not the run's
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     if kto:

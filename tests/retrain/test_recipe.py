@@ -239,9 +239,8 @@ def test_split_cuts_a_batch_in_order_under_the_limit(tokenizer):
         cost = [
             sum(len(e.input_ids) for e in p) if packed else max(len(e.input_ids) for e in p) * len(p) for p in parts
         ]
-        assert all(c <= 100 or len(p) == 1 for c, p in zip(cost, parts)) and [e.sample_id for e in parts[-1]] == [
-            "long"
-        ]
+        assert all(c <= 100 or len(p) == 1 for c, p in zip(cost, parts))
+        assert [e.sample_id for e in parts[-1]] == ["long"]  # longer than the limit: a part of its own
     assert recipe.split(batch, 0, False) == [batch] and recipe.split([], 100, True) == []
 
 
@@ -259,16 +258,17 @@ def test_a_batch_cut_into_passes_trains_the_same_adapter(tiny_lm, tokenizer, obj
     limit = 2 * max(len(e.input_ids) for e in examples)  # two samples a pass
     trained, results = [], []
     for micro in (0, limit):
-        model = recipe.load_model(tiny_lm, cfg.model_copy(update={"micro_tokens": micro}), None)
-        results.append(recipe.train(model, examples, cfg.model_copy(update={"micro_tokens": micro}), 0))
+        run = cfg.model_copy(update={"micro_tokens": micro})
+        model = recipe.load_model(tiny_lm, run, None)
+        results.append(recipe.train(model, examples, run, tokenizer.pad_token_id))
         trained.append(adapter(model))
     whole, cut = results
     assert cut.steps == whole.steps and 0 < cut.micro_tokens <= limit < whole.micro_tokens
     torch.testing.assert_close(torch.tensor(cut.losses), torch.tensor(whole.losses), rtol=1e-5, atol=1e-6)
-    moved = adapter(recipe.load_model(tiny_lm, cfg, None))
+    fresh = adapter(recipe.load_model(tiny_lm, cfg, None))
     for name, weight in trained[0].items():
         torch.testing.assert_close(trained[1][name], weight, rtol=0, atol=1e-5, msg=name)
-    assert any(not torch.equal(trained[0][n], w) for n, w in moved.items())
+    assert any(not torch.equal(trained[0][n], w) for n, w in fresh.items())  # training moved the adapter
 
 
 def test_gradient_checkpointing_recomputes_the_layers_and_trains_the_same_adapter(tiny_lm, tokenizer):
