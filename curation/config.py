@@ -73,5 +73,10 @@ class CurationConfig(Section):
     max_placeholder_share: float = Field(
         0.5, gt=0, le=1, description="Answers whose text is more than this share of <PII> placeholders are dropped."
     )
-    eval_share: float = Field(0.1, ge=0, lt=1, description="Share of users whose samples form the eval split.")
+    eval_share: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of users whose samples form the eval split (at most twice this share of the rows).",
+    )
     seed: int = Field(0, description="Seed for splits and sampling; same data + seed = same snapshot.")

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,25 +99,38 @@ def _write(table: pa.Table, path: Path) -> None:
     )
 
 
-def _split(rows: list[tuple[Any, ...]], cfg: CurationConfig) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def _split(
+    rows: list[tuple[Any, ...]], cfg: CurationConfig, trained: frozenset[str] = frozenset()
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """(train, eval): whole users go to eval (curation.eval_share), so eval holds only users never trained on.
-    Small sets can draw badly (40 users at 25% put 4 users, none with a desirable answer, in eval: the offline
-    gate then has nothing to judge by), so eval also takes the next users in split order until it has a
-    desirable answer, and train always keeps at least one user. A user's place in the order does not change
-    from one snapshot to the next."""
+    A user's place in the split order does not change from one snapshot to the next, and a user some earlier
+    run trained on (a sample id in `trained`) never goes to eval: a user's side only ever moves to train.
+    A few heavy users can hold most of the rows (40 users at 25% put 198 of 353 rows in eval, leaving training
+    too little), so eval keeps the drawn users in split order while they hold at most twice eval_share of the
+    rows (at least its first user); the rest train. Small sets can also draw badly (4 users, none with a
+    desirable answer: the offline gate then has nothing to judge by), so eval then takes the next user in split
+    order that has one. Train always keeps at least one user."""
     users = sorted({r[1] for r in rows}, key=lambda u: filters.unit(f"{cfg.seed}:split:{u}"))
-    if cfg.eval_share <= 0 or len(users) < 2:
+    seen = {r[1] for r in rows if r[0] in trained}
+    free = [u for u in users if u not in seen]
+    if cfg.eval_share <= 0 or len(users) < 2 or not free:
         return rows, []
-    chosen = {u for u in users if in_eval(u, cfg)} or {users[0]}
-    good = {r[1] for r in rows if r[2] == "desirable"}
-    for user in users:
-        if chosen & good or not good or len(chosen) >= len(users) - 1:
+    per_user = Counter(r[1] for r in rows)
+    drawn = [u for u in free if in_eval(u, cfg)] or free[:1]
+    limit, held = 2 * cfg.eval_share * len(rows), 0
+    chosen: list[str] = []
+    for user in drawn:  # the longest prefix within the cap
+        if chosen and held + per_user[user] > limit:
             break
-        if user in good:
-            chosen.add(user)
+        chosen.append(user)
+        held += per_user[user]
+    good = {r[1] for r in rows if r[2] == "desirable"}
+    if good and not good & set(chosen):
+        chosen += [u for u in free if u in good and u not in chosen][:1]
     if len(chosen) == len(users):  # everyone drew eval: keep the first, train on the rest
-        chosen = {users[0]}
-    return [r for r in rows if r[1] not in chosen], [r for r in rows if r[1] in chosen]
+        chosen = chosen[:1]
+    side = set(chosen)
+    return [r for r in rows if r[1] not in side], [r for r in rows if r[1] in side]
 
 
 def _freeze(
@@ -195,7 +209,9 @@ def build(con: DuckDBPyConnection, cfg: CurationConfig, root: Path, actor: str =
             f"no snapshot: {len(set(users))} users cannot meet the per-user cap of "
             f"{cfg.max_user_share:.1%} (curation.max_user_share needs at least {1 / cfg.max_user_share:.0f} users)"
         )
-    train_rows, eval_rows = _split(rows, cfg)
+    from retrain import registry  # what earlier runs trained on (their manifests): those users stay in train
+
+    train_rows, eval_rows = _split(rows, cfg, frozenset(registry.trained_sample_ids(con)))
     labels = [r[2] for r in rows]
     facts = {
         "counts": {

@@ -43,10 +43,10 @@ DEMO_SETTINGS = [
     "serving.max_tokens=40",  # short answers: one stream of the 135M model makes ~13 tokens/s on 2 cores
     "serving.max_batch=24",
     "retrain.epochs=2",
-    "retrain.learning_rate=0.001",  # ~90 small steps over ~280 answers: enough to learn the 8 policies
+    "retrain.learning_rate=0.001",  # ~60 steps over ~300 answers learn the 8 policies; half from the live adapter
     "retrain.tokens_per_batch=512",
     "retrain.min_new_samples=20",
-    "retrain.max_new_samples=500",  # a night's budget, ~4 min on 2 cores (night 4 retrains from base on all)
+    "retrain.max_new_samples=400",  # a night's budget, ~3 min on 2 cores (night 4 retrains from base on all)
     "abtest.min_users_per_arm=12",  # the canary share is sized to hold about twice this many (canary_share)
     "abtest.min_duration_s=0",
     "log_level=WARNING",  # the demo prints its own lines; KEY=VALUE log_level=INFO shows the services' logs

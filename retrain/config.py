@@ -35,6 +35,14 @@ class RetrainConfig(Section):
     epochs: float = Field(2.0, gt=0, description="Passes over the training samples.")
     max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: no limit).")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (linear warmup and decay).")
+    incremental_lr_scale: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A run that starts from the live adapter trains at learning_rate times this: the adapter holds "
+        "what earlier nights taught, and full-size steps on one day's data move it further from the base model "
+        "than the day needs (the forgetting gate's general-prompt loss).",
+    )
     tokens_per_batch: int = Field(4096, ge=64, description="Token budget of a batch (length-bucketed).")
     max_seq_len: int = Field(
         512, ge=16, description="Longer samples are cut (the prompt from the left); also a packed row's length."

@@ -67,6 +67,8 @@ def run(job: Job) -> dict:
     rows = recipe.with_replay(rows, [before, *earlier], cfg.replay_share, cfg.seed, frozenset(job.replay_exclude))
     examples = [recipe.render(r, tokenizer, cfg.max_seq_len) for r in rows]
     parent = Path(job.parent_path) if job.parent_path else None
+    if parent is not None:  # smaller steps from an adapter that already knows the earlier nights
+        cfg = cfg.model_copy(update={"learning_rate": cfg.learning_rate * cfg.incremental_lr_scale})
     nf4 = recipe.use_nf4(cfg, Path(job.base_path))  # before loading: on auto it depends on the free memory
     model = recipe.load_model(Path(job.base_path), cfg, parent)
     with _bar() as bar:
@@ -89,6 +91,7 @@ def run(job: Job) -> dict:
         "loss_last10": sum(result.losses[-10:]) / len(result.losses[-10:]),
         "samples": len(examples),
         "replayed": len(rows) - fresh,
+        "learning_rate": cfg.learning_rate,
         "quantization": "nf4" if nf4 else "none",
         "micro_tokens": result.micro_tokens,
         "gradient_checkpointing": result.checkpointing,

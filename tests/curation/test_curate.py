@@ -194,6 +194,36 @@ def test_the_eval_split_always_has_a_desirable_answer_and_users_keep_their_side(
     assert {r[1] for r in evals} == {users[0]} and {r[1] for r in train} == {users[-1]}
 
 
+def test_heavy_users_cannot_take_most_rows_into_eval_and_trained_users_stay_in_train():
+    """The split a 40-user CI run drew: a few heavy users (support agents) put 198 of 353 rows in eval. Eval keeps
+    the drawn users in split order while they hold at most twice eval_share of the rows; a user an earlier
+    run trained on never goes to eval, so nobody moves from train to eval when the rows grow."""
+    cfg = CurationConfig(eval_share=0.25, seed=0)
+    users = sorted((f"user-{k}" for k in range(40)), key=lambda u: snapshot.filters.unit(f"0:split:{u}"))
+    drawn = [u for u in users if snapshot.in_eval(u, cfg)]
+    heavy = {drawn[1]: 200}  # an agent with many corrections
+
+    def rows(extra: int = 0) -> list[tuple]:
+        return [
+            (f"{u}-{k}", u, "desirable", "rating", [], "an answer")
+            for u in users
+            for k in range(heavy.get(u, 1) + (extra if u not in drawn else 0))
+        ]
+
+    before = rows()
+    train, evals = snapshot._split(before, cfg)
+    assert sum(r[1] in drawn for r in before) > 2 * cfg.eval_share * len(before)  # the hash alone: over the cap
+    assert {r[1] for r in evals} == {drawn[0]}  # the heavy user would pass the cap: eval stops before it
+    assert len(train) + len(evals) == len(before) and not {r[1] for r in train} & {r[1] for r in evals}
+    # The train side grows (more users' rows): the cap would now let the heavy users in, but they were trained on.
+    grown = rows(extra=10)
+    _, evals = snapshot._split(grown, cfg, frozenset(r[0] for r in train))
+    assert {r[1] for r in evals} == {drawn[0]}
+    # Nobody trained on yet: the same rows put the drawn users in eval, heavy ones too (under the cap now).
+    _, fresh = snapshot._split(grown, cfg)
+    assert {r[1] for r in fresh} == set(drawn) and len(fresh) <= 2 * cfg.eval_share * len(grown)
+
+
 def test_a_snapshot_that_cannot_meet_the_cap_says_why(db, put, tmp_path):
     put(population(users=10))
     cfg = CurationConfig(review_policy="auto", max_user_share=1.0)

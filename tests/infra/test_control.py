@@ -130,6 +130,42 @@ def test_a_run_trains_at_most_max_new_samples_and_the_rest_stay_new(tiny_lm, pop
 
 
 @pytest.mark.slow
+def test_a_run_from_the_live_adapter_takes_smaller_steps(tiny_lm, populated, tmp_path, scrub_pool):
+    """retrain.incremental_lr_scale: a run from base trains at learning_rate; a run from the live adapter at
+    learning_rate times the scale, which is what training at the product itself gives (the same adapter)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    con = open_store(populated / "flywheel.duckdb")
+    try:
+        first = control.retrain(config(tiny_lm, populated, incremental_lr_scale=0.25), con)
+        assert first.status == "candidate", first.reason
+        assert first.metrics["train"]["learning_rate"] == 0.03  # from base: the full rate
+        registry.set_status(con, first.version, "live", "promoted by hand in this test")
+        store(con, more_ratings(range(60, 80)), scrub_pool.scrub)
+    finally:
+        con.close()
+    twin = tmp_path / "twin"
+    shutil.copytree(populated, twin)
+    adapters = {}
+    for data, lr, scale in ((populated, 0.04, 0.25), (twin, 0.01, 1.0)):
+        con = open_store(data / "flywheel.duckdb")
+        try:
+            out = control.retrain(config(tiny_lm, data, learning_rate=lr, incremental_lr_scale=scale), con)
+            assert out.status in ("candidate", "rejected"), out.reason  # trained to the end; the gate may say no
+            assert registry.get(con, out.version)["parent"] == first.version
+            assert out.metrics["train"]["learning_rate"] == pytest.approx(0.01)
+        finally:
+            con.close()
+        adapters[scale] = load_file(data / "adapters" / out.version / "adapter_model.safetensors")
+    before = load_file(populated / "adapters" / first.version / "adapter_model.safetensors")
+    for name, weight in adapters[1.0].items():
+        torch.testing.assert_close(adapters[0.25][name], weight, rtol=0, atol=1e-6, msg=name)
+    assert any(not torch.equal(before[n], w) for n, w in adapters[1.0].items())  # it trained
+
+
+@pytest.mark.slow
 def test_two_training_processes_under_torchrun_make_the_adapter_of_one(tiny_lm, populated, tmp_path, scrub_pool):
     """retrain.gpus=2 on a machine without CUDA: two gloo processes under torchrun, each a share of every
     step, gradients summed. Same data, global batch and seed as one process: the same adapter (fp32, within
