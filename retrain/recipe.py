@@ -595,9 +595,8 @@ def train(
         examples = [e for e in examples if e.desirable]
     if not examples:
         raise ValueError("no training samples for this objective")
-    limit, checkpointing = plan_memory(
-        model, examples, cfg, pad_id
-    )  # before seeding: its dropout draws are not the run's
+    # Before seeding: the probe's dropout draws are not the run's.
+    limit, checkpointing = plan_memory(model, examples, cfg, pad_id)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     if kto:
