@@ -200,7 +200,7 @@ class EmbeddedBroker:
                 time.sleep(1)
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.cfg.connect_timeout_s
+        deadline = time.monotonic() + self.cfg.start_timeout_s
         while not _answers_tcp(self.cfg.host, self.port):
             if self.proc.poll() is not None:
                 raise FlywheelError(
@@ -208,7 +208,10 @@ class EmbeddedBroker:
                     f"see {self.data_dir / 'logs' / 'broker.log'}"
                 )
             if time.monotonic() > deadline:
-                raise FlywheelError(f"bundled Kafka broker did not open {self.bootstrap} in time")
+                raise FlywheelError(
+                    f"bundled Kafka broker did not open {self.bootstrap} within kafka.start_timeout_s "
+                    f"({self.cfg.start_timeout_s:g} s); see {self.data_dir / 'logs' / 'broker.log'}"
+                )
             time.sleep(0.02)
 
     def stop(self) -> None:

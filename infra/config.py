@@ -68,6 +68,11 @@ class KafkaConfig(Section):
     session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
     heartbeat_interval_ms: int = Field(1_000, ge=100, description="Consumer group heartbeat interval.")
     connect_timeout_s: float = Field(10.0, gt=0, description="How long to wait for a broker to answer.")
+    # Tansu opens its port in well under a second on an idle machine; a CI machine under load once took
+    # over 10 s, so the bundled broker's start has its own, longer bound.
+    start_timeout_s: float = Field(
+        60.0, gt=0, description="How long the bundled broker may take to open its port at start."
+    )
 
 
 class DbConfig(Section):

@@ -61,8 +61,11 @@ def broker(tmp_path_factory):
         yield b
 
 
-def flywheel(*args: str, env: dict | None = None, timeout: float = 60, cwd: Path | None = None):
-    """Run the real console entry point in a subprocess, as a user would."""
+def flywheel(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None):
+    """Run the real console entry point in a subprocess, as a user would.
+
+    `timeout` only guards against a hang: `flywheel up --duration 1` takes ~15 s here but over 60 s on a
+    loaded CI machine (it loads the model and Presidio), so the bound is generous."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "infra.cli", *args],

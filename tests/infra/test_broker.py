@@ -67,6 +67,16 @@ def test_missing_binary_is_one_line(tmp_path):
         broker_mod.EmbeddedBroker(cfg, tmp_path).start()
 
 
+def test_a_broker_that_never_opens_its_port_is_stopped_with_the_bound_named(tmp_path):
+    silent = tmp_path / "tansu"
+    silent.write_text("#!/bin/sh\nexec sleep 60\n")
+    silent.chmod(0o755)
+    broker = broker_mod.EmbeddedBroker(KafkaConfig(broker_binary=silent, start_timeout_s=0.5), tmp_path)
+    with pytest.raises(FlywheelError, match=r"did not open 127\.0\.0\.1:\d+ within kafka\.start_timeout_s \(0\.5 s\)"):
+        broker.start()
+    assert broker.proc is None and broker_mod.read_state(tmp_path) is None
+
+
 def test_state_file_finds_a_running_broker_and_forgets_a_stopped_one(tmp_path):
     cfg = KafkaConfig()
     with pytest.raises(FlywheelError, match="no Kafka broker is running"):

@@ -143,7 +143,7 @@ def test_sigterm_stops_up_cleanly(tmp_path, tiny_lm):
     kafka = next(line for line in lines if line.startswith("kafka"))
     broker_pid = int(kafka.split("pid ")[1].split(")")[0])
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "stopping (SIGTERM)" in out and "stopped cleanly" in out
     time.sleep(0.2)
