@@ -570,7 +570,7 @@ def run(
     *,
     users: int = 240,
     agent_questions: int = 4,
-    ab_rounds: int = 4,
+    ab_rounds: int = 3,  # a day of an A/B test: each round every customer asks once (decisive nights need 2)
     nights: int = 1,
     seed: int = 0,
     control: bool = False,
