@@ -130,7 +130,14 @@ def demo(
             f"{math.ceil(1 / cfg.curation.max_user_share)} users"
         )
     demo_run.prepare_data_dir(cfg, ensure_data_dir(base.data_dir) / "models")
-    settings = " ".join([*demo_run.DEMO_SETTINGS, *st.overrides, f"abtest.ramp={cfg.abtest.ramp}"])
+    settings = " ".join(
+        [
+            *demo_run.DEMO_SETTINGS,
+            *st.overrides,
+            f"abtest.ramp={cfg.abtest.ramp}",
+            f"curation.max_user_share={cfg.curation.max_user_share:g}",
+        ]
+    )
     typer.echo(f"demo      data in {cfg.data_dir} (emptied first); settings: {settings}")
     with StopSignal() as stop:
         result = demo_run.run(

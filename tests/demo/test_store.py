@@ -184,3 +184,26 @@ def test_the_canary_is_sized_for_the_population_unless_the_ramp_is_set(tmp_path)
     assert run.demo_config(base, None, [], False, users=160).abtest.ramp == [0.15, 0.5]
     assert run.demo_config(base, None, [], False).abtest.ramp == [0.1, 0.5]
     assert run.demo_config(base, None, ["abtest.ramp=[0.5]"], False, users=160).abtest.ramp == [0.5]
+
+
+def test_the_per_user_cap_is_sized_so_that_the_agents_samples_fit(tmp_path):
+    """A day's rows as the demo makes them: each support agent (a quarter of the customers) 8 samples (answers
+    and corrections), half of the other customers one. The sized cap keeps all of them at every population
+    size; the default 2% alone halves them at 120 customers. An explicit setting wins."""
+    from curation.filters import user_cap
+    from infra.config import Config
+
+    def kept(users: int, share: float) -> tuple[int, int]:
+        rows = [f"agent-{i}" for i in range(users // 4) for _ in range(8)] + [f"c-{i}" for i in range(users // 2)]
+        return len(user_cap(rows, share, list(range(len(rows))))[1]), len(rows)
+
+    for users in (40, 60, 120, 160, 240):
+        share = run.user_share(users, 0.02)
+        assert share >= 0.02
+        got, rows = kept(users, share)
+        assert got == rows, (users, share)
+    got, rows = kept(120, 0.02)
+    assert got <= rows * 0.6
+    base = Config(data_dir=tmp_path)
+    assert run.demo_config(base, None, [], False, users=120).curation.max_user_share == run.user_share(120, 0.02)
+    assert run.demo_config(base, None, ["curation.max_user_share=0.1"], False, users=120).curation.max_user_share == 0.1
