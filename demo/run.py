@@ -60,10 +60,11 @@ def demo_config(
     `users`."""
     folder = Path(base.data_dir) / ("demo-control" if control else "demo")
     cfg = load_config(config_path, [*DEMO_SETTINGS, *overrides, f"data_dir={folder}"])
-    if not any(o.startswith("curation.max_user_share=") for o in overrides):
+    given = {o.split("=", 1)[0] for o in overrides}
+    if "curation.max_user_share" not in given:
         share = user_share(users, cfg.curation.max_user_share)
         cfg = cfg.model_copy(update={"curation": cfg.curation.model_copy(update={"max_user_share": share})})
-    if any(o.startswith("abtest.ramp=") for o in overrides):
+    if "abtest.ramp" in given:
         return cfg
     canary = canary_share(users, cfg.abtest.min_users_per_arm, cfg.abtest.ramp[0])
     ramp = [canary, *[s for s in cfg.abtest.ramp[1:] if s > canary]]  # still rising, as the config requires
