@@ -7,7 +7,7 @@ import openai
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis import GenerationMode
+from schemathesis import GenerationMode, checks
 
 from curation import curate
 from curation.config import CurationConfig
@@ -102,7 +102,13 @@ def test_every_operation_keeps_its_contract(live, mode):
                 if len(body["response_id"]) % 2 == 0:  # half of them rate a real answer, to reach past the 404
                     body["response_id"] = live["response_id"]
             key = ADMIN_KEY if case.path.startswith("/v1/admin/") else KEY
-            case.call_and_validate(headers={"Authorization": f"Bearer {key}"})
+            auth = {"Authorization": f"Bearer {key}"}
+            response = case.call(headers=auth)
+            # The schema bounds characters, not tokens: 4 schema-valid messages can tokenize past the tiny model's
+            # context, and that one refusal (400, as OpenAI's context-length error) is right for valid data.
+            too_long = response.status_code == 400 and "(serving.max_prompt_tokens)" in response.text
+            skip = [checks.positive_data_acceptance] if too_long else None
+            case.validate_response(response, headers=auth, excluded_checks=skip)
             calls[label] += 1  # noqa: B023 (check runs inside the iteration that defines it)
 
         check()
