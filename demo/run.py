@@ -43,9 +43,9 @@ DEMO_SETTINGS = [
     "serving.max_tokens=40",  # short answers: one stream of the 135M model makes ~13 tokens/s on 2 cores
     "serving.max_batch=24",
     "retrain.epochs=2",
-    "retrain.learning_rate=0.001",  # ~60 steps over ~300 answers learn the 8 policies; half from the live adapter
-    # A changed policy reaches a night as a few corrections (2 of 200 training rows on the 40-customer test's
-    # night 2) against what the live adapter learned from many: at half-size steps night 2's adapter preferred
+    "retrain.learning_rate=0.001",  # ~60 steps over ~300 answers learn the 8 policies
+    # From the live adapter: a changed policy reaches a night as a few corrections (2 of 200 training rows on the
+    # 40-customer test's night 2) against the many that taught the old one; at the default 0.5, night 2 preferred
     # the new shipping policy on 2 of its 6 wordings in CI (1 of 6 replayed on another run's data; 6 of 6 at 0.75).
     "retrain.incremental_lr_scale=0.75",
     "retrain.tokens_per_batch=512",
